@@ -1,0 +1,64 @@
+//! Opcodes of the original protocol (public < 0x80, internal >= 0x80).
+
+pub const CREATE_AND_WRITE_OBJ: u8 = 0x01;
+pub const READ_OBJ: u8 = 0x02;
+pub const WRITE_OBJ: u8 = 0x03;
+pub const REMOVE_OBJ: u8 = 0x04;
+pub const DISCARD_OBJ: u8 = 0x05;
+pub const NEW_VDI: u8 = 0x11;
+pub const LOCK_VDI: u8 = 0x12;
+pub const RELEASE_VDI: u8 = 0x13;
+pub const GET_VDI_INFO: u8 = 0x14;
+pub const READ_VDIS: u8 = 0x15;
+pub const FLUSH_VDI: u8 = 0x16;
+pub const DEL_VDI: u8 = 0x17;
+pub const GET_CLUSTER_DEFAULT: u8 = 0x18;
+
+pub const GET_NODE_LIST: u8 = 0x82;
+pub const MAKE_FS: u8 = 0x84;
+pub const SHUTDOWN: u8 = 0x85;
+pub const STAT_SHEEP: u8 = 0x86;
+pub const STAT_CLUSTER: u8 = 0x87;
+pub const GET_VDI_ATTR: u8 = 0x89;
+pub const FORCE_RECOVER: u8 = 0x8a;
+pub const GET_STORE_LIST: u8 = 0x90;
+pub const CLEANUP: u8 = 0x94;
+pub const STAT_RECOVERY: u8 = 0x97;
+pub const FLUSH_DEL_CACHE: u8 = 0x98;
+pub const NOTIFY_VDI_DEL: u8 = 0x99;
+pub const KILL_NODE: u8 = 0x9a;
+pub const GET_OBJ_LIST: u8 = 0xa1;
+pub const GET_EPOCH: u8 = 0xa2;
+pub const CREATE_AND_WRITE_PEER: u8 = 0xa3;
+pub const READ_PEER: u8 = 0xa4;
+pub const WRITE_PEER: u8 = 0xa5;
+pub const REMOVE_PEER: u8 = 0xa6;
+pub const ENABLE_RECOVER: u8 = 0xa8;
+pub const DISABLE_RECOVER: u8 = 0xa9;
+pub const GET_VDI_COPIES: u8 = 0xab;
+pub const COMPLETE_RECOVERY: u8 = 0xac;
+pub const NOTIFY_VDI_ADD: u8 = 0xaf;
+pub const GET_HASH: u8 = 0xb4;
+pub const STAT: u8 = 0xb8;
+pub const GET_LOGLEVEL: u8 = 0xb9;
+pub const SET_LOGLEVEL: u8 = 0xba;
+pub const EXIST: u8 = 0xbd;
+pub const CLUSTER_INFO: u8 = 0xbe;
+pub const OIDS_EXIST: u8 = 0xc6;
+pub const READ_DEL_VDIS: u8 = 0xc9;
+
+/// Opcodes >= 0x80 are internal and must carry SD_SHEEP_PROTO_VER.
+pub fn is_internal(op: u8) -> bool {
+    op >= 0x80
+}
+
+/// The peer opcode a gateway opcode fans out to.
+pub fn gateway_to_peer(op: u8) -> Option<u8> {
+    match op {
+        CREATE_AND_WRITE_OBJ => Some(CREATE_AND_WRITE_PEER),
+        READ_OBJ => Some(READ_PEER),
+        WRITE_OBJ => Some(WRITE_PEER),
+        REMOVE_OBJ => Some(REMOVE_PEER),
+        _ => None,
+    }
+}
