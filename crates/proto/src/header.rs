@@ -133,8 +133,8 @@ impl Header {
     field!(obj_copy_policy, set_obj_copy_policy, u8, 33);
     field!(ec_index, set_ec_index, u8, 34);
     field!(tgt_epoch, set_tgt_epoch, u32, 36);
-    /// Offset inside the object. QEMU writes a u64 here; the original reads a u32 with a zero
-    /// pad after it, so reading 8 bytes is compatible with both.
+    // Offset inside the object. QEMU writes a u64 here; the original reads a u32 with a zero
+    // pad after it, so reading 8 bytes is compatible with both.
     field!(obj_offset, set_obj_offset, u64, 40);
 
     // Request: vdi.
