@@ -1,0 +1,67 @@
+//! Cluster membership: drivers behind one trait, and the shared state they drive.
+//!
+//! A driver delivers the same ordered events (join, leave, notify) to every node, offers a
+//! cluster-wide mutex, and notices dead members. `state` turns the events into membership,
+//! epochs and configuration. Owns: ordering and membership. Never: object data.
+
+pub mod local;
+pub mod state;
+
+use state::{Event, JoinInfo, Message};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A delivered event and its position in the cluster's total order.
+pub type Delivery = (u64, Event);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster driver I/O on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("cluster driver: {0}")]
+    Other(String),
+}
+
+/// Held while the cluster-wide mutex is taken; dropping it releases the mutex.
+pub struct LockGuard {
+    pub _inner: Box<dyn Send + Sync>,
+    /// Position of the last event in the order when the lock was taken: apply up to here
+    /// before acting under the lock.
+    pub seq: u64,
+}
+
+pub trait Driver: Send + Sync + 'static {
+    /// Join the cluster as `me` and deliver every event (from the start of the cluster's
+    /// current history, own join included) on `tx`, in order, until `leave`.
+    fn start(self: Arc<Self>, me: proto::SdNode, info: JoinInfo, tx: mpsc::UnboundedSender<Delivery>) -> BoxFut<'static, Result<(), ClusterError>>;
+    /// Broadcast `msg`; returns its position in the order.
+    fn notify(&self, msg: Message) -> BoxFut<'_, Result<u64, ClusterError>>;
+    /// Take the cluster-wide mutex.
+    fn lock(&self) -> BoxFut<'_, Result<LockGuard, ClusterError>>;
+    /// Leave the cluster (clean stop).
+    fn leave(&self) -> BoxFut<'_, Result<(), ClusterError>>;
+}
+
+/// Builds the driver named by `-c DRIVER[:OPTIONS]`.
+pub fn driver_from_option(opt: &str) -> Result<Arc<dyn Driver>, String> {
+    let (name, arg) = match opt.split_once(':') {
+        Some((n, a)) => (n, Some(a)),
+        None => (opt, None),
+    };
+    match name {
+        "local" => {
+            let path = arg.filter(|a| !a.is_empty()).unwrap_or(local::DEFAULT_PATH);
+            Ok(Arc::new(local::LocalDriver::new(path.into())))
+        }
+        "zookeeper" | "corosync" | "shepherd" => Err(format!("cluster driver '{name}' is not supported yet; use 'local'")),
+        other => Err(format!("unknown cluster driver '{other}' (known: local)")),
+    }
+}
+
+/// Helper so callers can keep an `Event` import path short.
+pub use state::ClusterState;
+pub type Ev = Event;

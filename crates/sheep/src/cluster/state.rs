@@ -1,0 +1,355 @@
+//! The cluster's shared state as a pure state machine.
+//!
+//! Every node applies the same ordered events (join, leave, notify) from the cluster driver to
+//! a `ClusterState` and so holds the same membership, epoch, configuration and VDI table.
+//! `apply` returns the effects the node must carry out locally (write an epoch file, wipe the
+//! store on format, stop on shutdown). Owns: those rules. Never: I/O, clocks, sockets.
+
+use proto::node::SdNode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Cluster status as the original's `enum sd_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Not formatted yet.
+    WaitForFormat,
+    /// Formatted, waiting for the members of the last epoch to come back.
+    WaitForJoin,
+    Ok,
+    Shutdown,
+}
+
+/// The cluster-wide configuration set by `dog cluster format`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Format {
+    pub ctime: u64,
+    pub copies: u8,
+    pub copy_policy: u8,
+    pub flags: u16,
+    pub block_size_shift: u8,
+    pub store: String,
+}
+
+/// What the cluster knows of one VDI (the original's `vdi_state`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiInfo {
+    pub copies: u8,
+    pub copy_policy: u8,
+    pub block_size_shift: u8,
+    pub snapshot: bool,
+    pub parent: u32,
+    pub deleted: bool,
+}
+
+/// A node's persistent state, sent with its join so that a restarting cluster can resume.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JoinInfo {
+    /// `None` for a store that was never formatted.
+    pub format: Option<Format>,
+    pub epoch: u32,
+    /// Members of `epoch` as recorded in the joiner's epoch log.
+    #[serde(with = "node_list")]
+    pub epoch_nodes: Vec<SdNode>,
+    /// VDIs whose inode objects the joiner holds.
+    pub vdis: BTreeMap<u32, VdiInfo>,
+}
+
+/// Cluster-wide messages, delivered in the same order to every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Format(Format),
+    Shutdown,
+    /// A VDI was created (or a snapshot taken: `old` becomes a snapshot).
+    VdiAdd { vid: u32, info: VdiInfo, old: Option<u32> },
+    /// A VDI was deleted.
+    VdiDel { vid: u32 },
+    /// Leave WAIT state with the nodes present (`dog cluster recover force`).
+    ForceRecover,
+}
+
+/// One ordered cluster event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Join {
+        #[serde(with = "node")]
+        node: SdNode,
+        info: JoinInfo,
+    },
+    Leave {
+        #[serde(with = "node")]
+        node: SdNode,
+    },
+    Notify {
+        #[serde(with = "node")]
+        from: SdNode,
+        msg: Message,
+    },
+}
+
+/// What a node must do after applying an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A new epoch with these members: record it in the epoch log.
+    NewEpoch { epoch: u32, nodes: Vec<SdNode> },
+    /// The cluster was formatted: wipe objects and epochs, write the config.
+    Formatted(Format),
+    /// The node joined a formatted cluster: make its config match.
+    Adopted(Format),
+    /// The joiner was refused (belongs to another cluster).
+    JoinRefused { node: SdNode, reason: String },
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterState {
+    pub status: Status,
+    pub format: Format,
+    pub epoch: u32,
+    /// Nodes present now, sorted by id.
+    pub members: Vec<SdNode>,
+    /// Nodes of the current epoch (the ring's members), sorted by id.
+    pub epoch_nodes: Vec<SdNode>,
+    pub vdis: BTreeMap<u32, VdiInfo>,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        ClusterState {
+            status: Status::WaitForFormat,
+            format: Format::default(),
+            epoch: 0,
+            members: Vec::new(),
+            epoch_nodes: Vec::new(),
+            vdis: BTreeMap::new(),
+        }
+    }
+}
+
+fn sorted(mut v: Vec<SdNode>) -> Vec<SdNode> {
+    v.sort_by(|a, b| a.nid.cmp(&b.nid));
+    v.dedup_by(|a, b| a.nid == b.nid);
+    v
+}
+
+impl ClusterState {
+    pub fn is_member(&self, n: &SdNode) -> bool {
+        self.members.iter().any(|m| m.nid == n.nid)
+    }
+
+    pub fn is_formatted(&self) -> bool {
+        self.format.ctime != 0
+    }
+
+    fn new_epoch(&mut self, effects: &mut Vec<Effect>) {
+        self.epoch += 1;
+        self.epoch_nodes = self.members.clone();
+        effects.push(Effect::NewEpoch { epoch: self.epoch, nodes: self.epoch_nodes.clone() });
+    }
+
+    /// Adopt a joiner's persistent state (cluster restart, or a joiner with a newer epoch).
+    fn adopt(&mut self, info: &JoinInfo, format: &Format) {
+        self.format = format.clone();
+        self.epoch = info.epoch;
+        self.epoch_nodes = sorted(info.epoch_nodes.clone());
+        self.status = Status::WaitForJoin;
+    }
+
+    /// In WAIT_FOR_JOIN: start once every member of the last epoch is back.
+    fn check_gathered(&mut self, effects: &mut Vec<Effect>) {
+        if self.status != Status::WaitForJoin {
+            return;
+        }
+        let all_back = self.epoch_nodes.iter().all(|n| self.is_member(n));
+        if !all_back {
+            return;
+        }
+        self.status = Status::Ok;
+        let same = self.members.len() == self.epoch_nodes.len();
+        if !same || self.epoch == 0 {
+            self.new_epoch(effects);
+        }
+    }
+
+    pub fn apply(&mut self, ev: &Event) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match ev {
+            Event::Join { node, info } => self.join(node, info, &mut fx),
+            Event::Leave { node } => {
+                if self.is_member(node) {
+                    self.members.retain(|m| m.nid != node.nid);
+                    if self.status == Status::Ok {
+                        self.new_epoch(&mut fx);
+                    }
+                }
+            }
+            Event::Notify { msg, .. } => self.notify(msg, &mut fx),
+        }
+        fx
+    }
+
+    fn join(&mut self, node: &SdNode, info: &JoinInfo, fx: &mut Vec<Effect>) {
+        if self.is_member(node) {
+            fx.push(Effect::JoinRefused { node: *node, reason: format!("a node with address {} is already in the cluster", node.nid) });
+            return;
+        }
+        if let Some(f) = &info.format {
+            if self.status == Status::Shutdown {
+                fx.push(Effect::JoinRefused { node: *node, reason: "the cluster is shutting down".into() });
+                return;
+            }
+            if !self.is_formatted() {
+                self.adopt(info, f);
+            } else if f.ctime != self.format.ctime {
+                fx.push(Effect::JoinRefused {
+                    node: *node,
+                    reason: "its store belongs to another cluster (creation times differ)".into(),
+                });
+                return;
+            } else if self.status == Status::WaitForJoin && info.epoch > self.epoch {
+                self.adopt(info, f);
+            }
+            for (vid, v) in &info.vdis {
+                self.vdis.entry(*vid).or_insert_with(|| v.clone());
+            }
+        }
+        self.members = sorted([self.members.clone(), vec![*node]].concat());
+        match self.status {
+            Status::Ok => self.new_epoch(fx),
+            Status::WaitForJoin => self.check_gathered(fx),
+            Status::WaitForFormat | Status::Shutdown => {}
+        }
+        if self.is_formatted() {
+            fx.push(Effect::Adopted(self.format.clone()));
+        }
+    }
+
+    fn notify(&mut self, msg: &Message, fx: &mut Vec<Effect>) {
+        match msg {
+            Message::Format(f) => {
+                if self.status == Status::Shutdown {
+                    return;
+                }
+                self.format = f.clone();
+                self.vdis.clear();
+                self.epoch = 0;
+                self.status = Status::Ok;
+                fx.push(Effect::Formatted(f.clone()));
+                self.new_epoch(fx);
+            }
+            Message::Shutdown => {
+                self.status = Status::Shutdown;
+                fx.push(Effect::Shutdown);
+            }
+            Message::VdiAdd { vid, info, old } => {
+                if let Some(o) = old {
+                    if let Some(v) = self.vdis.get_mut(o) {
+                        v.snapshot = true;
+                    }
+                }
+                self.vdis.insert(*vid, info.clone());
+            }
+            Message::VdiDel { vid } => {
+                if let Some(v) = self.vdis.get_mut(vid) {
+                    v.deleted = true;
+                }
+            }
+            Message::ForceRecover => {
+                if self.status == Status::WaitForJoin {
+                    self.status = Status::Ok;
+                    self.new_epoch(fx);
+                }
+            }
+        }
+    }
+}
+
+mod node {
+    use proto::node::SdNode;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(n: &SdNode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&n.to_bytes())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SdNode, D::Error> {
+        let v: Vec<u8> = Deserialize::deserialize(d)?;
+        SdNode::decode(&v).ok_or_else(|| D::Error::custom("short node record"))
+    }
+}
+
+mod node_list {
+    use proto::node::SdNode;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(n: &[SdNode], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&SdNode::encode_list(n))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SdNode>, D::Error> {
+        let v: Vec<u8> = Deserialize::deserialize(d)?;
+        Ok(SdNode::decode_list(&v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::node::NodeId;
+
+    fn n(port: u16) -> SdNode {
+        SdNode { nid: NodeId::new("127.0.0.1".parse().unwrap(), port), nr_vnodes: 128, zone: port as u32, space: 0 }
+    }
+    fn join(port: u16) -> Event {
+        Event::Join { node: n(port), info: JoinInfo::default() }
+    }
+    fn fmt() -> Format {
+        Format { ctime: 42, copies: 3, block_size_shift: 22, store: "plain".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn format_then_join_and_leave_bump_epochs() {
+        let mut s = ClusterState::default();
+        s.apply(&join(1));
+        s.apply(&join(2));
+        assert_eq!(s.status, Status::WaitForFormat);
+        let fx = s.apply(&Event::Notify { from: n(1), msg: Message::Format(fmt()) });
+        assert!(matches!(fx[0], Effect::Formatted(_)));
+        assert_eq!(s.epoch, 1);
+        assert_eq!(s.status, Status::Ok);
+        s.apply(&join(3));
+        assert_eq!(s.epoch, 2);
+        assert_eq!(s.epoch_nodes.len(), 3);
+        s.apply(&Event::Leave { node: n(2) });
+        assert_eq!(s.epoch, 3);
+        assert_eq!(s.epoch_nodes, vec![n(1), n(3)]);
+    }
+
+    #[test]
+    fn restart_waits_for_every_member_of_the_last_epoch() {
+        let info = JoinInfo { format: Some(fmt()), epoch: 5, epoch_nodes: vec![n(1), n(2)], vdis: BTreeMap::new() };
+        let mut s = ClusterState::default();
+        s.apply(&Event::Join { node: n(1), info: info.clone() });
+        assert_eq!(s.status, Status::WaitForJoin);
+        let fx = s.apply(&Event::Join { node: n(2), info });
+        assert_eq!(s.status, Status::Ok);
+        assert_eq!(s.epoch, 5, "same members: no new epoch");
+        assert!(!fx.iter().any(|f| matches!(f, Effect::NewEpoch { .. })));
+    }
+
+    #[test]
+    fn foreign_store_is_refused() {
+        let mut s = ClusterState::default();
+        s.apply(&join(1));
+        s.apply(&Event::Notify { from: n(1), msg: Message::Format(fmt()) });
+        let other = JoinInfo { format: Some(Format { ctime: 7, ..fmt() }), epoch: 9, ..Default::default() };
+        let fx = s.apply(&Event::Join { node: n(2), info: other });
+        assert!(matches!(fx[0], Effect::JoinRefused { .. }));
+        assert!(!s.is_member(&n(2)));
+        let dup = s.apply(&join(1));
+        assert!(matches!(dup[0], Effect::JoinRefused { .. }));
+    }
+
+    #[test]
+    fn events_survive_serialisation() {
+        let ev = Event::Join { node: n(9), info: JoinInfo { format: Some(fmt()), epoch: 2, epoch_nodes: vec![n(1)], vdis: BTreeMap::new() } };
+        let s = serde_json::to_string(&ev).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), ev);
+    }
+}
