@@ -151,15 +151,10 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(Header,
 }
 
 async fn read_loop(mut rd: OwnedReadHalf, pending: Pending, broken: Arc<AtomicBool>) {
-    loop {
-        match read_response(&mut rd).await {
-            Ok(resp) => {
-                let tx = lock(&pending).remove(&resp.header.id());
-                if let Some(tx) = tx {
-                    let _ = tx.send(resp);
-                }
-            }
-            Err(_) => break,
+    while let Ok(resp) = read_response(&mut rd).await {
+        let tx = lock(&pending).remove(&resp.header.id());
+        if let Some(tx) = tx {
+            let _ = tx.send(resp);
         }
     }
     broken.store(true, Ordering::Relaxed);

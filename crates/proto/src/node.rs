@@ -193,7 +193,7 @@ pub fn encode_epoch_file(nodes: &[SdNode], time: u64) -> Vec<u8> {
 
 /// Decodes an epoch file; `None` if its length is not N*80+8.
 pub fn decode_epoch_file(b: &[u8]) -> Option<(Vec<SdNode>, u64)> {
-    if b.len() < 8 || (b.len() - 8) % SD_NODE_SIZE != 0 {
+    if b.len() < 8 || !(b.len() - 8).is_multiple_of(SD_NODE_SIZE) {
         return None;
     }
     let (nodes, t) = b.split_at(b.len() - 8);

@@ -1,6 +1,16 @@
 //! The Sheepdog storage daemon as a library: every part of `sheep` lives here so that tests
-//! can reach it; `main.rs` only parses options and starts it.
+//! can reach it; `main.rs` only parses options, daemonizes and starts it.
+//!
+//! Data path of a write: `server` (framing) -> `ops` (opcode) -> `gateway` (placement, copies
+//! in parallel) -> `peers` (network) or `peer::local` -> `store` (disk) -> acknowledgement.
 
+pub mod cluster;
 pub mod ring;
 pub mod store;
-pub mod cluster;
+pub mod gateway;
+pub mod node;
+pub mod ops;
+pub mod peer;
+pub mod peers;
+pub mod server;
+pub mod vdi;

@@ -239,7 +239,7 @@ impl LocalDriver {
                 Err(e) => tracing::warn!("local driver: {e}"),
             }
             tick += 1;
-            if tick % LIVENESS_EVERY == 0 && !tracker.dead().is_empty() {
+            if tick.is_multiple_of(LIVENESS_EVERY) && !tracker.dead().is_empty() {
                 let me = self.clone();
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.reap()).await {
                     tracing::warn!("local driver: {e}");

@@ -127,7 +127,7 @@ impl Default for ClusterState {
 }
 
 fn sorted(mut v: Vec<SdNode>) -> Vec<SdNode> {
-    v.sort_by(|a, b| a.nid.cmp(&b.nid));
+    v.sort_by_key(|n| n.nid);
     v.dedup_by(|a, b| a.nid == b.nid);
     v
 }

@@ -1,0 +1,147 @@
+//! The gateway: turns one client object request into peer requests on the nodes that the ring
+//! places the object on, in parallel, and retries at the new epoch when membership changes.
+//! A write is acknowledged only when every copy has it (durably, unless the node runs -n).
+//! Owns: fan-out, copy selection, epoch retries. Never: touching the disk directly (the local
+//! copy goes through `peer::local`, like any other copy).
+
+use crate::node::{Node, View};
+use crate::peer::{self, StoreOp};
+use bytes::Bytes;
+use futures::future::join_all;
+use proto::{opcode, Header, Oid, SdNode, SdResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a request keeps retrying through membership changes before it gives up.
+const RETRY_FOR: Duration = Duration::from_secs(15);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+fn retryable(r: SdResult) -> bool {
+    matches!(r, SdResult::OLD_NODE_VER | SdResult::NEW_NODE_VER | SdResult::NETWORK_ERROR)
+}
+
+/// Rejects malformed oids and ranges past the end of the object.
+pub fn check_range(node: &Node, view: &View, oid: Oid, offset: u64, len: u64) -> Result<(), SdResult> {
+    if !oid.is_well_formed() {
+        return Err(SdResult::INVALID_PARMS);
+    }
+    let size = node.object_size(view, oid);
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(SdResult::INVALID_PARMS),
+    }
+}
+
+fn targets(node: &Node, view: &View, oid: Oid, copies: u8) -> Result<Vec<SdNode>, SdResult> {
+    let n = node.copies_of(view, oid, copies);
+    let t = view.ring.placement(oid, n);
+    if t.is_empty() {
+        return Err(SdResult::HALT);
+    }
+    Ok(t)
+}
+
+async fn one_copy(node: &Arc<Node>, view: &View, target: &SdNode, oid: Oid, op: StoreOp) -> Result<Vec<u8>, SdResult> {
+    if target.nid == node.me.nid {
+        return peer::local(node, view, oid, op).await;
+    }
+    let (code, offset, payload, len) = match op {
+        StoreOp::Create { offset, data } => (opcode::CREATE_AND_WRITE_PEER, offset, data.clone(), data.len()),
+        StoreOp::Write { offset, data } => (opcode::WRITE_PEER, offset, data.clone(), data.len()),
+        StoreOp::Read { offset, len } => (opcode::READ_PEER, offset, Bytes::new(), len),
+        StoreOp::Remove => (opcode::REMOVE_PEER, 0, Bytes::new(), 0),
+    };
+    let mut h = Header::request(code);
+    h.set_epoch(view.state.epoch).set_oid(oid.0).set_obj_offset(offset).set_data_length(len as u32);
+    if !payload.is_empty() {
+        h.add_flags(proto::flags::CMD_WRITE);
+    }
+    let r = node.peers.request(target.nid, h, payload).await?;
+    match r.result() {
+        SdResult::SUCCESS => Ok(r.data),
+        e => Err(e),
+    }
+}
+
+/// Runs `attempt` with a fresh view until it succeeds, fails for good, or retries run out.
+async fn with_retries<T, F, Fut>(node: &Arc<Node>, mut attempt: F) -> Result<T, SdResult>
+where
+    F: FnMut(View) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdResult>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        let view = node.gate(false)?;
+        match attempt(view).await {
+            Err(e) if retryable(e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) if retryable(e) => return Err(SdResult::EIO),
+            other => return other,
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of `oid` from one copy: the local one if this node holds it.
+pub async fn read(node: &Arc<Node>, oid: Oid, offset: u64, len: usize, copies: u8) -> Result<Vec<u8>, SdResult> {
+    with_retries(node, |view| async move {
+        check_range(node, &view, oid, offset, len as u64)?;
+        let mut t = targets(node, &view, oid, copies)?;
+        if let Some(i) = t.iter().position(|n| n.nid == node.me.nid) {
+            t.swap(0, i);
+        }
+        let mut last = SdResult::NO_OBJ;
+        for target in &t {
+            match one_copy(node, &view, target, oid, StoreOp::Read { offset, len }).await {
+                Ok(d) => return Ok(d),
+                Err(e) if retryable(e) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    })
+    .await
+}
+
+/// Writes `data` at `offset` on every copy in parallel; `create` makes the object first.
+pub async fn write(node: &Arc<Node>, oid: Oid, offset: u64, data: Bytes, create: bool, copies: u8) -> Result<(), SdResult> {
+    with_retries(node, |view| {
+        let data = data.clone();
+        async move {
+            check_range(node, &view, oid, offset, data.len() as u64)?;
+            let t = targets(node, &view, oid, copies)?;
+            let ops = t.iter().map(|target| {
+                let op = if create { StoreOp::Create { offset, data: data.clone() } } else { StoreOp::Write { offset, data: data.clone() } };
+                one_copy(node, &view, target, oid, op)
+            });
+            first_error(join_all(ops).await)
+        }
+    })
+    .await
+}
+
+/// Removes `oid` from every copy; copies that are already gone are fine.
+pub async fn remove(node: &Arc<Node>, oid: Oid) -> Result<(), SdResult> {
+    with_retries(node, |view| async move {
+        let t = targets(node, &view, oid, 0)?;
+        let results = join_all(t.iter().map(|target| one_copy(node, &view, target, oid, StoreOp::Remove))).await;
+        first_error(results.into_iter().map(|r| match r {
+            Err(SdResult::NO_OBJ) => Ok(Vec::new()),
+            other => other,
+        }))
+    })
+    .await
+}
+
+fn first_error(results: impl IntoIterator<Item = Result<Vec<u8>, SdResult>>) -> Result<(), SdResult> {
+    let mut out = Ok(());
+    for r in results {
+        if let Err(e) = r {
+            // A retryable failure wins so the whole write is redone at the new epoch.
+            if retryable(e) || out.is_ok() {
+                out = Err(e);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,271 @@
+//! This node's runtime: its identity, store, view of the cluster, and the core loop that
+//! applies cluster events in order and carries out their effects.
+//!
+//! Owns: `Node`, the single shared handle every request handler uses. Never: wire parsing.
+
+use crate::cluster::state::{ClusterState, Effect, Event, Format, JoinInfo, Message, Status, VdiInfo};
+use crate::cluster::{ClusterError, Driver};
+use crate::peers::Peers;
+use crate::ring::Ring;
+use crate::store::Store;
+use proto::config::{Config, SD_FORMAT_VERSION};
+use proto::inode::InodeHeader;
+use proto::oid::OidKind;
+use proto::{Oid, SdNode, SdResult};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// The state a request sees: one consistent snapshot of membership, epoch and ring.
+#[derive(Clone)]
+pub struct View {
+    pub state: Arc<ClusterState>,
+    pub ring: Arc<Ring>,
+}
+
+pub struct Node {
+    pub me: SdNode,
+    pub store: Arc<Store>,
+    pub driver: Arc<dyn Driver>,
+    pub peers: Peers,
+    view: RwLock<View>,
+    applied: watch::Sender<u64>,
+    /// Woken when the node must stop (shutdown, kill, join refused).
+    pub stop: Notify,
+    pub stopping: AtomicBool,
+    pub killed: AtomicBool,
+    join_error: RwLock<Option<String>>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Node {
+    pub fn new(me: SdNode, store: Arc<Store>, driver: Arc<dyn Driver>) -> Arc<Node> {
+        let state = Arc::new(ClusterState::default());
+        let ring = Arc::new(Ring::new(&[]));
+        Arc::new(Node {
+            me,
+            store,
+            driver,
+            peers: Peers::new(),
+            view: RwLock::new(View { state, ring }),
+            applied: watch::channel(0).0,
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            join_error: RwLock::new(None),
+        })
+    }
+
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.view().state.epoch
+    }
+
+    /// The persistent state this node brings to the cluster when it joins.
+    pub fn join_info(&self) -> Result<JoinInfo, crate::store::StoreError> {
+        let cfg = self.store.read_config()?;
+        let format = cfg.filter(|c| c.ctime != 0).map(|c| Format {
+            ctime: c.ctime,
+            copies: c.copies,
+            copy_policy: c.copy_policy,
+            flags: c.flags,
+            block_size_shift: c.block_size_shift,
+            store: c.store,
+        });
+        let epoch = self.store.latest_epoch()?;
+        let epoch_nodes = match self.store.read_epoch(epoch)? {
+            Some((nodes, _)) => nodes,
+            None => Vec::new(),
+        };
+        let mut vdis = BTreeMap::new();
+        if format.is_some() {
+            for oid in self.store.list()? {
+                if oid.kind() != OidKind::Inode {
+                    continue;
+                }
+                let Ok(b) = self.store.read(oid, 0, proto::inode::SD_INODE_HEADER_SIZE as u32 as usize) else { continue };
+                let Some(h) = InodeHeader::decode(&b) else { continue };
+                vdis.insert(
+                    oid.vid().0,
+                    VdiInfo {
+                        copies: h.nr_copies,
+                        copy_policy: h.copy_policy,
+                        block_size_shift: h.block_size_shift,
+                        snapshot: h.is_snapshot(),
+                        parent: h.parent_vdi_id,
+                        deleted: h.name.is_empty(),
+                    },
+                );
+            }
+        }
+        Ok(JoinInfo { format, epoch: if epoch_nodes.is_empty() { 0 } else { epoch }, epoch_nodes, vdis })
+    }
+
+    /// Joins the cluster and runs the core loop; returns once this node is a member.
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        let info = self.join_info()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.driver.clone().start(self.me, info, tx).await?;
+        tokio::spawn(self.clone().core_loop(rx));
+        let mut applied = self.applied.subscribe();
+        loop {
+            if let Some(e) = self.join_error.read().unwrap_or_else(|e| e.into_inner()).clone() {
+                anyhow::bail!("failed to join the cluster: {e}");
+            }
+            if self.view().state.is_member(&self.me) {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
+        }
+    }
+
+    async fn core_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(u64, Event)>) {
+        while let Some((seq, ev)) = rx.recv().await {
+            let (effects, view) = {
+                let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+                let mut st = (*v.state).clone();
+                let fx = st.apply(&ev);
+                let epoch_changed = st.epoch_nodes != v.state.epoch_nodes;
+                v.state = Arc::new(st);
+                if epoch_changed {
+                    v.ring = Arc::new(Ring::new(&v.state.epoch_nodes));
+                }
+                (fx, v.clone())
+            };
+            for fx in effects {
+                if let Err(e) = self.carry_out(fx, &view).await {
+                    tracing::error!("cluster event {ev:?}: {e}");
+                }
+            }
+            self.applied.send_replace(seq);
+        }
+    }
+
+    async fn carry_out(self: &Arc<Self>, fx: Effect, view: &View) -> anyhow::Result<()> {
+        let store = self.store.clone();
+        match fx {
+            Effect::NewEpoch { epoch, nodes } => {
+                tracing::info!("epoch {epoch}: {} nodes", nodes.len());
+                tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, now_secs())).await??;
+            }
+            Effect::Formatted(f) => {
+                tracing::info!("cluster formatted with {} copies", f.copies);
+                let cfg = self.config_of(&f, false);
+                tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+                    store.purge_objects()?;
+                    store.remove_epochs()?;
+                    store.write_config(&cfg)
+                })
+                .await??;
+            }
+            Effect::Adopted(f) => {
+                let current = self.store.read_config()?;
+                if current.as_ref().map(|c| c.ctime) != Some(f.ctime) || current.as_ref().is_some_and(|c| c.shutdown) {
+                    let cfg = self.config_of(&f, false);
+                    tokio::task::spawn_blocking(move || store.write_config(&cfg)).await??;
+                }
+            }
+            Effect::JoinRefused { node, reason } => {
+                if node.nid == self.me.nid && !view.state.is_member(&self.me) {
+                    *self.join_error.write().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                }
+            }
+            Effect::Shutdown => {
+                if view.state.is_member(&self.me) {
+                    if let Some(mut cfg) = self.store.read_config()? {
+                        cfg.shutdown = true;
+                        tokio::task::spawn_blocking(move || store.write_config(&cfg)).await??;
+                    }
+                    tracing::info!("cluster shutdown");
+                    self.request_stop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn config_of(&self, f: &Format, shutdown: bool) -> Config {
+        let space = self.store.space().map(|(t, _)| t).unwrap_or(0);
+        Config {
+            ctime: f.ctime,
+            flags: f.flags,
+            copies: f.copies,
+            store: f.store.clone(),
+            shutdown,
+            copy_policy: f.copy_policy,
+            block_size_shift: f.block_size_shift,
+            version: SD_FORMAT_VERSION,
+            space,
+        }
+    }
+
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+        self.stop.notify_one();
+    }
+
+    /// Waits until this node has applied every event up to `seq`.
+    pub async fn wait_applied(&self, seq: u64) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|&s| s >= seq).await;
+    }
+
+    /// Broadcasts `msg` and returns once this node has applied it.
+    pub async fn notify(&self, msg: Message) -> Result<(), ClusterError> {
+        let seq = self.driver.notify(msg).await?;
+        self.wait_applied(seq).await;
+        Ok(())
+    }
+
+    /// Takes the cluster-wide mutex, with every earlier event applied here.
+    pub async fn lock(&self) -> Result<crate::cluster::LockGuard, ClusterError> {
+        let g = self.driver.lock().await?;
+        self.wait_applied(g.seq).await;
+        Ok(g)
+    }
+
+    /// Gate of the original's `queue_request`: may a request of this kind run now?
+    pub fn gate(&self, force: bool) -> Result<View, SdResult> {
+        if self.killed.load(Ordering::Relaxed) {
+            return Err(SdResult::KILLED);
+        }
+        let v = self.view();
+        match v.state.status {
+            Status::Shutdown => Err(SdResult::SHUTDOWN),
+            _ if force => Ok(v),
+            Status::Ok => Ok(v),
+            Status::WaitForFormat => Err(SdResult::WAIT_FOR_FORMAT),
+            Status::WaitForJoin => Err(SdResult::WAIT_FOR_JOIN),
+        }
+    }
+
+    /// Size of an object, from the kind of object and its VDI's block size.
+    pub fn object_size(&self, view: &View, oid: Oid) -> u64 {
+        let bss = |vid: u32| {
+            view.state.vdis.get(&vid).map(|v| v.block_size_shift).filter(|&b| b != 0).unwrap_or(view.state.format.block_size_shift.max(proto::SD_MIN_BLOCK_SIZE_SHIFT))
+        };
+        match oid.kind() {
+            OidKind::Inode => proto::inode::SD_INODE_SIZE as u64,
+            OidKind::Attr => proto::SD_ATTR_OBJ_SIZE,
+            OidKind::Ledger => proto::SD_DATA_OBJ_SIZE,
+            OidKind::Btree => proto::SD_DATA_OBJ_SIZE,
+            OidKind::Data | OidKind::Vmstate => 1u64 << bss(oid.vid().0),
+        }
+    }
+
+    /// Copies an object has: its VDI's, else the request's, else the cluster default.
+    pub fn copies_of(&self, view: &View, oid: Oid, requested: u8) -> usize {
+        let c = view.state.vdis.get(&oid.vid().0).map(|v| v.copies).filter(|&c| c != 0);
+        let c = c.or(Some(requested).filter(|&c| c != 0)).unwrap_or(view.state.format.copies);
+        c.max(1) as usize
+    }
+}

@@ -1,0 +1,280 @@
+//! What each opcode does: the dispatch table from a decoded request to the gateway, the VDI
+//! namespace, the cluster driver or this node's own state. Owns: per-opcode argument checks
+//! and response fields. Never: socket I/O (the server hands requests in and answers out).
+
+use crate::cluster::state::{Format, Message, Status};
+use crate::node::{now_secs, Node};
+use crate::{gateway, peer, vdi};
+use bytes::Bytes;
+use proto::node::{EpochLog, SdNode};
+use proto::oid::OidKind;
+use proto::{cluster_flags, flags, opcode, Header, Oid, SdResult, Vid};
+use std::sync::Arc;
+
+/// A finished request: the result, response fields, and payload.
+pub struct Reply {
+    pub header: Header,
+    pub data: Vec<u8>,
+}
+
+/// Runs one request. `data` is the request payload (empty unless WRITE was set).
+pub async fn handle(node: &Arc<Node>, req: &Header, data: Bytes) -> Reply {
+    let mut rsp = Header::response_to(req, node.epoch(), SdResult::SUCCESS);
+    let out = run(node, req, data, &mut rsp).await;
+    let data = match out {
+        Ok(d) => d,
+        Err(e) => {
+            rsp.set_result(e.0);
+            Vec::new()
+        }
+    };
+    rsp.set_epoch(node.epoch());
+    Reply { header: rsp, data }
+}
+
+type Out = Result<Vec<u8>, SdResult>;
+
+async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> Out {
+    match req.opcode() {
+        opcode::CREATE_AND_WRITE_OBJ => create_and_write(node, req, data, rsp).await,
+        opcode::READ_OBJ => {
+            node.gate(false)?;
+            let oid = Oid(req.oid());
+            gateway::read(node, oid, req.obj_offset(), req.data_length() as usize, req.obj_copies()).await
+        }
+        opcode::WRITE_OBJ => {
+            let view = node.gate(false)?;
+            let oid = Oid(req.oid());
+            writable(&view, oid)?;
+            gateway::write(node, oid, req.obj_offset(), data, false, req.obj_copies()).await?;
+            rsp.set_rsp_obj_copies(node.copies_of(&view, oid, req.obj_copies()) as u8);
+            Ok(Vec::new())
+        }
+        opcode::REMOVE_OBJ => {
+            node.gate(false)?;
+            gateway::remove(node, Oid(req.oid())).await.map(|_| Vec::new())
+        }
+        opcode::DISCARD_OBJ => discard(node, req).await,
+        opcode::NEW_VDI => {
+            node.gate(false)?;
+            let h = vdi::create(node, req, &data).await?;
+            rsp.set_rsp_vdi_id(h.vdi_id).set_rsp_vdi_copies(h.nr_copies).set_rsp_vdi_block_size_shift(h.block_size_shift);
+            Ok(Vec::new())
+        }
+        opcode::GET_VDI_INFO | opcode::LOCK_VDI => {
+            let view = node.gate(false)?;
+            let (name, tag) = vdi::parse_name_tag(&data)?;
+            let h = vdi::find(node, &view, &name, &tag, req.snapid()).await?;
+            rsp.set_rsp_vdi_id(h.vdi_id).set_rsp_vdi_copies(h.nr_copies).set_rsp_vdi_block_size_shift(h.block_size_shift);
+            Ok(Vec::new())
+        }
+        opcode::RELEASE_VDI => {
+            node.gate(false)?;
+            Ok(Vec::new())
+        }
+        opcode::DEL_VDI => {
+            node.gate(false)?;
+            vdi::delete(node, req, &data).await.map(|_| Vec::new())
+        }
+        opcode::READ_VDIS => {
+            let view = node.gate(true)?;
+            Ok(vdi::bitmap(&view))
+        }
+        // Writes are durable on every copy before they are acknowledged, so there is nothing
+        // to flush; INVALID_PARMS tells QEMU to stop sending flushes, as the original does.
+        opcode::FLUSH_VDI => Err(SdResult::INVALID_PARMS),
+        opcode::GET_CLUSTER_DEFAULT => {
+            let view = node.gate(true)?;
+            let f = &view.state.format;
+            rsp.set_rsp_default_copies(f.copies).set_rsp_default_copy_policy(f.copy_policy).set_rsp_default_block_size_shift(f.block_size_shift);
+            Ok(Vec::new())
+        }
+        opcode::GET_NODE_LIST => {
+            let view = node.gate(true)?;
+            let nodes = if view.state.epoch_nodes.is_empty() { &view.state.members } else { &view.state.epoch_nodes };
+            rsp.set_rsp_nr_nodes(nodes.len() as u32);
+            Ok(SdNode::encode_list(nodes))
+        }
+        opcode::MAKE_FS => make_fs(node, req, &data).await,
+        opcode::SHUTDOWN => {
+            node.gate(true)?;
+            node.notify(Message::Shutdown).await.map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
+        opcode::STAT_SHEEP => {
+            node.gate(false)?;
+            let (total, free) = node.store.space().map_err(|e| e.result())?;
+            rsp.set_rsp_store_size(total).set_rsp_store_free(free);
+            Ok(Vec::new())
+        }
+        opcode::STAT_CLUSTER => stat_cluster(node, req, rsp),
+        opcode::STAT_RECOVERY => {
+            node.gate(false)?;
+            // struct recovery_state: nothing in recovery.
+            Ok(vec![0u8; 24])
+        }
+        opcode::GET_STORE_LIST => Ok(b"plain ".to_vec()),
+        opcode::FLUSH_DEL_CACHE => Ok(Vec::new()),
+        opcode::KILL_NODE => {
+            node.gate(true)?;
+            node.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+            node.request_stop();
+            Ok(Vec::new())
+        }
+        opcode::EXIST => {
+            node.gate(true)?;
+            if node.store.exists(Oid(req.oid())) {
+                Ok(Vec::new())
+            } else {
+                Err(SdResult::NO_OBJ)
+            }
+        }
+        opcode::GET_EPOCH => {
+            node.gate(true)?;
+            match node.store.read_epoch(req.tgt_epoch()).map_err(|e| e.result())? {
+                Some((nodes, t)) => Ok(proto::node::encode_epoch_file(&nodes, t)),
+                None => Err(SdResult::NO_TAG),
+            }
+        }
+        opcode::CREATE_AND_WRITE_PEER | opcode::READ_PEER | opcode::WRITE_PEER | opcode::REMOVE_PEER => {
+            let (r, d) = peer::serve(node, req, data).await;
+            if r.is_ok() {
+                Ok(d)
+            } else {
+                Err(r)
+            }
+        }
+        _ => Err(SdResult::INVALID_PARMS),
+    }
+}
+
+/// Data objects of a snapshot are read-only.
+fn writable(view: &crate::node::View, oid: Oid) -> Result<(), SdResult> {
+    match oid.kind() {
+        OidKind::Inode | OidKind::Attr | OidKind::Ledger | OidKind::Btree => Ok(()),
+        OidKind::Data | OidKind::Vmstate => match view.state.vdis.get(&oid.vid().0) {
+            None => Err(SdResult::NO_VDI),
+            Some(v) if v.snapshot => Err(SdResult::READONLY),
+            Some(_) => Ok(()),
+        },
+    }
+}
+
+async fn create_and_write(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> Out {
+    let view = node.gate(false)?;
+    let oid = Oid(req.oid());
+    if !view.state.vdis.contains_key(&oid.vid().0) {
+        return Err(SdResult::NO_VDI);
+    }
+    writable(&view, oid)?;
+    let offset = req.obj_offset();
+    gateway::check_range(node, &view, oid, offset, data.len() as u64)?;
+    if req.has_flag(flags::CMD_COW) {
+        // Copy-on-write: the whole source object, the new bytes laid over it.
+        let cow = Oid(req.cow_oid());
+        let size = node.object_size(&view, oid) as usize;
+        let mut full = gateway::read(node, cow, 0, size, req.obj_copies()).await?;
+        full.resize(size, 0);
+        full[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+        gateway::write(node, oid, 0, Bytes::from(full), true, req.obj_copies()).await?;
+    } else {
+        gateway::write(node, oid, offset, data, true, req.obj_copies()).await?;
+    }
+    rsp.set_rsp_obj_copies(node.copies_of(&view, oid, req.obj_copies()) as u8);
+    Ok(Vec::new())
+}
+
+/// DISCARD_OBJ: clear the inode's slot for the object, then remove the object.
+async fn discard(node: &Arc<Node>, req: &Header) -> Out {
+    node.gate(false)?;
+    let oid = Oid(req.oid());
+    if !oid.is_data() {
+        return Err(SdResult::INVALID_PARMS);
+    }
+    let (vid, idx) = (oid.vid(), oid.index());
+    if idx as u64 >= proto::SD_INODE_DATA_INDEX {
+        return Err(SdResult::INVALID_PARMS);
+    }
+    let ioid = Oid::inode(vid);
+    let off = proto::inode::data_vdi_id_offset(idx) as u64;
+    let cur = gateway::read(node, ioid, off, 4, 0).await?;
+    if cur != [0u8; 4] {
+        gateway::write(node, ioid, off, Bytes::from_static(&[0u8; 4]), false, 0).await?;
+        if u32::from_le_bytes([cur[0], cur[1], cur[2], cur[3]]) == vid.0 {
+            if let Err(e) = gateway::remove(node, Oid::data(Vid(vid.0), idx)).await {
+                tracing::warn!("discard {oid}: {e}");
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
+async fn make_fs(node: &Arc<Node>, req: &Header, data: &[u8]) -> Out {
+    let view = node.gate(true)?;
+    if view.state.status == Status::WaitForJoin {
+        return Err(SdResult::WAIT_FOR_JOIN);
+    }
+    let copies = req.cluster_copies();
+    if copies == 0 || copies > proto::SD_MAX_COPIES {
+        return Err(SdResult::INVALID_PARMS);
+    }
+    let bss = match req.cluster_block_size_shift() {
+        0 => proto::SD_DEFAULT_BLOCK_SIZE_SHIFT,
+        b if (proto::SD_MIN_BLOCK_SIZE_SHIFT..=proto::SD_MAX_BLOCK_SIZE_SHIFT).contains(&b) => b,
+        _ => return Err(SdResult::INVALID_PARMS),
+    };
+    let store = String::from_utf8_lossy(proto::cstr_bytes(data)).into_owned();
+    let store = if store.is_empty() { "plain".to_string() } else { store };
+    if store != "plain" {
+        return Err(SdResult::NO_STORE);
+    }
+    let ctime = match req.cluster_ctime() {
+        0 => now_secs() << 32,
+        t => t,
+    };
+    let f = Format {
+        ctime,
+        copies,
+        copy_policy: req.cluster_copy_policy(),
+        flags: req.cluster_flags() & (cluster_flags::STRICT | cluster_flags::AUTO_VNODES | cluster_flags::USE_LOCK | cluster_flags::RECYCLE_VID | cluster_flags::AVOID_DISKFULL),
+        block_size_shift: bss,
+        store,
+    };
+    node.notify(Message::Format(f)).await.map_err(|_| SdResult::CLUSTER_ERROR)?;
+    Ok(Vec::new())
+}
+
+fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
+    let view = node.gate(true)?;
+    let status = match view.state.status {
+        Status::Ok => SdResult::SUCCESS,
+        Status::WaitForFormat => SdResult::WAIT_FOR_FORMAT,
+        Status::WaitForJoin => SdResult::WAIT_FOR_JOIN,
+        Status::Shutdown => SdResult::SHUTDOWN,
+    };
+    let nodes_nr = req.cluster_nodes_nr() as usize;
+    let max = req.data_length() as usize / EpochLog::record_size(nodes_nr);
+    let f = &view.state.format;
+    let mut out = Vec::new();
+    let mut epoch = view.state.epoch;
+    while epoch > 0 && out.len() / EpochLog::record_size(nodes_nr) < max {
+        let (nodes, time) = node.store.read_epoch(epoch).map_err(|e| e.result())?.unwrap_or_default();
+        let first = out.is_empty();
+        let log = EpochLog {
+            ctime: if first { f.ctime } else { 0 },
+            time,
+            epoch,
+            disable_recovery: 0,
+            nr_copies: if first { f.copies } else { 0 },
+            copy_policy: if first { f.copy_policy } else { 0 },
+            block_size_shift: if first { f.block_size_shift } else { 0 },
+            flags: if first { f.flags } else { 0 },
+            drv_name: if first { f.store.clone() } else { String::new() },
+            nodes,
+        };
+        out.extend_from_slice(&log.encode(nodes_nr));
+        epoch -= 1;
+    }
+    rsp.set_result(status.0);
+    Ok(out)
+}

@@ -1,0 +1,95 @@
+//! Peer operations: what a sheep does with its own store when a gateway (possibly itself)
+//! sends it CREATE_AND_WRITE/READ/WRITE/REMOVE_PEER. Checks the sender's epoch against ours.
+//! Owns: the store-level meaning of the peer opcodes. Never: forwarding to other nodes.
+
+use crate::node::{Node, View};
+use crate::store::StoreError;
+use bytes::Bytes;
+use proto::{opcode, Header, Oid, SdResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One store operation, the same whether it came over the network or from the local gateway.
+pub enum StoreOp {
+    Create { offset: u64, data: Bytes },
+    Write { offset: u64, data: Bytes },
+    Read { offset: u64, len: usize },
+    Remove,
+}
+
+fn err(e: StoreError) -> SdResult {
+    e.result()
+}
+
+/// Runs `op` on the local store (in a blocking thread); reads return the bytes.
+pub async fn local(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Vec<u8>, SdResult> {
+    let store = node.store.clone();
+    let size = node.object_size(view, oid);
+    let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StoreError> {
+        match op {
+            StoreOp::Create { offset, data } => store.create_and_write(oid, size, offset, &data).map(|_| Vec::new()),
+            StoreOp::Write { offset, data } => store.write(oid, offset, &data).map(|_| Vec::new()),
+            StoreOp::Read { offset, len } => store.read(oid, offset, len),
+            StoreOp::Remove => store.remove(oid).map(|_| Vec::new()),
+        }
+    })
+    .await;
+    match r {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(SdResult::SYSTEM_ERROR),
+    }
+}
+
+/// Waits (bounded) for our epoch to reach `epoch`; the view at that point.
+async fn catch_up(node: &Arc<Node>, epoch: u32) -> Option<View> {
+    for _ in 0..100 {
+        let v = node.view();
+        if v.state.epoch >= epoch {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Serves a peer request; returns result and payload.
+pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Vec<u8>) {
+    let view = match node.gate(false) {
+        Ok(v) => v,
+        Err(e) => return (e, Vec::new()),
+    };
+    let view = if hdr.epoch() < view.state.epoch {
+        return (SdResult::OLD_NODE_VER, Vec::new());
+    } else if hdr.epoch() > view.state.epoch {
+        match catch_up(node, hdr.epoch()).await {
+            Some(v) => v,
+            None => return (SdResult::NEW_NODE_VER, Vec::new()),
+        }
+    } else {
+        view
+    };
+    let oid = Oid(hdr.oid());
+    let offset = hdr.obj_offset();
+    let op = match hdr.opcode() {
+        opcode::CREATE_AND_WRITE_PEER => StoreOp::Create { offset, data },
+        opcode::WRITE_PEER => StoreOp::Write { offset, data },
+        opcode::READ_PEER => StoreOp::Read { offset, len: hdr.data_length() as usize },
+        opcode::REMOVE_PEER => StoreOp::Remove,
+        _ => return (SdResult::INVALID_PARMS, Vec::new()),
+    };
+    if let Err(e) = crate::gateway::check_range(node, &view, oid, offset, op_len(&op)) {
+        return (e, Vec::new());
+    }
+    match local(node, &view, oid, op).await {
+        Ok(d) => (SdResult::SUCCESS, d),
+        Err(e) => (e, Vec::new()),
+    }
+}
+
+pub fn op_len(op: &StoreOp) -> u64 {
+    match op {
+        StoreOp::Create { data, .. } | StoreOp::Write { data, .. } => data.len() as u64,
+        StoreOp::Read { len, .. } => *len as u64,
+        StoreOp::Remove => 0,
+    }
+}

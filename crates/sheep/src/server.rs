@@ -1,0 +1,136 @@
+//! Listeners and the per-connection loop of the Sheepdog protocol (TCP and the store's unix
+//! socket). Reads 48-byte headers and payloads, checks versions and lengths, runs each request
+//! as its own task (many in flight per connection, answers in completion order, matched by
+//! id), and writes answers. Owns: framing and the connection lifecycle. Never: what an opcode
+//! means (that is `ops`).
+
+use crate::node::Node;
+use crate::ops;
+use bytes::Bytes;
+use proto::{flags, opcode, Header, SdResult, HEADER_SIZE};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Requests one connection may have in flight; more wait for a slot (back-pressure).
+const MAX_INFLIGHT: usize = 128;
+/// Largest read buffer a request may ask for (READ_VDIS is 2 MiB, the inode 12.5 MiB).
+const MAX_READ: u32 = 32 << 20;
+
+/// Why a header is refused before its opcode runs; `close` when the stream cannot be resynced.
+fn precheck(h: &Header) -> Result<(), (SdResult, bool)> {
+    let op = h.opcode();
+    let ver_ok = if opcode::is_internal(op) { h.proto_ver() == proto::SD_SHEEP_PROTO_VER } else { h.proto_ver() <= proto::SD_PROTO_VER };
+    if h.carries_payload() && h.data_length() > proto::SD_MAX_PAYLOAD {
+        return Err((SdResult::INVALID_PARMS, true));
+    }
+    if !ver_ok {
+        return Err((SdResult::VER_MISMATCH, false));
+    }
+    if !h.has_flag(flags::CMD_WRITE) && h.data_length() > MAX_READ {
+        return Err((SdResult::INVALID_PARMS, false));
+    }
+    Ok(())
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_conn<S>(node: Arc<Node>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<ops::Reply>(MAX_INFLIGHT);
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(256 * 1024, wr);
+        while let Some(r) = rx.recv().await {
+            let mut next = Some(r);
+            while let Some(r) = next.take() {
+                if w.write_all(r.header.as_bytes()).await.is_err() || w.write_all(&r.data).await.is_err() {
+                    return;
+                }
+                next = rx.try_recv().ok();
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    loop {
+        let mut hb = [0u8; HEADER_SIZE];
+        if rd.read_exact(&mut hb).await.is_err() {
+            break;
+        }
+        let req = Header::from_bytes(&hb);
+        if let Err((res, close)) = precheck(&req) {
+            tracing::debug!("refused {req:?}: {}", res.text());
+            let rsp = Header::response_to(&req, node.epoch(), res);
+            let _ = tx.send(ops::Reply { header: rsp, data: Vec::new() }).await;
+            if close {
+                break;
+            }
+            continue;
+        }
+        let data = if req.carries_payload() {
+            let mut buf = vec![0u8; req.data_length() as usize];
+            if rd.read_exact(&mut buf).await.is_err() {
+                break;
+            }
+            Bytes::from(buf)
+        } else {
+            Bytes::new()
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let node = node.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut reply = ops::handle(&node, &req, data).await;
+            // Never more payload than asked for, and none for writes (QEMU's reading rules).
+            if req.has_flag(flags::CMD_WRITE) {
+                reply.data.clear();
+            } else {
+                reply.data.truncate(req.data_length() as usize);
+            }
+            reply.header.set_data_length(reply.data.len() as u32);
+            let _ = tx.send(reply).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Accepts TCP connections until the node stops.
+pub async fn listen_tcp(node: Arc<Node>, listener: tokio::net::TcpListener) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(serve_conn(node.clone(), s));
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = node.stop.notified() => return,
+        }
+    }
+}
+
+/// Accepts connections on the store's unix socket (`sheepdog+unix://` clients).
+pub async fn listen_unix(node: Arc<Node>, listener: tokio::net::UnixListener) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => { tokio::spawn(serve_conn(node.clone(), s)); }
+                Err(e) => {
+                    tracing::warn!("accept (unix): {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = node.stop.notified() => return,
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Test harness: real `sheep` processes on free loopback ports in temporary stores, with their
+//! own local-driver file so clusters of parallel tests never meet. Every process started is
+//! killed by PID when the cluster is dropped.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the built `sheep` and `dog` binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SHEEPDOG_BIN_DIR") {
+        return d.into();
+    }
+    PathBuf::from(env!("CARGO_BIN_EXE_sheep")).parent().expect("bin dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is not built: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub struct Sheep {
+    pub port: u16,
+    pub zone: u32,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub shm: PathBuf,
+    pub nodes: Vec<Sheep>,
+}
+
+impl Cluster {
+    /// Starts `n` sheep (zones 0..n) and waits until all are members.
+    pub fn start(n: usize) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shm = tmp.path().join("shm");
+        let mut c = Cluster { tmp, shm, nodes: Vec::new() };
+        for i in 0..n {
+            c.add(i as u32);
+        }
+        c.wait_members(n);
+        c
+    }
+
+    /// Starts one more sheep in zone `zone`, in the foreground so the harness owns its PID.
+    pub fn add(&mut self, zone: u32) -> usize {
+        let port = free_port();
+        let dir = self.tmp.path().join(format!("st{}", self.nodes.len()));
+        self.nodes.push(Sheep { port, zone, dir, child: None });
+        let i = self.nodes.len() - 1;
+        self.restart(i);
+        i
+    }
+
+    /// (Re)starts node `i` on its store and port.
+    pub fn restart(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let child = Command::new(bin("sheep"))
+            .arg("-f")
+            .arg("-c")
+            .arg(format!("local:{}", self.shm.display()))
+            .arg("-p")
+            .arg(n.port.to_string())
+            .arg("-z")
+            .arg(n.zone.to_string())
+            .arg(&n.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(self.tmp.path().join(format!("sheep{i}.err"))).expect("log")))
+            .spawn()
+            .expect("spawn sheep");
+        self.nodes[i].child = Some(child);
+        wait_port(self.nodes[i].port);
+    }
+
+    /// kill -9 node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Runs `dog ARGS -p <port of node i>`.
+    pub fn dog(&self, i: usize, args: &[&str]) -> Output {
+        self.dog_stdin(i, args, None)
+    }
+
+    pub fn dog_stdin(&self, i: usize, args: &[&str], input: Option<&Path>) -> Output {
+        let mut cmd = Command::new(bin("dog"));
+        cmd.args(args).arg("-p").arg(self.port(i).to_string());
+        cmd.stdin(match input {
+            Some(p) => Stdio::from(std::fs::File::open(p).expect("input")),
+            None => Stdio::null(),
+        });
+        cmd.output().expect("run dog")
+    }
+
+    /// `dog` that must succeed; returns stdout.
+    pub fn dog_ok(&self, i: usize, args: &[&str]) -> String {
+        let o = self.dog(i, args);
+        assert!(o.status.success(), "dog {args:?} failed: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Waits until every running node sees `n` members.
+    pub fn wait_members(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (i, s) in self.nodes.iter().enumerate() {
+            if s.child.is_none() {
+                continue;
+            }
+            loop {
+                let count = rt().block_on(node_count(self.port(i)));
+                if count == Some(n) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {i} did not see {n} members (last: {count:?})");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// A protocol connection to node `i`.
+    pub async fn conn(&self, i: usize) -> client::Connection {
+        client::Connection::connect(("127.0.0.1", self.port(i)).into_addr()).await.expect("connect")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sheep on port {port} did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures can be reproduced.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+trait IntoAddr {
+    fn into_addr(self) -> std::net::SocketAddr;
+}
+impl IntoAddr for (&str, u16) {
+    fn into_addr(self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.0.parse().expect("ip"), self.1)
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Members node at `port` reports (GET_NODE_LIST), or None if it does not answer.
+pub async fn node_count(port: u16) -> Option<usize> {
+    let c = client::Connection::connect(("127.0.0.1", port).into_addr()).await.ok()?;
+    let r = c.read(proto::Header::request(proto::opcode::GET_NODE_LIST), 80 * 1024).await.ok()?;
+    r.result().is_ok().then_some(r.header.rsp_nr_nodes() as usize)
+}
