@@ -151,7 +151,8 @@ fn main() {
 fn run(opts: Opts) -> Result<()> {
     opts.refuse_unsupported()?;
     let log = parse_log(opts.log.as_deref())?;
-    let driver = sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
+    // Checked now for a clear error; built again after the fork, as it records its pid.
+    sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = opts.dir.canonicalize()?;
     let store = Arc::new(Store::open(&dir, opts.nosync)?);
@@ -172,6 +173,7 @@ fn run(opts: Opts) -> Result<()> {
     let log_dir = log.dir.clone().unwrap_or_else(|| dir.clone());
     let ready = if opts.foreground { None } else { Some(daemonize()?) };
     init_logging(&log_dir, log.level, opts.foreground)?;
+    let driver = sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
     let pidfile = opts.pidfile.clone().unwrap_or_else(|| dir.join("sheep.pid"));
     std::fs::write(&pidfile, format!("{}\n", std::process::id())).with_context(|| format!("cannot write {}", pidfile.display()))?;
 

@@ -248,6 +248,17 @@ impl Node {
         }
     }
 
+    /// `gate`, but a node that is not running yet first catches up with the cluster's order:
+    /// a request may arrive here just after another node saw the format.
+    pub async fn gate_synced(&self, force: bool) -> Result<View, SdResult> {
+        if self.view().state.status != Status::Ok {
+            if let Ok(seq) = self.driver.sync().await {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wait_applied(seq)).await;
+            }
+        }
+        self.gate(force)
+    }
+
     /// Size of an object, from the kind of object and its VDI's block size.
     pub fn object_size(&self, view: &View, oid: Oid) -> u64 {
         let bss = |vid: u32| {

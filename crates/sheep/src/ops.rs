@@ -35,6 +35,8 @@ pub async fn handle(node: &Arc<Node>, req: &Header, data: Bytes) -> Reply {
 type Out = Result<Vec<u8>, SdResult>;
 
 async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> Out {
+    // Catch up with the cluster before answering "not formatted" or "waiting".
+    let _ = node.gate_synced(true).await;
     match req.opcode() {
         opcode::CREATE_AND_WRITE_OBJ => create_and_write(node, req, data, rsp).await,
         opcode::READ_OBJ => {

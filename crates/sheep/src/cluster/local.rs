@@ -303,6 +303,13 @@ impl Driver for LocalDriver {
         })
     }
 
+    fn sync(&self) -> BoxFut<'_, Result<u64, ClusterError>> {
+        Box::pin(async move {
+            let path = self.path.clone();
+            blocking(move || std::fs::metadata(&path).map(|m| m.len()).map_err(io_err(&path))).await
+        })
+    }
+
     fn leave(&self) -> BoxFut<'_, Result<(), ClusterError>> {
         Box::pin(async move {
             let me = self.me.lock().unwrap_or_else(|e| e.into_inner()).take();

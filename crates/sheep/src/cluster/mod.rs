@@ -42,6 +42,8 @@ pub trait Driver: Send + Sync + 'static {
     fn notify(&self, msg: Message) -> BoxFut<'_, Result<u64, ClusterError>>;
     /// Take the cluster-wide mutex.
     fn lock(&self) -> BoxFut<'_, Result<LockGuard, ClusterError>>;
+    /// Position of the newest event in the order now (to catch up before answering).
+    fn sync(&self) -> BoxFut<'_, Result<u64, ClusterError>>;
     /// Leave the cluster (clean stop).
     fn leave(&self) -> BoxFut<'_, Result<(), ClusterError>>;
 }
