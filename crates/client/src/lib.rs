@@ -21,7 +21,10 @@ pub const MAX_RESPONSE: u32 = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("connection closed")]
@@ -56,11 +59,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub async fn connect<A: ToSocketAddrs + std::fmt::Display>(addr: A) -> Result<Connection, ClientError> {
+    pub async fn connect<A: ToSocketAddrs + std::fmt::Display>(
+        addr: A,
+    ) -> Result<Connection, ClientError> {
         let shown = addr.to_string();
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|source| ClientError::Connect { addr: shown, source })?;
+            .map_err(|source| ClientError::Connect {
+                addr: shown,
+                source,
+            })?;
         Ok(Connection::from_stream(stream)?)
     }
 
@@ -73,7 +81,13 @@ impl Connection {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, rx, broken.clone()));
         tokio::spawn(read_loop(rd, pending.clone(), broken.clone()));
-        Ok(Connection { tx, pending, next_id: AtomicU32::new(1), broken, peer })
+        Ok(Connection {
+            tx,
+            pending,
+            next_id: AtomicU32::new(1),
+            broken,
+            peer,
+        })
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -130,7 +144,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(Header, Bytes)>, broken: Arc<AtomicBool>) {
+async fn write_loop(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<(Header, Bytes)>,
+    broken: Arc<AtomicBool>,
+) {
     let mut w = BufWriter::with_capacity(64 * 1024, wr);
     while let Some((hdr, payload)) = rx.recv().await {
         let mut item = Some((hdr, payload));

@@ -1,1 +1,3 @@
-fn main() { std::process::exit(dog::run()) }
+fn main() {
+    std::process::exit(dog::run())
+}

@@ -58,7 +58,17 @@ mod tests {
     use super::*;
     #[test]
     fn round_trip() {
-        let c = Config { ctime: 1 << 40, flags: 4, copies: 3, store: "plain".into(), shutdown: true, copy_policy: 0, block_size_shift: 22, version: 6, space: 99 };
+        let c = Config {
+            ctime: 1 << 40,
+            flags: 4,
+            copies: 3,
+            store: "plain".into(),
+            shutdown: true,
+            copy_policy: 0,
+            block_size_shift: 22,
+            version: 6,
+            space: 99,
+        };
         assert_eq!(Config::decode(&c.encode()), Some(c));
     }
 }

@@ -154,7 +154,12 @@ impl Header {
     field!(cluster_flags, set_cluster_flags, u16, 34);
     field!(cluster_tag, set_cluster_tag, u32, 36);
     field!(cluster_nodes_nr, set_cluster_nodes_nr, u32, 40);
-    field!(cluster_block_size_shift, set_cluster_block_size_shift, u8, 44);
+    field!(
+        cluster_block_size_shift,
+        set_cluster_block_size_shift,
+        u8,
+        44
+    );
 
     // Request: vdi_state (NOTIFY_VDI_ADD).
     field!(old_vid, set_old_vid, u32, 16);
@@ -178,7 +183,12 @@ impl Header {
     field!(rsp_vdi_id, set_rsp_vdi_id, u32, 24);
     field!(rsp_attr_id, set_rsp_attr_id, u32, 28);
     field!(rsp_vdi_copies, set_rsp_vdi_copies, u8, 32);
-    field!(rsp_vdi_block_size_shift, set_rsp_vdi_block_size_shift, u8, 33);
+    field!(
+        rsp_vdi_block_size_shift,
+        set_rsp_vdi_block_size_shift,
+        u8,
+        33
+    );
 
     // Response: node (STAT_SHEEP, GET_NODE_LIST).
     field!(rsp_nr_nodes, set_rsp_nr_nodes, u32, 20);
@@ -188,7 +198,12 @@ impl Header {
     // Response: cluster default.
     field!(rsp_default_copies, set_rsp_default_copies, u8, 20);
     field!(rsp_default_copy_policy, set_rsp_default_copy_policy, u8, 21);
-    field!(rsp_default_block_size_shift, set_rsp_default_block_size_shift, u8, 22);
+    field!(
+        rsp_default_block_size_shift,
+        set_rsp_default_block_size_shift,
+        u8,
+        22
+    );
 
     /// Response: hash (GET_HASH), 20 bytes of SHA-1 at 24.
     pub fn rsp_digest(&self) -> [u8; 20] {
@@ -210,7 +225,10 @@ mod tests {
     #[test]
     fn offsets_match_the_spec() {
         let mut h = Header::request(crate::opcode::READ_OBJ);
-        h.set_id(7).set_data_length(4096).set_oid(0x007c2b2500000003).set_obj_offset(512);
+        h.set_id(7)
+            .set_data_length(4096)
+            .set_oid(0x007c2b2500000003)
+            .set_obj_offset(512);
         let b = h.as_bytes();
         assert_eq!(b[0], 0x02);
         assert_eq!(b[1], 0x02);

@@ -140,7 +140,16 @@ mod tests {
     }
     #[test]
     fn header_round_trip() {
-        let h = InodeHeader { name: b"Alice".to_vec(), vdi_size: 1 << 30, nr_copies: 3, block_size_shift: 22, snap_id: 1, vdi_id: 0x15d167, create_time: encode_time(5, 6), ..Default::default() };
+        let h = InodeHeader {
+            name: b"Alice".to_vec(),
+            vdi_size: 1 << 30,
+            nr_copies: 3,
+            block_size_shift: 22,
+            snap_id: 1,
+            vdi_id: 0x15d167,
+            create_time: encode_time(5, 6),
+            ..Default::default()
+        };
         let b = h.to_bytes();
         assert_eq!(&b[..5], b"Alice");
         assert_eq!(b[554], 3);

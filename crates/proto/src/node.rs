@@ -30,7 +30,12 @@ impl NodeId {
 
     pub fn ip(&self) -> IpAddr {
         if self.addr[..12].iter().all(|&b| b == 0) {
-            IpAddr::V4(Ipv4Addr::new(self.addr[12], self.addr[13], self.addr[14], self.addr[15]))
+            IpAddr::V4(Ipv4Addr::new(
+                self.addr[12],
+                self.addr[13],
+                self.addr[14],
+                self.addr[15],
+            ))
         } else {
             IpAddr::V6(Ipv6Addr::from(self.addr))
         }
@@ -98,7 +103,10 @@ impl SdNode {
         let mut addr = [0u8; 16];
         addr.copy_from_slice(&b[NID_OFF..NID_OFF + 16]);
         Some(SdNode {
-            nid: NodeId { addr, port: u16_at(b, NID_OFF + 16) },
+            nid: NodeId {
+                addr,
+                port: u16_at(b, NID_OFF + 16),
+            },
             nr_vnodes: u16_at(b, 64),
             zone: u32_at(b, 68),
             space: u64_at(b, 72),
@@ -107,7 +115,9 @@ impl SdNode {
 
     /// Decodes a packed array of records (trailing partial record ignored).
     pub fn decode_list(b: &[u8]) -> Vec<SdNode> {
-        b.chunks_exact(SD_NODE_SIZE).filter_map(SdNode::decode).collect()
+        b.chunks_exact(SD_NODE_SIZE)
+            .filter_map(SdNode::decode)
+            .collect()
     }
 
     pub fn encode_list(nodes: &[SdNode]) -> Vec<u8> {
@@ -206,7 +216,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn node(port: u16, zone: u32) -> SdNode {
-        SdNode { nid: NodeId::new("127.0.0.1".parse().unwrap(), port), nr_vnodes: 128, zone, space: 1 << 30 }
+        SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), port),
+            nr_vnodes: 128,
+            zone,
+            space: 1 << 30,
+        }
     }
 
     #[test]
@@ -222,7 +237,16 @@ mod tests {
 
     #[test]
     fn epoch_log_round_trip() {
-        let e = EpochLog { ctime: 9, time: 10, epoch: 3, nr_copies: 3, flags: 4, drv_name: "plain".into(), nodes: vec![node(1, 0), node(2, 1)], ..Default::default() };
+        let e = EpochLog {
+            ctime: 9,
+            time: 10,
+            epoch: 3,
+            nr_copies: 3,
+            flags: 4,
+            drv_name: "plain".into(),
+            nodes: vec![node(1, 0), node(2, 1)],
+            ..Default::default()
+        };
         let mut b = e.encode(4);
         b.extend(e.encode(4));
         assert_eq!(EpochLog::decode_all(&b, 4), vec![e.clone(), e]);

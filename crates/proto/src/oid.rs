@@ -129,6 +129,9 @@ mod tests {
         assert_eq!(Oid::inode(v).kind(), OidKind::Inode);
         assert_eq!(Oid::attr(v, 1).kind(), OidKind::Attr);
         assert_eq!(Oid::vmstate(v, 1).kind(), OidKind::Vmstate);
-        assert_eq!(Oid::parse_file_name("807c2b2500000000"), Some(Oid::inode(v)));
+        assert_eq!(
+            Oid::parse_file_name("807c2b2500000000"),
+            Some(Oid::inode(v))
+        );
     }
 }

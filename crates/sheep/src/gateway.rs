@@ -17,11 +17,20 @@ const RETRY_FOR: Duration = Duration::from_secs(15);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 fn retryable(r: SdResult) -> bool {
-    matches!(r, SdResult::OLD_NODE_VER | SdResult::NEW_NODE_VER | SdResult::NETWORK_ERROR)
+    matches!(
+        r,
+        SdResult::OLD_NODE_VER | SdResult::NEW_NODE_VER | SdResult::NETWORK_ERROR
+    )
 }
 
 /// Rejects malformed oids and ranges past the end of the object.
-pub fn check_range(node: &Node, view: &View, oid: Oid, offset: u64, len: u64) -> Result<(), SdResult> {
+pub fn check_range(
+    node: &Node,
+    view: &View,
+    oid: Oid,
+    offset: u64,
+    len: u64,
+) -> Result<(), SdResult> {
     if !oid.is_well_formed() {
         return Err(SdResult::INVALID_PARMS);
     }
@@ -41,18 +50,32 @@ fn targets(node: &Node, view: &View, oid: Oid, copies: u8) -> Result<Vec<SdNode>
     Ok(t)
 }
 
-async fn one_copy(node: &Arc<Node>, view: &View, target: &SdNode, oid: Oid, op: StoreOp) -> Result<Vec<u8>, SdResult> {
+async fn one_copy(
+    node: &Arc<Node>,
+    view: &View,
+    target: &SdNode,
+    oid: Oid,
+    op: StoreOp,
+) -> Result<Vec<u8>, SdResult> {
     if target.nid == node.me.nid {
         return peer::local(node, view, oid, op).await;
     }
     let (code, offset, payload, len) = match op {
-        StoreOp::Create { offset, data } => (opcode::CREATE_AND_WRITE_PEER, offset, data.clone(), data.len()),
+        StoreOp::Create { offset, data } => (
+            opcode::CREATE_AND_WRITE_PEER,
+            offset,
+            data.clone(),
+            data.len(),
+        ),
         StoreOp::Write { offset, data } => (opcode::WRITE_PEER, offset, data.clone(), data.len()),
         StoreOp::Read { offset, len } => (opcode::READ_PEER, offset, Bytes::new(), len),
         StoreOp::Remove => (opcode::REMOVE_PEER, 0, Bytes::new(), 0),
     };
     let mut h = Header::request(code);
-    h.set_epoch(view.state.epoch).set_oid(oid.0).set_obj_offset(offset).set_data_length(len as u32);
+    h.set_epoch(view.state.epoch)
+        .set_oid(oid.0)
+        .set_obj_offset(offset)
+        .set_data_length(len as u32);
     if !payload.is_empty() {
         h.add_flags(proto::flags::CMD_WRITE);
     }
@@ -83,7 +106,13 @@ where
 }
 
 /// Reads `len` bytes at `offset` of `oid` from one copy: the local one if this node holds it.
-pub async fn read(node: &Arc<Node>, oid: Oid, offset: u64, len: usize, copies: u8) -> Result<Vec<u8>, SdResult> {
+pub async fn read(
+    node: &Arc<Node>,
+    oid: Oid,
+    offset: u64,
+    len: usize,
+    copies: u8,
+) -> Result<Vec<u8>, SdResult> {
     with_retries(node, |view| async move {
         check_range(node, &view, oid, offset, len as u64)?;
         let mut t = targets(node, &view, oid, copies)?;
@@ -104,14 +133,31 @@ pub async fn read(node: &Arc<Node>, oid: Oid, offset: u64, len: usize, copies: u
 }
 
 /// Writes `data` at `offset` on every copy in parallel; `create` makes the object first.
-pub async fn write(node: &Arc<Node>, oid: Oid, offset: u64, data: Bytes, create: bool, copies: u8) -> Result<(), SdResult> {
+pub async fn write(
+    node: &Arc<Node>,
+    oid: Oid,
+    offset: u64,
+    data: Bytes,
+    create: bool,
+    copies: u8,
+) -> Result<(), SdResult> {
     with_retries(node, |view| {
         let data = data.clone();
         async move {
             check_range(node, &view, oid, offset, data.len() as u64)?;
             let t = targets(node, &view, oid, copies)?;
             let ops = t.iter().map(|target| {
-                let op = if create { StoreOp::Create { offset, data: data.clone() } } else { StoreOp::Write { offset, data: data.clone() } };
+                let op = if create {
+                    StoreOp::Create {
+                        offset,
+                        data: data.clone(),
+                    }
+                } else {
+                    StoreOp::Write {
+                        offset,
+                        data: data.clone(),
+                    }
+                };
                 one_copy(node, &view, target, oid, op)
             });
             first_error(join_all(ops).await)
@@ -124,7 +170,11 @@ pub async fn write(node: &Arc<Node>, oid: Oid, offset: u64, data: Bytes, create:
 pub async fn remove(node: &Arc<Node>, oid: Oid) -> Result<(), SdResult> {
     with_retries(node, |view| async move {
         let t = targets(node, &view, oid, 0)?;
-        let results = join_all(t.iter().map(|target| one_copy(node, &view, target, oid, StoreOp::Remove))).await;
+        let results = join_all(
+            t.iter()
+                .map(|target| one_copy(node, &view, target, oid, StoreOp::Remove)),
+        )
+        .await;
         first_error(results.into_iter().map(|r| match r {
             Err(SdResult::NO_OBJ) => Ok(Vec::new()),
             other => other,
@@ -133,7 +183,9 @@ pub async fn remove(node: &Arc<Node>, oid: Oid) -> Result<(), SdResult> {
     .await
 }
 
-fn first_error(results: impl IntoIterator<Item = Result<Vec<u8>, SdResult>>) -> Result<(), SdResult> {
+fn first_error(
+    results: impl IntoIterator<Item = Result<Vec<u8>, SdResult>>,
+) -> Result<(), SdResult> {
     let mut out = Ok(());
     for r in results {
         if let Err(e) = r {

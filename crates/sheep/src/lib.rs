@@ -5,12 +5,12 @@
 //! in parallel) -> `peers` (network) or `peer::local` -> `store` (disk) -> acknowledgement.
 
 pub mod cluster;
-pub mod ring;
-pub mod store;
 pub mod gateway;
 pub mod node;
 pub mod ops;
 pub mod peer;
 pub mod peers;
+pub mod ring;
 pub mod server;
+pub mod store;
 pub mod vdi;

@@ -16,7 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "sheep", version, about = "Sheepdog storage daemon", disable_version_flag = true)]
+#[command(
+    name = "sheep",
+    version,
+    about = "Sheepdog storage daemon",
+    disable_version_flag = true
+)]
 struct Opts {
     /// Store directory (created if missing)
     #[arg(default_value = "/tmp")]
@@ -93,7 +98,10 @@ impl Opts {
             (self.vnodes.is_some(), "-V/--vnodes"),
             (self.wq_threads.is_some(), "-w/--wq-threads"),
             (self.wildcard_recovery, "-W/--wildcard-recovery"),
-            (self.max_dynamic_threads.is_some(), "-x/--max-dynamic-threads"),
+            (
+                self.max_dynamic_threads.is_some(),
+                "-x/--max-dynamic-threads",
+            ),
             (self.nbd_port.is_some_and(|p| p != 0), "--nbd-port"),
             (self.nbd_socket.is_some(), "--nbd-socket"),
         ];
@@ -115,20 +123,25 @@ struct LogOpts {
 }
 
 fn parse_log(s: Option<&str>) -> Result<LogOpts> {
-    let mut o = LogOpts { dir: None, level: tracing::Level::INFO };
+    let mut o = LogOpts {
+        dir: None,
+        level: tracing::Level::INFO,
+    };
     for part in s.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("bad log option '{part}' (expected dir=PATH,level=LEVEL)"))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("bad log option '{part}' (expected dir=PATH,level=LEVEL)"))?;
         match k {
             "dir" => o.dir = Some(v.into()),
-            "level" => {
-                o.level = match v {
-                    "emerg" | "alert" | "crit" | "err" | "error" => tracing::Level::ERROR,
-                    "warning" | "warn" => tracing::Level::WARN,
-                    "notice" | "info" => tracing::Level::INFO,
-                    "debug" => tracing::Level::DEBUG,
-                    other => bail!("unknown log level '{other}' (emerg alert crit err warning notice info debug)"),
-                }
-            }
+            "level" => o.level = match v {
+                "emerg" | "alert" | "crit" | "err" | "error" => tracing::Level::ERROR,
+                "warning" | "warn" => tracing::Level::WARN,
+                "notice" | "info" => tracing::Level::INFO,
+                "debug" => tracing::Level::DEBUG,
+                other => bail!(
+                    "unknown log level '{other}' (emerg alert crit err warning notice info debug)"
+                ),
+            },
             "format" | "dst" => {}
             other => bail!("unknown log option '{other}'"),
         }
@@ -153,31 +166,52 @@ fn run(opts: Opts) -> Result<()> {
     let log = parse_log(opts.log.as_deref())?;
     // Checked now for a clear error; built again after the fork, as it records its pid.
     sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
-    std::fs::create_dir_all(&opts.dir).with_context(|| format!("cannot create {}", opts.dir.display()))?;
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = opts.dir.canonicalize()?;
     let store = Arc::new(Store::open(&dir, opts.nosync)?);
 
     let bind = opts.bindaddr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let listener = std::net::TcpListener::bind(SocketAddr::new(bind, opts.port)).with_context(|| format!("cannot listen on {bind}:{}", opts.port))?;
+    let listener = std::net::TcpListener::bind(SocketAddr::new(bind, opts.port))
+        .with_context(|| format!("cannot listen on {bind}:{}", opts.port))?;
     listener.set_nonblocking(true)?;
     let sock_path = dir.join("sock");
     let _ = std::fs::remove_file(&sock_path);
-    let unix = std::os::unix::net::UnixListener::bind(&sock_path).with_context(|| format!("cannot listen on {}", sock_path.display()))?;
+    let unix = std::os::unix::net::UnixListener::bind(&sock_path)
+        .with_context(|| format!("cannot listen on {}", sock_path.display()))?;
     unix.set_nonblocking(true)?;
 
-    let advertised = opts.myaddr.or(opts.bindaddr.filter(|a| !a.is_unspecified())).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let advertised = opts
+        .myaddr
+        .or(opts.bindaddr.filter(|a| !a.is_unspecified()))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let nid = NodeId::new(advertised, opts.port);
     let space = store.space().map(|(t, _)| t).unwrap_or(0);
-    let me = SdNode { nid, nr_vnodes: proto::SD_DEFAULT_VNODES, zone: opts.zone.unwrap_or_else(|| nid.default_zone()), space };
+    let me = SdNode {
+        nid,
+        nr_vnodes: proto::SD_DEFAULT_VNODES,
+        zone: opts.zone.unwrap_or_else(|| nid.default_zone()),
+        space,
+    };
 
     let log_dir = log.dir.clone().unwrap_or_else(|| dir.clone());
-    let ready = if opts.foreground { None } else { Some(daemonize()?) };
+    let ready = if opts.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
     init_logging(&log_dir, log.level, opts.foreground)?;
     let driver = sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
-    let pidfile = opts.pidfile.clone().unwrap_or_else(|| dir.join("sheep.pid"));
-    std::fs::write(&pidfile, format!("{}\n", std::process::id())).with_context(|| format!("cannot write {}", pidfile.display()))?;
+    let pidfile = opts
+        .pidfile
+        .clone()
+        .unwrap_or_else(|| dir.join("sheep.pid"));
+    std::fs::write(&pidfile, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", pidfile.display()))?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(serve(store, driver, me, listener, unix, ready));
     let _ = std::fs::remove_file(&pidfile);
     let _ = std::fs::remove_file(&sock_path);
@@ -227,8 +261,14 @@ async fn serve(
 fn init_logging(dir: &Path, level: tracing::Level, foreground: bool) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("sheep.log");
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(false);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false);
     if foreground {
         builder.with_writer(std::io::stderr).init();
     } else {

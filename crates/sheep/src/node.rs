@@ -3,7 +3,9 @@
 //!
 //! Owns: `Node`, the single shared handle every request handler uses. Never: wire parsing.
 
-use crate::cluster::state::{ClusterState, Effect, Event, Format, JoinInfo, Message, Status, VdiInfo};
+use crate::cluster::state::{
+    ClusterState, Effect, Event, Format, JoinInfo, Message, Status, VdiInfo,
+};
 use crate::cluster::{ClusterError, Driver};
 use crate::peers::Peers;
 use crate::ring::Ring;
@@ -40,7 +42,10 @@ pub struct Node {
 }
 
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Node {
@@ -91,8 +96,15 @@ impl Node {
                 if oid.kind() != OidKind::Inode {
                     continue;
                 }
-                let Ok(b) = self.store.read(oid, 0, proto::inode::SD_INODE_HEADER_SIZE as u32 as usize) else { continue };
-                let Some(h) = InodeHeader::decode(&b) else { continue };
+                let Ok(b) =
+                    self.store
+                        .read(oid, 0, proto::inode::SD_INODE_HEADER_SIZE as u32 as usize)
+                else {
+                    continue;
+                };
+                let Some(h) = InodeHeader::decode(&b) else {
+                    continue;
+                };
                 vdis.insert(
                     oid.vid().0,
                     VdiInfo {
@@ -106,7 +118,12 @@ impl Node {
                 );
             }
         }
-        Ok(JoinInfo { format, epoch: if epoch_nodes.is_empty() { 0 } else { epoch }, epoch_nodes, vdis })
+        Ok(JoinInfo {
+            format,
+            epoch: if epoch_nodes.is_empty() { 0 } else { epoch },
+            epoch_nodes,
+            vdis,
+        })
     }
 
     /// Joins the cluster and runs the core loop; returns once this node is a member.
@@ -117,7 +134,12 @@ impl Node {
         tokio::spawn(self.clone().core_loop(rx));
         let mut applied = self.applied.subscribe();
         loop {
-            if let Some(e) = self.join_error.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            if let Some(e) = self
+                .join_error
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
                 anyhow::bail!("failed to join the cluster: {e}");
             }
             if self.view().state.is_member(&self.me) {
@@ -154,7 +176,8 @@ impl Node {
         match fx {
             Effect::NewEpoch { epoch, nodes } => {
                 tracing::info!("epoch {epoch}: {} nodes", nodes.len());
-                tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, now_secs())).await??;
+                tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, now_secs()))
+                    .await??;
             }
             Effect::Formatted(f) => {
                 tracing::info!("cluster formatted with {} copies", f.copies);
@@ -168,7 +191,9 @@ impl Node {
             }
             Effect::Adopted(f) => {
                 let current = self.store.read_config()?;
-                if current.as_ref().map(|c| c.ctime) != Some(f.ctime) || current.as_ref().is_some_and(|c| c.shutdown) {
+                if current.as_ref().map(|c| c.ctime) != Some(f.ctime)
+                    || current.as_ref().is_some_and(|c| c.shutdown)
+                {
                     let cfg = self.config_of(&f, false);
                     tokio::task::spawn_blocking(move || store.write_config(&cfg)).await??;
                 }
@@ -262,7 +287,17 @@ impl Node {
     /// Size of an object, from the kind of object and its VDI's block size.
     pub fn object_size(&self, view: &View, oid: Oid) -> u64 {
         let bss = |vid: u32| {
-            view.state.vdis.get(&vid).map(|v| v.block_size_shift).filter(|&b| b != 0).unwrap_or(view.state.format.block_size_shift.max(proto::SD_MIN_BLOCK_SIZE_SHIFT))
+            view.state
+                .vdis
+                .get(&vid)
+                .map(|v| v.block_size_shift)
+                .filter(|&b| b != 0)
+                .unwrap_or(
+                    view.state
+                        .format
+                        .block_size_shift
+                        .max(proto::SD_MIN_BLOCK_SIZE_SHIFT),
+                )
         };
         match oid.kind() {
             OidKind::Inode => proto::inode::SD_INODE_SIZE as u64,
@@ -275,8 +310,15 @@ impl Node {
 
     /// Copies an object has: its VDI's, else the request's, else the cluster default.
     pub fn copies_of(&self, view: &View, oid: Oid, requested: u8) -> usize {
-        let c = view.state.vdis.get(&oid.vid().0).map(|v| v.copies).filter(|&c| c != 0);
-        let c = c.or(Some(requested).filter(|&c| c != 0)).unwrap_or(view.state.format.copies);
+        let c = view
+            .state
+            .vdis
+            .get(&oid.vid().0)
+            .map(|v| v.copies)
+            .filter(|&c| c != 0);
+        let c = c
+            .or(Some(requested).filter(|&c| c != 0))
+            .unwrap_or(view.state.format.copies);
         c.max(1) as usize
     }
 }

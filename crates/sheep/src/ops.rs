@@ -42,7 +42,14 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
         opcode::READ_OBJ => {
             node.gate(false)?;
             let oid = Oid(req.oid());
-            gateway::read(node, oid, req.obj_offset(), req.data_length() as usize, req.obj_copies()).await
+            gateway::read(
+                node,
+                oid,
+                req.obj_offset(),
+                req.data_length() as usize,
+                req.obj_copies(),
+            )
+            .await
         }
         opcode::WRITE_OBJ => {
             let view = node.gate(false)?;
@@ -54,20 +61,26 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
         }
         opcode::REMOVE_OBJ => {
             node.gate(false)?;
-            gateway::remove(node, Oid(req.oid())).await.map(|_| Vec::new())
+            gateway::remove(node, Oid(req.oid()))
+                .await
+                .map(|_| Vec::new())
         }
         opcode::DISCARD_OBJ => discard(node, req).await,
         opcode::NEW_VDI => {
             node.gate(false)?;
             let h = vdi::create(node, req, &data).await?;
-            rsp.set_rsp_vdi_id(h.vdi_id).set_rsp_vdi_copies(h.nr_copies).set_rsp_vdi_block_size_shift(h.block_size_shift);
+            rsp.set_rsp_vdi_id(h.vdi_id)
+                .set_rsp_vdi_copies(h.nr_copies)
+                .set_rsp_vdi_block_size_shift(h.block_size_shift);
             Ok(Vec::new())
         }
         opcode::GET_VDI_INFO | opcode::LOCK_VDI => {
             let view = node.gate(false)?;
             let (name, tag) = vdi::parse_name_tag(&data)?;
             let h = vdi::find(node, &view, &name, &tag, req.snapid()).await?;
-            rsp.set_rsp_vdi_id(h.vdi_id).set_rsp_vdi_copies(h.nr_copies).set_rsp_vdi_block_size_shift(h.block_size_shift);
+            rsp.set_rsp_vdi_id(h.vdi_id)
+                .set_rsp_vdi_copies(h.nr_copies)
+                .set_rsp_vdi_block_size_shift(h.block_size_shift);
             Ok(Vec::new())
         }
         opcode::RELEASE_VDI => {
@@ -88,19 +101,27 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
         opcode::GET_CLUSTER_DEFAULT => {
             let view = node.gate(true)?;
             let f = &view.state.format;
-            rsp.set_rsp_default_copies(f.copies).set_rsp_default_copy_policy(f.copy_policy).set_rsp_default_block_size_shift(f.block_size_shift);
+            rsp.set_rsp_default_copies(f.copies)
+                .set_rsp_default_copy_policy(f.copy_policy)
+                .set_rsp_default_block_size_shift(f.block_size_shift);
             Ok(Vec::new())
         }
         opcode::GET_NODE_LIST => {
             let view = node.gate(true)?;
-            let nodes = if view.state.epoch_nodes.is_empty() { &view.state.members } else { &view.state.epoch_nodes };
+            let nodes = if view.state.epoch_nodes.is_empty() {
+                &view.state.members
+            } else {
+                &view.state.epoch_nodes
+            };
             rsp.set_rsp_nr_nodes(nodes.len() as u32);
             Ok(SdNode::encode_list(nodes))
         }
         opcode::MAKE_FS => make_fs(node, req, &data).await,
         opcode::SHUTDOWN => {
             node.gate(true)?;
-            node.notify(Message::Shutdown).await.map_err(|_| SdResult::CLUSTER_ERROR)?;
+            node.notify(Message::Shutdown)
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
             Ok(Vec::new())
         }
         opcode::STAT_SHEEP => {
@@ -133,12 +154,19 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
         }
         opcode::GET_EPOCH => {
             node.gate(true)?;
-            match node.store.read_epoch(req.tgt_epoch()).map_err(|e| e.result())? {
+            match node
+                .store
+                .read_epoch(req.tgt_epoch())
+                .map_err(|e| e.result())?
+            {
                 Some((nodes, t)) => Ok(proto::node::encode_epoch_file(&nodes, t)),
                 None => Err(SdResult::NO_TAG),
             }
         }
-        opcode::CREATE_AND_WRITE_PEER | opcode::READ_PEER | opcode::WRITE_PEER | opcode::REMOVE_PEER => {
+        opcode::CREATE_AND_WRITE_PEER
+        | opcode::READ_PEER
+        | opcode::WRITE_PEER
+        | opcode::REMOVE_PEER => {
             let (r, d) = peer::serve(node, req, data).await;
             if r.is_ok() {
                 Ok(d)
@@ -226,7 +254,11 @@ async fn make_fs(node: &Arc<Node>, req: &Header, data: &[u8]) -> Out {
         _ => return Err(SdResult::INVALID_PARMS),
     };
     let store = String::from_utf8_lossy(proto::cstr_bytes(data)).into_owned();
-    let store = if store.is_empty() { "plain".to_string() } else { store };
+    let store = if store.is_empty() {
+        "plain".to_string()
+    } else {
+        store
+    };
     if store != "plain" {
         return Err(SdResult::NO_STORE);
     }
@@ -238,11 +270,18 @@ async fn make_fs(node: &Arc<Node>, req: &Header, data: &[u8]) -> Out {
         ctime,
         copies,
         copy_policy: req.cluster_copy_policy(),
-        flags: req.cluster_flags() & (cluster_flags::STRICT | cluster_flags::AUTO_VNODES | cluster_flags::USE_LOCK | cluster_flags::RECYCLE_VID | cluster_flags::AVOID_DISKFULL),
+        flags: req.cluster_flags()
+            & (cluster_flags::STRICT
+                | cluster_flags::AUTO_VNODES
+                | cluster_flags::USE_LOCK
+                | cluster_flags::RECYCLE_VID
+                | cluster_flags::AVOID_DISKFULL),
         block_size_shift: bss,
         store,
     };
-    node.notify(Message::Format(f)).await.map_err(|_| SdResult::CLUSTER_ERROR)?;
+    node.notify(Message::Format(f))
+        .await
+        .map_err(|_| SdResult::CLUSTER_ERROR)?;
     Ok(Vec::new())
 }
 
@@ -260,7 +299,11 @@ fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
     let mut out = Vec::new();
     let mut epoch = view.state.epoch;
     while epoch > 0 && out.len() / EpochLog::record_size(nodes_nr) < max {
-        let (nodes, time) = node.store.read_epoch(epoch).map_err(|e| e.result())?.unwrap_or_default();
+        let (nodes, time) = node
+            .store
+            .read_epoch(epoch)
+            .map_err(|e| e.result())?
+            .unwrap_or_default();
         let first = out.is_empty();
         let log = EpochLog {
             ctime: if first { f.ctime } else { 0 },
@@ -271,7 +314,11 @@ fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
             copy_policy: if first { f.copy_policy } else { 0 },
             block_size_shift: if first { f.block_size_shift } else { 0 },
             flags: if first { f.flags } else { 0 },
-            drv_name: if first { f.store.clone() } else { String::new() },
+            drv_name: if first {
+                f.store.clone()
+            } else {
+                String::new()
+            },
             nodes,
         };
         out.extend_from_slice(&log.encode(nodes_nr));

@@ -22,12 +22,19 @@ fn err(e: StoreError) -> SdResult {
 }
 
 /// Runs `op` on the local store (in a blocking thread); reads return the bytes.
-pub async fn local(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Vec<u8>, SdResult> {
+pub async fn local(
+    node: &Arc<Node>,
+    view: &View,
+    oid: Oid,
+    op: StoreOp,
+) -> Result<Vec<u8>, SdResult> {
     let store = node.store.clone();
     let size = node.object_size(view, oid);
     let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StoreError> {
         match op {
-            StoreOp::Create { offset, data } => store.create_and_write(oid, size, offset, &data).map(|_| Vec::new()),
+            StoreOp::Create { offset, data } => store
+                .create_and_write(oid, size, offset, &data)
+                .map(|_| Vec::new()),
             StoreOp::Write { offset, data } => store.write(oid, offset, &data).map(|_| Vec::new()),
             StoreOp::Read { offset, len } => store.read(oid, offset, len),
             StoreOp::Remove => store.remove(oid).map(|_| Vec::new()),
@@ -73,7 +80,10 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
     let op = match hdr.opcode() {
         opcode::CREATE_AND_WRITE_PEER => StoreOp::Create { offset, data },
         opcode::WRITE_PEER => StoreOp::Write { offset, data },
-        opcode::READ_PEER => StoreOp::Read { offset, len: hdr.data_length() as usize },
+        opcode::READ_PEER => StoreOp::Read {
+            offset,
+            len: hdr.data_length() as usize,
+        },
         opcode::REMOVE_PEER => StoreOp::Remove,
         _ => return (SdResult::INVALID_PARMS, Vec::new()),
     };

@@ -22,7 +22,12 @@ impl Peers {
     }
 
     async fn get(&self, nid: NodeId) -> Result<Arc<Connection>, SdResult> {
-        if let Some(c) = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(&nid) {
+        if let Some(c) = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&nid)
+        {
             if !c.is_broken() {
                 return Ok(c.clone());
             }
@@ -36,19 +41,30 @@ impl Peers {
             }
             Err(_) => return Err(SdResult::NETWORK_ERROR),
         };
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(nid, conn.clone());
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(nid, conn.clone());
         Ok(conn)
     }
 
     /// Sends one request to `nid`; a broken connection is reopened once.
-    pub async fn request(&self, nid: NodeId, hdr: Header, payload: Bytes) -> Result<Response, SdResult> {
+    pub async fn request(
+        &self,
+        nid: NodeId,
+        hdr: Header,
+        payload: Bytes,
+    ) -> Result<Response, SdResult> {
         for attempt in 0..2 {
             let conn = self.get(nid).await?;
             match conn.request(hdr, payload.clone()).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     tracing::debug!("peer {nid} (attempt {attempt}): {e}");
-                    self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&nid);
+                    self.conns
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&nid);
                 }
             }
         }

@@ -28,10 +28,18 @@ impl Ring {
         vnodes.sort_by_key(|v| v.0);
         // The original's rb-tree refuses duplicate hashes: keep the first.
         vnodes.dedup_by_key(|v| v.0);
-        let mut zones: Vec<u32> = nodes.iter().filter(|n| n.nr_vnodes > 0).map(|n| n.zone).collect();
+        let mut zones: Vec<u32> = nodes
+            .iter()
+            .filter(|n| n.nr_vnodes > 0)
+            .map(|n| n.zone)
+            .collect();
         zones.sort_unstable();
         zones.dedup();
-        Ring { nodes, vnodes, zones: zones.len() }
+        Ring {
+            nodes,
+            vnodes,
+            zones: zones.len(),
+        }
     }
 
     pub fn nodes(&self) -> &[SdNode] {
@@ -79,16 +87,30 @@ mod tests {
     use proto::Vid;
 
     fn node(port: u16, zone: u32) -> SdNode {
-        SdNode { nid: NodeId::new("127.0.0.1".parse().unwrap(), port), nr_vnodes: 128, zone, space: 0 }
+        SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), port),
+            nr_vnodes: 128,
+            zone,
+            space: 0,
+        }
     }
 
     #[test]
     fn matches_the_original_test_vector() {
         let nodes: Vec<SdNode> = (0..4).map(|i| node(31200 + i, i as u32)).collect();
         let ring = Ring::new(&nodes);
-        let want = [[31203, 31201], [31202, 31203], [31201, 31203], [31203, 31200]];
+        let want = [
+            [31203, 31201],
+            [31202, 31203],
+            [31201, 31203],
+            [31203, 31200],
+        ];
         for (idx, w) in want.iter().enumerate() {
-            let got: Vec<u16> = ring.placement(Oid::data(Vid(0x15d167), idx as u32), 2).iter().map(|n| n.nid.port).collect();
+            let got: Vec<u16> = ring
+                .placement(Oid::data(Vid(0x15d167), idx as u32), 2)
+                .iter()
+                .map(|n| n.nid.port)
+                .collect();
             assert_eq!(got, w.to_vec(), "index {idx}");
         }
     }
@@ -108,7 +130,11 @@ mod tests {
             let mean = count.iter().sum::<usize>() as f64 / n as f64;
             for (i, &c) in count.iter().enumerate() {
                 let dev = (c as f64 - mean).abs() / mean;
-                assert!(dev <= 0.10, "{n} nodes: node {i} holds {c}, mean {mean:.0} ({:.1}%)", dev * 100.0);
+                assert!(
+                    dev <= 0.10,
+                    "{n} nodes: node {i} holds {c}, mean {mean:.0} ({:.1}%)",
+                    dev * 100.0
+                );
             }
         }
     }

@@ -20,7 +20,11 @@ const MAX_READ: u32 = 32 << 20;
 /// Why a header is refused before its opcode runs; `close` when the stream cannot be resynced.
 fn precheck(h: &Header) -> Result<(), (SdResult, bool)> {
     let op = h.opcode();
-    let ver_ok = if opcode::is_internal(op) { h.proto_ver() == proto::SD_SHEEP_PROTO_VER } else { h.proto_ver() <= proto::SD_PROTO_VER };
+    let ver_ok = if opcode::is_internal(op) {
+        h.proto_ver() == proto::SD_SHEEP_PROTO_VER
+    } else {
+        h.proto_ver() <= proto::SD_PROTO_VER
+    };
     if h.carries_payload() && h.data_length() > proto::SD_MAX_PAYLOAD {
         return Err((SdResult::INVALID_PARMS, true));
     }
@@ -45,7 +49,9 @@ where
         while let Some(r) = rx.recv().await {
             let mut next = Some(r);
             while let Some(r) = next.take() {
-                if w.write_all(r.header.as_bytes()).await.is_err() || w.write_all(&r.data).await.is_err() {
+                if w.write_all(r.header.as_bytes()).await.is_err()
+                    || w.write_all(&r.data).await.is_err()
+                {
                     return;
                 }
                 next = rx.try_recv().ok();
@@ -65,7 +71,12 @@ where
         if let Err((res, close)) = precheck(&req) {
             tracing::debug!("refused {req:?}: {}", res.text());
             let rsp = Header::response_to(&req, node.epoch(), res);
-            let _ = tx.send(ops::Reply { header: rsp, data: Vec::new() }).await;
+            let _ = tx
+                .send(ops::Reply {
+                    header: rsp,
+                    data: Vec::new(),
+                })
+                .await;
             if close {
                 break;
             }
@@ -80,7 +91,9 @@ where
         } else {
             Bytes::new()
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let node = node.clone();
         let tx = tx.clone();
         tokio::spawn(async move {

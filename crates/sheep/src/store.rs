@@ -26,7 +26,11 @@ pub enum StoreError {
     #[error("no space left on the store's disk")]
     NoSpace,
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
@@ -47,7 +51,11 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         } else if source.kind() == std::io::ErrorKind::NotFound && what != "create" {
             StoreError::NoObj
         } else {
-            StoreError::Io { what, path: path.to_path_buf(), source }
+            StoreError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 }
@@ -69,12 +77,24 @@ impl Store {
             std::fs::create_dir_all(d).map_err(io("create", d))?;
         }
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io("create", &lock_path))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("create", &lock_path))?;
         // SAFETY: flock on a valid fd owned by `lock`, held for the Store's lifetime.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(StoreError::AlreadyRunning(dir.to_path_buf()));
         }
-        Ok(Store { dir: dir.to_path_buf(), obj, epoch, nosync, _lock: lock, tmp_seq: AtomicU64::new(0) })
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            obj,
+            epoch,
+            nosync,
+            _lock: lock,
+            tmp_seq: AtomicU64::new(0),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -96,12 +116,17 @@ impl Store {
         if self.nosync {
             return Ok(());
         }
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync", dir))
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync", dir))
     }
 
     /// Writes `data` to a new file and renames it to `path` (atomic replace).
     fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
-        let tmp = path.with_extension(format!("tmp{}", self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+        let tmp = path.with_extension(format!(
+            "tmp{}",
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
         let f = File::create(&tmp).map_err(io("create", &tmp))?;
         f.write_all_at(data, 0).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("sync", &tmp))?;
@@ -111,15 +136,29 @@ impl Store {
 
     /// Creates the object (`obj_size` bytes, zero-filled) with `data` at `offset`; if it
     /// exists already, this is a plain write.
-    pub fn create_and_write(&self, oid: Oid, obj_size: u64, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        if offset.checked_add(data.len() as u64).is_none_or(|end| end > obj_size) {
+    pub fn create_and_write(
+        &self,
+        oid: Oid,
+        obj_size: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > obj_size)
+        {
             return Err(StoreError::OutOfRange);
         }
         let path = self.path(oid);
         if path.exists() {
             return self.write(oid, offset, data);
         }
-        let tmp = self.obj.join(format!("{}.tmp{}.{}", oid.file_name(), std::process::id(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+        let tmp = self.obj.join(format!(
+            "{}.tmp{}.{}",
+            oid.file_name(),
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
         let result = (|| {
             let f = File::create(&tmp).map_err(io("create", &tmp))?;
             f.set_len(obj_size).map_err(io("create", &tmp))?;
@@ -136,9 +175,15 @@ impl Store {
 
     pub fn write(&self, oid: Oid, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let path = self.path(oid);
-        let f = OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
         let len = f.metadata().map_err(io("stat", &path))?.len();
-        if offset.checked_add(data.len() as u64).is_none_or(|end| end > len) {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > len)
+        {
             return Err(StoreError::OutOfRange);
         }
         f.write_all_at(data, offset).map_err(io("write", &path))?;
@@ -154,7 +199,8 @@ impl Store {
             return Err(StoreError::OutOfRange);
         }
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset).map_err(io("read", &path))?;
+        f.read_exact_at(&mut buf, offset)
+            .map_err(io("read", &path))?;
         Ok(buf)
     }
 
@@ -190,7 +236,11 @@ impl Store {
         for e in std::fs::read_dir(&self.obj).map_err(io("list", &self.obj))? {
             let e = e.map_err(io("list", &self.obj))?;
             let p = e.path();
-            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
             r.map_err(io("remove", &p))?;
         }
         self.sync_dir(&self.obj)
@@ -201,7 +251,10 @@ impl Store {
     }
 
     pub fn write_epoch(&self, epoch: u32, nodes: &[SdNode], time: u64) -> Result<(), StoreError> {
-        self.write_atomic(&self.epoch_path(epoch), &proto::node::encode_epoch_file(nodes, time))
+        self.write_atomic(
+            &self.epoch_path(epoch),
+            &proto::node::encode_epoch_file(nodes, time),
+        )
     }
 
     pub fn read_epoch(&self, epoch: u32) -> Result<Option<(Vec<SdNode>, u64)>, StoreError> {
@@ -218,7 +271,12 @@ impl Store {
         let mut max = 0;
         for e in std::fs::read_dir(&self.epoch).map_err(io("list", &self.epoch))? {
             let e = e.map_err(io("list", &self.epoch))?;
-            if let Some(n) = e.file_name().to_str().filter(|s| s.len() == 8).and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(n) = e
+                .file_name()
+                .to_str()
+                .filter(|s| s.len() == 8)
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 max = max.max(n);
             }
         }
@@ -248,7 +306,8 @@ impl Store {
 
     /// (total, free) bytes of the store's file system.
     pub fn space(&self) -> Result<(u64, u64), StoreError> {
-        let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).map_err(|_| StoreError::NoObj)?;
+        let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| StoreError::NoObj)?;
         // SAFETY: statvfs writes into a zeroed struct of the right type for a valid C string.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
@@ -277,15 +336,28 @@ mod tests {
         s.create_and_write(oid(0), 4096, 100, b"hello").unwrap();
         assert_eq!(s.read(oid(0), 98, 9).unwrap(), b"\0\0hello\0\0");
         s.write(oid(0), 0, b"ab").unwrap();
-        assert!(matches!(s.write(oid(0), 4095, b"ab"), Err(StoreError::OutOfRange)));
-        assert!(matches!(s.read(oid(0), 4000, 100), Err(StoreError::OutOfRange)));
-        assert!(matches!(s.create_and_write(oid(1), 10, 5, b"toolong"), Err(StoreError::OutOfRange)));
+        assert!(matches!(
+            s.write(oid(0), 4095, b"ab"),
+            Err(StoreError::OutOfRange)
+        ));
+        assert!(matches!(
+            s.read(oid(0), 4000, 100),
+            Err(StoreError::OutOfRange)
+        ));
+        assert!(matches!(
+            s.create_and_write(oid(1), 10, 5, b"toolong"),
+            Err(StoreError::OutOfRange)
+        ));
         assert!(!s.exists(oid(1)));
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"ab");
         s.create_and_write(oid(0), 4096, 0, b"c").unwrap();
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"cb");
         assert_eq!(s.list().unwrap(), vec![oid(0)]);
-        assert_eq!(std::fs::read_dir(d.path().join("obj")).unwrap().count(), 1, "no temporary files left");
+        assert_eq!(
+            std::fs::read_dir(d.path().join("obj")).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
         assert!(d.path().join("obj/0015d16700000000").exists());
         s.remove(oid(0)).unwrap();
         assert!(matches!(s.remove(oid(0)), Err(StoreError::NoObj)));
@@ -298,9 +370,17 @@ mod tests {
     fn epochs_config_and_single_instance() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path(), true).unwrap();
-        assert!(matches!(Store::open(d.path(), true), Err(StoreError::AlreadyRunning(_))));
+        assert!(matches!(
+            Store::open(d.path(), true),
+            Err(StoreError::AlreadyRunning(_))
+        ));
         assert_eq!(s.latest_epoch().unwrap(), 0);
-        let n = SdNode { nid: NodeId::new("127.0.0.1".parse().unwrap(), 7000), nr_vnodes: 128, zone: 0, space: 1 };
+        let n = SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), 7000),
+            nr_vnodes: 128,
+            zone: 0,
+            space: 1,
+        };
         s.write_epoch(1, &[n], 5).unwrap();
         s.write_epoch(2, &[n, n], 6).unwrap();
         assert_eq!(s.latest_epoch().unwrap(), 2);
@@ -310,7 +390,13 @@ mod tests {
         s.remove_epochs().unwrap();
         assert_eq!(s.latest_epoch().unwrap(), 0);
         assert_eq!(s.read_config().unwrap(), None);
-        let c = Config { ctime: 1, copies: 3, store: "plain".into(), version: 6, ..Default::default() };
+        let c = Config {
+            ctime: 1,
+            copies: 3,
+            store: "plain".into(),
+            version: 6,
+            ..Default::default()
+        };
         s.write_config(&c).unwrap();
         assert_eq!(s.read_config().unwrap(), Some(c));
         assert!(s.space().unwrap().0 > 0);

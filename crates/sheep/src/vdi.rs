@@ -48,7 +48,11 @@ pub async fn read_header(node: &Arc<Node>, vid: u32) -> Result<InodeHeader, SdRe
 
 /// Every inode with `name`, walking the run of used ids that starts at the name's hash,
 /// and the first free id after that run.
-async fn scan(node: &Arc<Node>, view: &View, name: &[u8]) -> Result<(Vec<InodeHeader>, Option<u32>), SdResult> {
+async fn scan(
+    node: &Arc<Node>,
+    view: &View,
+    name: &[u8],
+) -> Result<(Vec<InodeHeader>, Option<u32>), SdResult> {
     let start = sd_hash_vdi(name);
     let mut vid = start;
     let mut found = Vec::new();
@@ -70,7 +74,13 @@ async fn scan(node: &Arc<Node>, view: &View, name: &[u8]) -> Result<(Vec<InodeHe
 }
 
 /// Finds the VDI named by `name` and `tag` or `snapid` (neither: the working VDI).
-pub async fn find(node: &Arc<Node>, view: &View, name: &[u8], tag: &[u8], snapid: u32) -> Result<InodeHeader, SdResult> {
+pub async fn find(
+    node: &Arc<Node>,
+    view: &View,
+    name: &[u8],
+    tag: &[u8],
+    snapid: u32,
+) -> Result<InodeHeader, SdResult> {
     let (found, _) = scan(node, view, name).await?;
     if found.is_empty() {
         return Err(SdResult::NO_VDI);
@@ -80,13 +90,18 @@ pub async fn find(node: &Arc<Node>, view: &View, name: &[u8], tag: &[u8], snapid
     } else if !tag.is_empty() {
         found.into_iter().find(|h| h.is_snapshot() && h.tag == tag)
     } else {
-        return found.into_iter().find(|h| !h.is_snapshot()).ok_or(SdResult::NO_VDI);
+        return found
+            .into_iter()
+            .find(|h| !h.is_snapshot())
+            .ok_or(SdResult::NO_VDI);
     };
     hit.ok_or(SdResult::NO_TAG)
 }
 
 fn now_inode_time() -> u64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     inode::encode_time(d.as_secs(), d.subsec_nanos())
 }
 
@@ -97,9 +112,20 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     let _guard = node.lock().await.map_err(|_| SdResult::CLUSTER_ERROR)?;
     let view = node.gate(false)?;
     let fmt = &view.state.format;
-    let copies = if hdr.vdi_copies() != 0 { hdr.vdi_copies() } else { fmt.copies };
-    let bss = if hdr.vdi_block_size_shift() != 0 { hdr.vdi_block_size_shift() } else { fmt.block_size_shift };
-    if copies == 0 || copies > proto::SD_MAX_COPIES || !(proto::SD_MIN_BLOCK_SIZE_SHIFT..=proto::SD_MAX_BLOCK_SIZE_SHIFT).contains(&bss) {
+    let copies = if hdr.vdi_copies() != 0 {
+        hdr.vdi_copies()
+    } else {
+        fmt.copies
+    };
+    let bss = if hdr.vdi_block_size_shift() != 0 {
+        hdr.vdi_block_size_shift()
+    } else {
+        fmt.block_size_shift
+    };
+    if copies == 0
+        || copies > proto::SD_MAX_COPIES
+        || !(proto::SD_MIN_BLOCK_SIZE_SHIFT..=proto::SD_MAX_BLOCK_SIZE_SHIFT).contains(&bss)
+    {
         return Err(SdResult::INVALID_PARMS);
     }
     let max_size = (1u64 << bss) * proto::SD_INODE_DATA_INDEX;
@@ -128,13 +154,25 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     if hdr.snapid() != 0 || base != 0 {
         // Snapshot of the working VDI, or a clone of a snapshot: the new inode starts with the
         // base's data table.
-        let b = read_header(node, base).await.map_err(|_| SdResult::NO_BASE_VDI)?;
-        let t = gateway::read(node, Oid::inode(Vid(base)), SD_INODE_HEADER_SIZE as u64, SD_INODE_DATA_SIZE - SD_INODE_HEADER_SIZE, 0)
+        let b = read_header(node, base)
             .await
-            .map_err(|_| SdResult::BASE_VDI_READ)?;
+            .map_err(|_| SdResult::NO_BASE_VDI)?;
+        let t = gateway::read(
+            node,
+            Oid::inode(Vid(base)),
+            SD_INODE_HEADER_SIZE as u64,
+            SD_INODE_DATA_SIZE - SD_INODE_HEADER_SIZE,
+            0,
+        )
+        .await
+        .map_err(|_| SdResult::BASE_VDI_READ)?;
         table = Bytes::from(t);
         new.parent_vdi_id = base;
-        new.vdi_size = if new.vdi_size == 0 { b.vdi_size } else { new.vdi_size };
+        new.vdi_size = if new.vdi_size == 0 {
+            b.vdi_size
+        } else {
+            new.vdi_size
+        };
         new.nr_copies = b.nr_copies;
         new.block_size_shift = b.block_size_shift;
         new.copy_policy = b.copy_policy;
@@ -148,7 +186,16 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
             if !tag.is_empty() {
                 frozen.tag = tag.clone();
             }
-            gateway::write(node, Oid::inode(Vid(base)), 0, Bytes::from(frozen.to_bytes()), false, 0).await.map_err(|_| SdResult::BASE_VDI_WRITE)?;
+            gateway::write(
+                node,
+                Oid::inode(Vid(base)),
+                0,
+                Bytes::from(frozen.to_bytes()),
+                false,
+                0,
+            )
+            .await
+            .map_err(|_| SdResult::BASE_VDI_WRITE)?;
             new.snap_id = b.snap_id + 1;
             old = Some(base);
         } else {
@@ -164,7 +211,16 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     }
     let mut obj = new.to_bytes();
     obj.extend_from_slice(&table);
-    gateway::write(node, Oid::inode(Vid(vid)), 0, Bytes::from(obj), true, new.nr_copies).await.map_err(|e| {
+    gateway::write(
+        node,
+        Oid::inode(Vid(vid)),
+        0,
+        Bytes::from(obj),
+        true,
+        new.nr_copies,
+    )
+    .await
+    .map_err(|e| {
         tracing::warn!("creating inode {vid:x}: {e}");
         SdResult::VDI_WRITE
     })?;
@@ -176,13 +232,22 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         parent: new.parent_vdi_id,
         deleted: false,
     };
-    node.notify(Message::VdiAdd { vid, info, old }).await.map_err(|_| SdResult::CLUSTER_ERROR)?;
+    node.notify(Message::VdiAdd { vid, info, old })
+        .await
+        .map_err(|_| SdResult::CLUSTER_ERROR)?;
     Ok(new)
 }
 
 /// Data objects that `vid` owns and that no other live VDI's table still points at.
-async fn reclaimable(node: &Arc<Node>, view: &View, vid: u32, table: &[u8]) -> Result<Vec<u32>, SdResult> {
-    let mut owned: Vec<u32> = (0..proto::SD_INODE_DATA_INDEX as u32).filter(|&i| inode::data_vdi_id(table, i) == vid).collect();
+async fn reclaimable(
+    node: &Arc<Node>,
+    view: &View,
+    vid: u32,
+    table: &[u8],
+) -> Result<Vec<u32>, SdResult> {
+    let mut owned: Vec<u32> = (0..proto::SD_INODE_DATA_INDEX as u32)
+        .filter(|&i| inode::data_vdi_id(table, i) == vid)
+        .collect();
     for (&other, info) in &view.state.vdis {
         if other == vid || info.deleted || owned.is_empty() {
             continue;
@@ -212,7 +277,9 @@ pub async fn delete(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<(), S
     hh.vdi_size = 0;
     hh.encode_into(&mut blank);
     gateway::write(node, Oid::inode(Vid(vid)), 0, Bytes::from(blank), false, 0).await?;
-    node.notify(Message::VdiDel { vid }).await.map_err(|_| SdResult::CLUSTER_ERROR)?;
+    node.notify(Message::VdiDel { vid })
+        .await
+        .map_err(|_| SdResult::CLUSTER_ERROR)?;
     Ok(())
 }
 
@@ -235,7 +302,10 @@ mod tests {
         let mut p = vec![0u8; 512];
         p[..5].copy_from_slice(b"Alice");
         p[256..261].copy_from_slice(b"first");
-        assert_eq!(parse_name_tag(&p), Ok((b"Alice".to_vec(), b"first".to_vec())));
+        assert_eq!(
+            parse_name_tag(&p),
+            Ok((b"Alice".to_vec(), b"first".to_vec()))
+        );
         assert_eq!(parse_name_tag(b"Bob\0"), Ok((b"Bob".to_vec(), vec![])));
         assert_eq!(parse_name_tag(&[b'x'; 256]), Err(SdResult::INVALID_PARMS));
         assert_eq!(parse_name_tag(&[0; 256]), Err(SdResult::INVALID_PARMS));

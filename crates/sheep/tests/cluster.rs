@@ -14,7 +14,9 @@ fn write_file(c: &Cluster, name: &str, data: &[u8]) -> std::path::PathBuf {
 
 /// Stores that hold object file `oid`.
 fn holders(c: &Cluster, oid: Oid) -> Vec<usize> {
-    (0..c.nodes.len()).filter(|&i| c.nodes[i].dir.join("obj").join(oid.file_name()).exists()).collect()
+    (0..c.nodes.len())
+        .filter(|&i| c.nodes[i].dir.join("obj").join(oid.file_name()).exists())
+        .collect()
 }
 
 #[test]
@@ -27,7 +29,10 @@ fn readme_walkthrough_on_three_nodes() {
     assert!(list.contains("V-Nodes"), "{list}");
     c.dog_ok(0, &["vdi", "create", "Alice", "256G"]);
     let vdis = c.dog_ok(1, &["vdi", "list"]);
-    assert!(vdis.contains("Alice") && vdis.contains("256 GB") && vdis.contains("15d167"), "{vdis}");
+    assert!(
+        vdis.contains("Alice") && vdis.contains("256 GB") && vdis.contains("15d167"),
+        "{vdis}"
+    );
 
     // 16 MiB through node 0, read back through every node.
     let data = pattern(16 << 20, 7);
@@ -59,7 +64,10 @@ fn readme_walkthrough_on_three_nodes() {
             if child.try_wait().expect("wait").is_some() {
                 break;
             }
-            assert!(Instant::now() < deadline, "node {i} did not stop on shutdown");
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not stop on shutdown"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         c.nodes[i].child = None;
@@ -77,7 +85,11 @@ fn readme_walkthrough_on_three_nodes() {
             assert!(o.stdout == data, "bytes changed across restart");
             break;
         }
-        assert!(Instant::now() < deadline, "no read after restart: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            Instant::now() < deadline,
+            "no read after restart: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -100,7 +112,10 @@ fn copies_land_on_distinct_zones_and_the_ring() {
     c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
     let data = pattern(16 << 20, 3);
     let input = write_file(&c, "in", &data);
-    assert!(c.dog_stdin(3, &["vdi", "write", "Alice"], Some(&input)).status.success());
+    assert!(c
+        .dog_stdin(3, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
     let nodes: Vec<proto::SdNode> = (0..4)
         .map(|i| proto::SdNode {
             nid: proto::NodeId::new("127.0.0.1".parse().unwrap(), c.port(i)),
@@ -112,7 +127,11 @@ fn copies_land_on_distinct_zones_and_the_ring() {
     let ring = sheep::ring::Ring::new(&nodes);
     for idx in 0..4 {
         let oid = Oid::data(Vid(0x15d167), idx);
-        let mut want: Vec<usize> = ring.placement(oid, 2).iter().map(|n| nodes.iter().position(|m| m.nid == n.nid).unwrap()).collect();
+        let mut want: Vec<usize> = ring
+            .placement(oid, 2)
+            .iter()
+            .map(|n| nodes.iter().position(|m| m.nid == n.nid).unwrap())
+            .collect();
         want.sort();
         assert_eq!(holders(&c, oid), want, "object {idx}");
     }
@@ -125,9 +144,16 @@ fn killed_node_is_seen_gone_within_five_seconds() {
     let t = Instant::now();
     c.kill(2);
     c.wait_members(2);
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     let info = c.dog_ok(0, &["cluster", "info"]);
-    assert!(info.lines().filter(|l| l.contains("127.0.0.1:")).count() >= 2, "{info}");
+    assert!(
+        info.lines().filter(|l| l.contains("127.0.0.1:")).count() >= 2,
+        "{info}"
+    );
 }
 
 #[test]
@@ -162,7 +188,11 @@ fn daemon_mode_returns_once_joined() {
             .output()
             .expect("run");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let pid: i32 = std::fs::read_to_string(dir.join("sheep.pid")).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(dir.join("sheep.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         pids.push(pid);
     }
     // Returned means joined: every node already answers with 3 members.
@@ -188,7 +218,9 @@ impl Drop for PidGuard {
 
 async fn raw(port: u16, bytes: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let _ = s.write_all(bytes).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
@@ -202,19 +234,31 @@ fn bad_input_gets_errors_and_harms_nothing() {
     c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
     let data = pattern(4 << 20, 11);
     let input = write_file(&c, "in", &data);
-    assert!(c.dog_stdin(0, &["vdi", "write", "Alice"], Some(&input)).status.success());
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
     let port = c.port(1);
     rt().block_on(async {
         let conn = c.conn(1).await;
         let alice = Oid::data(Vid(0x15d167), 0);
         // Unknown opcode.
-        let r = conn.request(Header::new(2, 0x7f), Default::default()).await.unwrap();
+        let r = conn
+            .request(Header::new(2, 0x7f), Default::default())
+            .await
+            .unwrap();
         assert_eq!(r.result(), SdResult::INVALID_PARMS);
         // Internal opcode with the wrong version.
-        let r = conn.request(Header::new(2, opcode::GET_NODE_LIST), Default::default()).await.unwrap();
+        let r = conn
+            .request(Header::new(2, opcode::GET_NODE_LIST), Default::default())
+            .await
+            .unwrap();
         assert_eq!(r.result(), SdResult::VER_MISMATCH);
         // Public opcode from the future.
-        let r = conn.request(Header::new(9, opcode::READ_OBJ), Default::default()).await.unwrap();
+        let r = conn
+            .request(Header::new(9, opcode::READ_OBJ), Default::default())
+            .await
+            .unwrap();
         assert_eq!(r.result(), SdResult::VER_MISMATCH);
         // Read beyond the object size.
         let mut h = Header::request(opcode::READ_OBJ);
@@ -242,7 +286,10 @@ fn bad_input_gets_errors_and_harms_nothing() {
         assert_eq!(r.result(), SdResult::INVALID_PARMS);
         let mut h = Header::request(opcode::NEW_VDI);
         h.set_vdi_size((4u64 << 40) + 1);
-        let r = conn.write(h, proto::padded(b"Huge", 256).unwrap().into()).await.unwrap();
+        let r = conn
+            .write(h, proto::padded(b"Huge", 256).unwrap().into())
+            .await
+            .unwrap();
         assert_eq!(r.result(), SdResult::INVALID_PARMS);
         // Many requests in flight on one connection, answered by id.
         let mut futs = Vec::new();
@@ -260,10 +307,15 @@ fn bad_input_gets_errors_and_harms_nothing() {
         let _ = raw(port, &[0xff; 100]).await;
         let _ = raw(port, &[2, 2, 0, 0]).await;
         let mut h = Header::request(opcode::WRITE_OBJ);
-        h.set_oid(alice.0).set_flags(proto::flags::CMD_WRITE).set_data_length(u32::MAX);
+        h.set_oid(alice.0)
+            .set_flags(proto::flags::CMD_WRITE)
+            .set_data_length(u32::MAX);
         let out = raw(port, h.as_bytes()).await;
         assert_eq!(out.len(), 48, "one error answer, then closed");
-        assert_eq!(Header::from_bytes(out[..48].try_into().unwrap()).sd_result(), SdResult::INVALID_PARMS);
+        assert_eq!(
+            Header::from_bytes(out[..48].try_into().unwrap()).sd_result(),
+            SdResult::INVALID_PARMS
+        );
     });
     // Nothing stored changed; every node still serves.
     for i in 0..3 {

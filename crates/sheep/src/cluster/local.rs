@@ -48,7 +48,10 @@ pub struct LocalDriver {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
-    move |source| ClusterError::Io { path: path.display().to_string(), source }
+    move |source| ClusterError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Start time (clock ticks since boot) and liveness of a pid, from /proc; `None` if gone or a
@@ -71,7 +74,13 @@ struct Flock(File);
 
 impl Flock {
     fn exclusive(path: &Path) -> Result<Flock, ClusterError> {
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err(path))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
         // SAFETY: flock on a valid open fd; the lock is released when the file is closed.
         let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
         if r != 0 {
@@ -91,7 +100,10 @@ impl Tracker {
     fn see(&mut self, r: &Record) {
         match &r.ev {
             Event::Join { node, .. } => {
-                self.members.entry(node.nid).or_insert(Proc { pid: r.pid, start: r.start });
+                self.members.entry(node.nid).or_insert(Proc {
+                    pid: r.pid,
+                    start: r.start,
+                });
             }
             Event::Leave { node } => {
                 self.members.remove(&node.nid);
@@ -100,7 +112,11 @@ impl Tracker {
         }
     }
     fn dead(&self) -> Vec<NodeId> {
-        self.members.iter().filter(|(_, p)| !alive(**p)).map(|(n, _)| *n).collect()
+        self.members
+            .iter()
+            .filter(|(_, p)| !alive(**p))
+            .map(|(n, _)| *n)
+            .collect()
     }
 }
 
@@ -129,7 +145,10 @@ impl LocalDriver {
             path,
             lock_path: lock_path.into(),
             me: Mutex::new(None),
-            myself: Proc { pid, start: proc_start(pid).unwrap_or(0) },
+            myself: Proc {
+                pid,
+                start: proc_start(pid).unwrap_or(0),
+            },
         }
     }
 
@@ -138,18 +157,28 @@ impl LocalDriver {
     }
 
     fn open_log(&self) -> Result<File, ClusterError> {
-        OpenOptions::new().read(true).append(true).create(true).open(&self.path).map_err(io_err(&self.path))
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(io_err(&self.path))
     }
 
     /// Appends one record under the log's flock; returns the offset past it.
     fn append_locked(&self, f: &mut File, ev: Event) -> Result<u64, ClusterError> {
-        let mut line = serde_json::to_vec(&Record { pid: self.myself.pid, start: self.myself.start, ev })
-            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let mut line = serde_json::to_vec(&Record {
+            pid: self.myself.pid,
+            start: self.myself.start,
+            ev,
+        })
+        .map_err(|e| ClusterError::Other(e.to_string()))?;
         line.push(b'\n');
         let len = f.seek(SeekFrom::End(0)).map_err(io_err(&self.path))?;
         if len > 0 {
             let mut last = [0u8; 1];
-            f.seek(SeekFrom::Start(len - 1)).map_err(io_err(&self.path))?;
+            f.seek(SeekFrom::Start(len - 1))
+                .map_err(io_err(&self.path))?;
             f.read_exact(&mut last).map_err(io_err(&self.path))?;
             if last[0] != b'\n' {
                 line.insert(0, b'\n');
@@ -175,7 +204,12 @@ impl LocalDriver {
         }
         let dead = t.dead();
         for nid in &dead {
-            let node = SdNode { nid: *nid, nr_vnodes: 0, zone: 0, space: 0 };
+            let node = SdNode {
+                nid: *nid,
+                nr_vnodes: 0,
+                zone: 0,
+                space: 0,
+            };
             self.append_locked(f, Event::Leave { node })?;
         }
         Ok(t.members.len() > dead.len())
@@ -262,12 +296,21 @@ fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ClusterError> + Send + 'static) -> Result<T, ClusterError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ClusterError::Other(e.to_string()))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ClusterError> + Send + 'static,
+) -> Result<T, ClusterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClusterError::Other(e.to_string()))?
 }
 
 impl Driver for LocalDriver {
-    fn start(self: Arc<Self>, me: SdNode, info: JoinInfo, tx: mpsc::UnboundedSender<Delivery>) -> BoxFut<'static, Result<(), ClusterError>> {
+    fn start(
+        self: Arc<Self>,
+        me: SdNode,
+        info: JoinInfo,
+        tx: mpsc::UnboundedSender<Delivery>,
+    ) -> BoxFut<'static, Result<(), ClusterError>> {
         Box::pin(async move {
             *self.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
             let d = self.clone();
@@ -279,11 +322,18 @@ impl Driver for LocalDriver {
 
     fn notify(&self, msg: Message) -> BoxFut<'_, Result<u64, ClusterError>> {
         Box::pin(async move {
-            let from = self.me().ok_or_else(|| ClusterError::Other("not joined".into()))?;
+            let from = self
+                .me()
+                .ok_or_else(|| ClusterError::Other("not joined".into()))?;
             let path = self.path.clone();
             let myself = self.myself;
             blocking(move || {
-                let d = LocalDriver { lock_path: PathBuf::new(), me: Mutex::new(Some(from)), myself, path };
+                let d = LocalDriver {
+                    lock_path: PathBuf::new(),
+                    me: Mutex::new(Some(from)),
+                    myself,
+                    path,
+                };
                 d.append(Event::Notify { from, msg })
             })
             .await
@@ -296,8 +346,13 @@ impl Driver for LocalDriver {
             let path = self.path.clone();
             blocking(move || {
                 let g = Flock::exclusive(&lock_path)?;
-                let seq = std::fs::metadata(&path).map(|m| m.len()).map_err(io_err(&path))?;
-                Ok(LockGuard { _inner: Box::new(g.0), seq })
+                let seq = std::fs::metadata(&path)
+                    .map(|m| m.len())
+                    .map_err(io_err(&path))?;
+                Ok(LockGuard {
+                    _inner: Box::new(g.0),
+                    seq,
+                })
             })
             .await
         })
@@ -306,7 +361,12 @@ impl Driver for LocalDriver {
     fn sync(&self) -> BoxFut<'_, Result<u64, ClusterError>> {
         Box::pin(async move {
             let path = self.path.clone();
-            blocking(move || std::fs::metadata(&path).map(|m| m.len()).map_err(io_err(&path))).await
+            blocking(move || {
+                std::fs::metadata(&path)
+                    .map(|m| m.len())
+                    .map_err(io_err(&path))
+            })
+            .await
         })
     }
 
@@ -317,7 +377,12 @@ impl Driver for LocalDriver {
                 let path = self.path.clone();
                 let myself = self.myself;
                 blocking(move || {
-                    let d = LocalDriver { lock_path: PathBuf::new(), me: Mutex::new(None), myself, path };
+                    let d = LocalDriver {
+                        lock_path: PathBuf::new(),
+                        me: Mutex::new(None),
+                        myself,
+                        path,
+                    };
                     d.append(Event::Leave { node }).map(|_| ())
                 })
                 .await?;

@@ -21,7 +21,10 @@ pub type Delivery = (u64, Event);
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cluster driver I/O on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cluster driver: {0}")]
     Other(String),
 }
@@ -37,7 +40,12 @@ pub struct LockGuard {
 pub trait Driver: Send + Sync + 'static {
     /// Join the cluster as `me` and deliver every event (from the start of the cluster's
     /// current history, own join included) on `tx`, in order, until `leave`.
-    fn start(self: Arc<Self>, me: proto::SdNode, info: JoinInfo, tx: mpsc::UnboundedSender<Delivery>) -> BoxFut<'static, Result<(), ClusterError>>;
+    fn start(
+        self: Arc<Self>,
+        me: proto::SdNode,
+        info: JoinInfo,
+        tx: mpsc::UnboundedSender<Delivery>,
+    ) -> BoxFut<'static, Result<(), ClusterError>>;
     /// Broadcast `msg`; returns its position in the order.
     fn notify(&self, msg: Message) -> BoxFut<'_, Result<u64, ClusterError>>;
     /// Take the cluster-wide mutex.
@@ -59,7 +67,9 @@ pub fn driver_from_option(opt: &str) -> Result<Arc<dyn Driver>, String> {
             let path = arg.filter(|a| !a.is_empty()).unwrap_or(local::DEFAULT_PATH);
             Ok(Arc::new(local::LocalDriver::new(path.into())))
         }
-        "zookeeper" | "corosync" | "shepherd" => Err(format!("cluster driver '{name}' is not supported yet; use 'local'")),
+        "zookeeper" | "corosync" | "shepherd" => Err(format!(
+            "cluster driver '{name}' is not supported yet; use 'local'"
+        )),
         other => Err(format!("unknown cluster driver '{other}' (known: local)")),
     }
 }

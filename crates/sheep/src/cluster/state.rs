@@ -61,9 +61,15 @@ pub enum Message {
     Format(Format),
     Shutdown,
     /// A VDI was created (or a snapshot taken: `old` becomes a snapshot).
-    VdiAdd { vid: u32, info: VdiInfo, old: Option<u32> },
+    VdiAdd {
+        vid: u32,
+        info: VdiInfo,
+        old: Option<u32>,
+    },
     /// A VDI was deleted.
-    VdiDel { vid: u32 },
+    VdiDel {
+        vid: u32,
+    },
     /// Leave WAIT state with the nodes present (`dog cluster recover force`).
     ForceRecover,
 }
@@ -91,13 +97,19 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// A new epoch with these members: record it in the epoch log.
-    NewEpoch { epoch: u32, nodes: Vec<SdNode> },
+    NewEpoch {
+        epoch: u32,
+        nodes: Vec<SdNode>,
+    },
     /// The cluster was formatted: wipe objects and epochs, write the config.
     Formatted(Format),
     /// The node joined a formatted cluster: make its config match.
     Adopted(Format),
     /// The joiner was refused (belongs to another cluster).
-    JoinRefused { node: SdNode, reason: String },
+    JoinRefused {
+        node: SdNode,
+        reason: String,
+    },
     Shutdown,
 }
 
@@ -144,7 +156,10 @@ impl ClusterState {
     fn new_epoch(&mut self, effects: &mut Vec<Effect>) {
         self.epoch += 1;
         self.epoch_nodes = self.members.clone();
-        effects.push(Effect::NewEpoch { epoch: self.epoch, nodes: self.epoch_nodes.clone() });
+        effects.push(Effect::NewEpoch {
+            epoch: self.epoch,
+            nodes: self.epoch_nodes.clone(),
+        });
     }
 
     /// Adopt a joiner's persistent state (cluster restart, or a joiner with a newer epoch).
@@ -190,12 +205,18 @@ impl ClusterState {
 
     fn join(&mut self, node: &SdNode, info: &JoinInfo, fx: &mut Vec<Effect>) {
         if self.is_member(node) {
-            fx.push(Effect::JoinRefused { node: *node, reason: format!("a node with address {} is already in the cluster", node.nid) });
+            fx.push(Effect::JoinRefused {
+                node: *node,
+                reason: format!("a node with address {} is already in the cluster", node.nid),
+            });
             return;
         }
         if let Some(f) = &info.format {
             if self.status == Status::Shutdown {
-                fx.push(Effect::JoinRefused { node: *node, reason: "the cluster is shutting down".into() });
+                fx.push(Effect::JoinRefused {
+                    node: *node,
+                    reason: "the cluster is shutting down".into(),
+                });
                 return;
             }
             if !self.is_formatted() {
@@ -294,13 +315,27 @@ mod tests {
     use proto::node::NodeId;
 
     fn n(port: u16) -> SdNode {
-        SdNode { nid: NodeId::new("127.0.0.1".parse().unwrap(), port), nr_vnodes: 128, zone: port as u32, space: 0 }
+        SdNode {
+            nid: NodeId::new("127.0.0.1".parse().unwrap(), port),
+            nr_vnodes: 128,
+            zone: port as u32,
+            space: 0,
+        }
     }
     fn join(port: u16) -> Event {
-        Event::Join { node: n(port), info: JoinInfo::default() }
+        Event::Join {
+            node: n(port),
+            info: JoinInfo::default(),
+        }
     }
     fn fmt() -> Format {
-        Format { ctime: 42, copies: 3, block_size_shift: 22, store: "plain".into(), ..Default::default() }
+        Format {
+            ctime: 42,
+            copies: 3,
+            block_size_shift: 22,
+            store: "plain".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -309,7 +344,10 @@ mod tests {
         s.apply(&join(1));
         s.apply(&join(2));
         assert_eq!(s.status, Status::WaitForFormat);
-        let fx = s.apply(&Event::Notify { from: n(1), msg: Message::Format(fmt()) });
+        let fx = s.apply(&Event::Notify {
+            from: n(1),
+            msg: Message::Format(fmt()),
+        });
         assert!(matches!(fx[0], Effect::Formatted(_)));
         assert_eq!(s.epoch, 1);
         assert_eq!(s.status, Status::Ok);
@@ -323,9 +361,17 @@ mod tests {
 
     #[test]
     fn restart_waits_for_every_member_of_the_last_epoch() {
-        let info = JoinInfo { format: Some(fmt()), epoch: 5, epoch_nodes: vec![n(1), n(2)], vdis: BTreeMap::new() };
+        let info = JoinInfo {
+            format: Some(fmt()),
+            epoch: 5,
+            epoch_nodes: vec![n(1), n(2)],
+            vdis: BTreeMap::new(),
+        };
         let mut s = ClusterState::default();
-        s.apply(&Event::Join { node: n(1), info: info.clone() });
+        s.apply(&Event::Join {
+            node: n(1),
+            info: info.clone(),
+        });
         assert_eq!(s.status, Status::WaitForJoin);
         let fx = s.apply(&Event::Join { node: n(2), info });
         assert_eq!(s.status, Status::Ok);
@@ -337,9 +383,19 @@ mod tests {
     fn foreign_store_is_refused() {
         let mut s = ClusterState::default();
         s.apply(&join(1));
-        s.apply(&Event::Notify { from: n(1), msg: Message::Format(fmt()) });
-        let other = JoinInfo { format: Some(Format { ctime: 7, ..fmt() }), epoch: 9, ..Default::default() };
-        let fx = s.apply(&Event::Join { node: n(2), info: other });
+        s.apply(&Event::Notify {
+            from: n(1),
+            msg: Message::Format(fmt()),
+        });
+        let other = JoinInfo {
+            format: Some(Format { ctime: 7, ..fmt() }),
+            epoch: 9,
+            ..Default::default()
+        };
+        let fx = s.apply(&Event::Join {
+            node: n(2),
+            info: other,
+        });
         assert!(matches!(fx[0], Effect::JoinRefused { .. }));
         assert!(!s.is_member(&n(2)));
         let dup = s.apply(&join(1));
@@ -348,7 +404,15 @@ mod tests {
 
     #[test]
     fn events_survive_serialisation() {
-        let ev = Event::Join { node: n(9), info: JoinInfo { format: Some(fmt()), epoch: 2, epoch_nodes: vec![n(1)], vdis: BTreeMap::new() } };
+        let ev = Event::Join {
+            node: n(9),
+            info: JoinInfo {
+                format: Some(fmt()),
+                epoch: 2,
+                epoch_nodes: vec![n(1)],
+                vdis: BTreeMap::new(),
+            },
+        };
         let s = serde_json::to_string(&ev).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), ev);
     }

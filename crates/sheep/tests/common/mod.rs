@@ -13,18 +13,29 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("SHEEPDOG_BIN_DIR") {
         return d.into();
     }
-    PathBuf::from(env!("CARGO_BIN_EXE_sheep")).parent().expect("bin dir").to_path_buf()
+    PathBuf::from(env!("CARGO_BIN_EXE_sheep"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is not built: run `cargo build --workspace --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
     p
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub struct Sheep {
@@ -45,7 +56,11 @@ impl Cluster {
     pub fn start(n: usize) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let shm = tmp.path().join("shm");
-        let mut c = Cluster { tmp, shm, nodes: Vec::new() };
+        let mut c = Cluster {
+            tmp,
+            shm,
+            nodes: Vec::new(),
+        };
         for i in 0..n {
             c.add(i as u32);
         }
@@ -57,7 +72,12 @@ impl Cluster {
     pub fn add(&mut self, zone: u32) -> usize {
         let port = free_port();
         let dir = self.tmp.path().join(format!("st{}", self.nodes.len()));
-        self.nodes.push(Sheep { port, zone, dir, child: None });
+        self.nodes.push(Sheep {
+            port,
+            zone,
+            dir,
+            child: None,
+        });
         let i = self.nodes.len() - 1;
         self.restart(i);
         i
@@ -77,7 +97,9 @@ impl Cluster {
             .arg(&n.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(self.tmp.path().join(format!("sheep{i}.err"))).expect("log")))
+            .stderr(Stdio::from(
+                std::fs::File::create(self.tmp.path().join(format!("sheep{i}.err"))).expect("log"),
+            ))
             .spawn()
             .expect("spawn sheep");
         self.nodes[i].child = Some(child);
@@ -114,7 +136,12 @@ impl Cluster {
     /// `dog` that must succeed; returns stdout.
     pub fn dog_ok(&self, i: usize, args: &[&str]) -> String {
         let o = self.dog(i, args);
-        assert!(o.status.success(), "dog {args:?} failed: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        assert!(
+            o.status.success(),
+            "dog {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -130,7 +157,10 @@ impl Cluster {
                 if count == Some(n) {
                     break;
                 }
-                assert!(Instant::now() < deadline, "node {i} did not see {n} members (last: {count:?})");
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} did not see {n} members (last: {count:?})"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -138,7 +168,9 @@ impl Cluster {
 
     /// A protocol connection to node `i`.
     pub async fn conn(&self, i: usize) -> client::Connection {
-        client::Connection::connect(("127.0.0.1", self.port(i)).into_addr()).await.expect("connect")
+        client::Connection::connect(("127.0.0.1", self.port(i)).into_addr())
+            .await
+            .expect("connect")
     }
 }
 
@@ -153,7 +185,10 @@ impl Drop for Cluster {
 pub fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sheep on port {port} did not start listening");
+        assert!(
+            Instant::now() < deadline,
+            "sheep on port {port} did not start listening"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -181,12 +216,25 @@ impl IntoAddr for (&str, u16) {
 }
 
 pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Members node at `port` reports (GET_NODE_LIST), or None if it does not answer.
 pub async fn node_count(port: u16) -> Option<usize> {
-    let c = client::Connection::connect(("127.0.0.1", port).into_addr()).await.ok()?;
-    let r = c.read(proto::Header::request(proto::opcode::GET_NODE_LIST), 80 * 1024).await.ok()?;
-    r.result().is_ok().then_some(r.header.rsp_nr_nodes() as usize)
+    let c = client::Connection::connect(("127.0.0.1", port).into_addr())
+        .await
+        .ok()?;
+    let r = c
+        .read(
+            proto::Header::request(proto::opcode::GET_NODE_LIST),
+            80 * 1024,
+        )
+        .await
+        .ok()?;
+    r.result()
+        .is_ok()
+        .then_some(r.header.rsp_nr_nodes() as usize)
 }
