@@ -71,7 +71,7 @@ pub async fn run(d: &Dog, c: &Common, cmd: Cmd) -> Res<()> {
                 let used = size.saturating_sub(free);
                 ts += size;
                 tf += free;
-                let pct = if size > 0 { used * 100 / size } else { 0 };
+                let pct = (used * 100).checked_div(size).unwrap_or(0);
                 println!(
                     "{:2}\t{}\t{}\t{}\t{:3}%",
                     i,
@@ -82,7 +82,7 @@ pub async fn run(d: &Dog, c: &Common, cmd: Cmd) -> Res<()> {
                 );
             }
             let tu = ts.saturating_sub(tf);
-            let pct = if ts > 0 { tu * 100 / ts } else { 0 };
+            let pct = (tu * 100).checked_div(ts).unwrap_or(0);
             println!(
                 "Total\t{}\t{}\t{}\t{:3}%",
                 fmt::size(ts, c.raw),
