@@ -133,15 +133,17 @@ fn parse_log(s: Option<&str>) -> Result<LogOpts> {
             .ok_or_else(|| anyhow!("bad log option '{part}' (expected dir=PATH,level=LEVEL)"))?;
         match k {
             "dir" => o.dir = Some(v.into()),
-            "level" => o.level = match v {
-                "emerg" | "alert" | "crit" | "err" | "error" => tracing::Level::ERROR,
-                "warning" | "warn" => tracing::Level::WARN,
-                "notice" | "info" => tracing::Level::INFO,
-                "debug" => tracing::Level::DEBUG,
-                other => bail!(
+            "level" => {
+                o.level = match v {
+                    "emerg" | "alert" | "crit" | "err" | "error" => tracing::Level::ERROR,
+                    "warning" | "warn" => tracing::Level::WARN,
+                    "notice" | "info" => tracing::Level::INFO,
+                    "debug" => tracing::Level::DEBUG,
+                    other => bail!(
                     "unknown log level '{other}' (emerg alert crit err warning notice info debug)"
                 ),
-            },
+                }
+            }
             "format" | "dst" => {}
             other => bail!("unknown log option '{other}'"),
         }
