@@ -73,7 +73,3 @@ pub fn driver_from_option(opt: &str) -> Result<Arc<dyn Driver>, String> {
         other => Err(format!("unknown cluster driver '{other}' (known: local)")),
     }
 }
-
-/// Helper so callers can keep an `Event` import path short.
-pub use state::ClusterState;
-pub type Ev = Event;
