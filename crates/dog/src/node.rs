@@ -68,29 +68,24 @@ pub async fn run(d: &Dog, c: &Common, cmd: Cmd) -> Res<()> {
                     )
                     .await?;
                 let (size, free) = (r.header.rsp_store_size(), r.header.rsp_store_free());
-                let used = size.saturating_sub(free);
                 ts += size;
                 tf += free;
-                let pct = (used * 100).checked_div(size).unwrap_or(0);
-                println!(
-                    "{:2}\t{}\t{}\t{}\t{:3}%",
-                    i,
-                    fmt::size(size, c.raw),
-                    fmt::size(used, c.raw),
-                    fmt::size(free, c.raw),
-                    pct
-                );
+                println!("{}", usage_row(&format!("{i:2}"), size, free, c.raw));
             }
-            let tu = ts.saturating_sub(tf);
-            let pct = (tu * 100).checked_div(ts).unwrap_or(0);
-            println!(
-                "Total\t{}\t{}\t{}\t{:3}%",
-                fmt::size(ts, c.raw),
-                fmt::size(tu, c.raw),
-                fmt::size(tf, c.raw),
-                pct
-            );
+            println!("{}", usage_row("Total", ts, tf, c.raw));
             Ok(())
         }
     }
+}
+
+/// One `node info` line: label, size, used, available, use%.
+fn usage_row(label: &str, size: u64, free: u64, raw: bool) -> String {
+    let used = size.saturating_sub(free);
+    let pct = (used * 100).checked_div(size).unwrap_or(0);
+    format!(
+        "{label}\t{}\t{}\t{}\t{pct:3}%",
+        fmt::size(size, raw),
+        fmt::size(used, raw),
+        fmt::size(free, raw)
+    )
 }
