@@ -1,101 +1,123 @@
-//! The one connection `dog` talks over, and turning results into the original's messages and
-//! exit codes. Owns: connecting and request helpers. Never: formatting output.
+//! Talking to sheep: one pipelined connection per node (requests may overlap, answers are
+//! matched by id), requests built the original's way (payload => WRITE flag and
+//! data_length = payload size; reads => data_length = the buffer size asked for), and
+//! transport failures turned into the original's wording with exit code 2.
+//! Owns: connections and addresses. Never: interpreting result codes (callers do).
 
+use crate::error::{Fail, Res, EXIT_FAILURE, EXIT_SYSFAIL};
+use crate::fmt;
 use bytes::Bytes;
-use client::{Connection, Response};
-use proto::{Header, SdResult};
+use client::{ClientError, Connection, Response};
+use proto::{Header, NodeId};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
-pub const EXIT_FAILURE: i32 = 1;
-pub const EXIT_SYSFAIL: i32 = 2;
-pub const EXIT_EXISTS: i32 = 3;
-pub const EXIT_MISSING: i32 = 5;
-pub const EXIT_USAGE: i32 = 64;
+/// A connection to one sheep; cheap to clone and share between in-flight requests.
+#[derive(Clone)]
+pub struct Sheep {
+    conn: Arc<Connection>,
+    name: Arc<str>,
+}
 
-/// A failure to report: message and exit code.
-#[derive(Debug)]
-pub struct Fail(pub String, pub i32);
-
-pub type Res<T> = Result<T, Fail>;
-
-pub fn exit_code(r: SdResult) -> i32 {
-    match r {
-        SdResult::VDI_EXIST => EXIT_EXISTS,
-        SdResult::NO_VDI | SdResult::NO_TAG | SdResult::NO_OBJ => EXIT_MISSING,
-        SdResult::FULL_VDI | SdResult::NO_SPACE => 4,
-        SdResult::SYSTEM_ERROR
-        | SdResult::EIO
-        | SdResult::WAIT_FOR_FORMAT
-        | SdResult::WAIT_FOR_JOIN
-        | SdResult::SHUTDOWN
-        | SdResult::HALT => EXIT_SYSFAIL,
-        _ => EXIT_FAILURE,
+impl Sheep {
+    /// Connects to `host` (IP address, "localhost" or a host name) on `port`.
+    pub async fn connect(host: &str, port: u16) -> Res<Sheep> {
+        let ip = resolve(host)
+            .await
+            .ok_or_else(|| Fail::new(EXIT_FAILURE, format!("Invalid ip address {host}")))?;
+        Sheep::connect_to(SocketAddr::new(ip, port)).await
     }
-}
 
-/// "<what>: <result text>" with the exit code the result calls for.
-pub fn fail(what: &str, r: SdResult) -> Fail {
-    Fail(format!("{what}: {}", r.text()), exit_code(r))
-}
+    /// Connects to a cluster member as the node list names it.
+    pub async fn connect_node(nid: &NodeId) -> Res<Sheep> {
+        Sheep::connect_to(nid.socket_addr()).await
+    }
 
-pub struct Dog {
-    pub conn: Connection,
-    pub addr: String,
-    pub port: u16,
-}
-
-impl Dog {
-    pub async fn connect(addr: &str, port: u16) -> Res<Dog> {
-        let host = if addr == "localhost" {
-            "127.0.0.1"
-        } else {
-            addr
-        };
-        match Connection::connect(format!("{host}:{port}")).await {
-            Ok(conn) => Ok(Dog {
-                conn,
-                addr: host.to_string(),
-                port,
+    async fn connect_to(sa: SocketAddr) -> Res<Sheep> {
+        let name = fmt::addr(&NodeId::new(sa.ip(), sa.port()).addr, sa.port());
+        match Connection::connect(sa).await {
+            Ok(c) => Ok(Sheep {
+                conn: Arc::new(c),
+                name: name.into(),
             }),
-            Err(client::ClientError::Connect { source, .. }) => Err(Fail(
-                format!("failed to connect to {host}:{port}: {source}"),
+            Err(ClientError::Connect { source, .. }) => Err(Fail::new(
                 EXIT_SYSFAIL,
+                format!("failed to connect to {name}: {}", os_text(&source)),
             )),
-            Err(e) => Err(Fail(
-                format!("failed to connect to {host}:{port}: {e}"),
+            Err(e) => Err(Fail::new(
                 EXIT_SYSFAIL,
+                format!("failed to connect to {name}: {e}"),
             )),
         }
     }
 
-    pub async fn send(&self, h: Header, payload: Vec<u8>, read_len: u32) -> Res<Response> {
-        let r = if payload.is_empty() {
-            self.conn.read(h, read_len).await
-        } else {
-            self.conn.write(h, Bytes::from(payload)).await
+    fn lost(&self, e: ClientError) -> Fail {
+        Fail::new(
+            EXIT_SYSFAIL,
+            format!("failed to communicate with {}: {e}", self.name),
+        )
+    }
+
+    /// A request asking for up to `len` bytes back.
+    pub async fn read(&self, hdr: Header, len: u32) -> Res<Response> {
+        self.conn.read(hdr, len).await.map_err(|e| self.lost(e))
+    }
+
+    /// A request carrying `data` (WRITE flag and data_length set, even for no bytes).
+    pub async fn write(&self, hdr: Header, data: Bytes) -> Res<Response> {
+        self.conn.write(hdr, data).await.map_err(|e| self.lost(e))
+    }
+
+    /// A header-only request.
+    pub async fn call(&self, hdr: Header) -> Res<Response> {
+        self.read(hdr, 0).await
+    }
+}
+
+async fn resolve(host: &str) -> Option<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if host == "localhost" {
+        return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let mut addrs = tokio::net::lookup_host((host, 0)).await.ok()?;
+    addrs.next().map(|a| a.ip())
+}
+
+/// An I/O error as C's `%m` prints it: "Connection refused", without " (os error 111)".
+pub fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_text_without_rust_suffix() {
+        let e = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(os_text(&e), "Connection refused");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_reads_like_the_original() {
+        // Bind then drop a listener to get a port nothing listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
         };
-        r.map_err(|e| {
-            Fail(
-                format!(
-                    "failed to communicate with {}:{}: {e}",
-                    self.addr, self.port
-                ),
-                EXIT_SYSFAIL,
-            )
-        })
-    }
-
-    /// Sends and requires SUCCESS; `what` names the action for the error message.
-    pub async fn ok(
-        &self,
-        what: &str,
-        h: Header,
-        payload: Vec<u8>,
-        read_len: u32,
-    ) -> Res<Response> {
-        let r = self.send(h, payload, read_len).await?;
-        match r.result() {
-            SdResult::SUCCESS => Ok(r),
-            e => Err(fail(what, e)),
-        }
+        let Err(f) = Sheep::connect("127.0.0.1", port).await else {
+            panic!("connected to a closed port");
+        };
+        assert_eq!(
+            f.msg,
+            format!("failed to connect to 127.0.0.1:{port}: Connection refused")
+        );
+        assert_eq!(f.code, EXIT_SYSFAIL);
     }
 }

@@ -1,81 +1,104 @@
-//! `dog`, the admin CLI: parses the original's command line and runs one command against one
-//! sheep over the Sheepdog protocol. Output formats, messages and exit codes follow the
-//! original 1.0 `dog`; `--json` adds machine-readable output.
+//! `dog`, the Sheepdog admin CLI: reads the original's command line, talks the Sheepdog
+//! protocol to one sheep (and to every member for per-node questions), and prints what the
+//! original 1.0 `dog` prints, with its messages and exit codes. `--json` adds
+//! machine-readable output to `cluster info`, `node list` and `vdi list`.
+//! Owns: running one invocation. Never: protocol encodings (crate `proto`).
 
+/// `println!` that never panics (a closed stdout, e.g. `dog vdi list | head -1`, is fine).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `print!` that never panics.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        let _ = write!(o, $($t)*);
+        let _ = o.flush();
+    }};
+}
+
+/// `eprintln!` that never panics.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
+mod cli;
 mod cluster;
+mod commands;
 mod conn;
+mod error;
 mod fmt;
+mod inflight;
+mod lookup;
 mod node;
+mod nodelist;
+mod placement;
+mod progress;
 mod vdi;
+mod vdi_rw;
 
-use clap::{Args, Parser, Subcommand};
-use conn::{Dog, Fail, Res, EXIT_USAGE};
+use cli::{Action, Invocation, Opts, Parsed};
+use conn::Sheep;
+use error::{Fail, Res, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE};
+use nodelist::NodeList;
+use std::io::Write;
 
-#[derive(Parser, Debug)]
-#[command(name = "dog", about = "Sheepdog administrator utility", version)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
+/// What a command gets: the sheep to talk to, the node list when the command needs it, the
+/// options and the positional arguments.
+pub(crate) struct Ctx<'a> {
+    pub sheep: Sheep,
+    nodes: Option<NodeList>,
+    pub opts: &'a Opts,
+    pub args: &'a [String],
 }
 
-/// Options every command takes.
-#[derive(Args, Debug, Clone)]
-pub struct Common {
-    /// Address of the sheep to talk to
-    #[arg(
-        short = 'a',
-        long = "address",
-        default_value = "localhost",
-        global = true
-    )]
-    pub address: String,
-    /// Port of the sheep
-    #[arg(short = 'p', long = "port", default_value_t = 7000, global = true)]
-    pub port: u16,
-    /// Raw output: no headers, sizes in bytes
-    #[arg(short = 'r', long = "raw", global = true)]
-    pub raw: bool,
-    /// JSON output
-    #[arg(long = "json", global = true)]
-    pub json: bool,
-}
+impl Ctx<'_> {
+    /// The node list fetched before the command ran.
+    pub fn nodes(&self) -> Res<&NodeList> {
+        self.nodes
+            .as_ref()
+            .ok_or_else(|| Fail::new(EXIT_SYSFAIL, "Failed to get node list"))
+    }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Cluster commands
-    Cluster {
-        #[command(subcommand)]
-        cmd: cluster::Cmd,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Node commands
-    Node {
-        #[command(subcommand)]
-        cmd: node::Cmd,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// VDI commands
-    Vdi {
-        #[command(subcommand)]
-        cmd: vdi::Cmd,
-        #[command(flatten)]
-        common: Common,
-    },
+    /// Positional argument `i`, if given and not empty.
+    pub fn arg(&self, i: usize) -> Option<&str> {
+        self.args
+            .get(i)
+            .map(String::as_str)
+            .filter(|a| !a.is_empty())
+    }
 }
 
 /// Runs `dog` with the process arguments; returns the exit code.
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => EXIT_USAGE,
-            };
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let inv = match cli::parse(&argv) {
+        Parsed::Exit {
+            code,
+            stdout,
+            stderr,
+        } => {
+            out!("{stdout}");
+            let _ = std::io::stderr().write_all(stderr.as_bytes());
+            return code;
         }
+        Parsed::Run(inv) => inv,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,34 +106,67 @@ pub fn run() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("{e}");
-            return conn::EXIT_SYSFAIL;
+            errln!("failed to start: {e}");
+            return EXIT_SYSFAIL;
         }
     };
-    match rt.block_on(dispatch(cli.cmd)) {
-        Ok(()) => 0,
-        Err(Fail(msg, code)) => {
+    let start = std::time::Instant::now();
+    let result = rt.block_on(dispatch(&inv));
+    // Whatever is still in flight (aborted on error) goes with the runtime.
+    drop(rt);
+    let code = match result {
+        Ok(()) => EXIT_SUCCESS,
+        Err(Fail { msg, code }) => {
             if !msg.is_empty() {
-                eprintln!("{msg}");
+                errln!("{msg}");
+            }
+            if code == EXIT_USAGE {
+                out!("{}", inv.usage);
             }
             code
         }
+    };
+    if inv.opts.time {
+        outln!(
+            "\nElapsed time: {:.3} seconds",
+            start.elapsed().as_secs_f64()
+        );
     }
+    code
 }
 
-async fn dispatch(cmd: Cmd) -> Res<()> {
-    match cmd {
-        Cmd::Cluster { cmd, common } => {
-            let d = Dog::connect(&common.address, common.port).await?;
-            cluster::run(&d, &common, cmd).await
+async fn dispatch(inv: &Invocation) -> Res<()> {
+    let o = &inv.opts;
+    let sheep = Sheep::connect(&o.address, o.port).await.map_err(|f| {
+        if inv.need_nodelist && f.code == EXIT_SYSFAIL {
+            f.then("Failed to get node list")
+        } else {
+            f
         }
-        Cmd::Node { cmd, common } => {
-            let d = Dog::connect(&common.address, common.port).await?;
-            node::run(&d, &common, cmd).await
-        }
-        Cmd::Vdi { cmd, common } => {
-            let d = Dog::connect(&common.address, common.port).await?;
-            vdi::run(&d, &common, cmd).await
-        }
+    })?;
+    let nodes = if inv.need_nodelist {
+        Some(NodeList::fetch(&sheep).await?)
+    } else {
+        None
+    };
+    let ctx = Ctx {
+        sheep,
+        nodes,
+        opts: o,
+        args: &inv.args,
+    };
+    match inv.action {
+        Action::ClusterInfo => cluster::info(&ctx).await,
+        Action::ClusterFormat => cluster::format(&ctx).await,
+        Action::ClusterShutdown => cluster::shutdown(&ctx).await,
+        Action::NodeList => node::list(&ctx),
+        Action::NodeInfo => node::info(&ctx).await,
+        Action::VdiCreate => vdi::create(&ctx).await,
+        Action::VdiDelete => vdi::delete(&ctx).await,
+        Action::VdiList => vdi::list(&ctx).await,
+        Action::VdiObjectLocation => vdi::object_location(&ctx).await,
+        Action::VdiObjectMap => vdi::object_map(&ctx).await,
+        Action::VdiRead => vdi_rw::read(&ctx).await,
+        Action::VdiWrite => vdi_rw::write(&ctx).await,
     }
 }

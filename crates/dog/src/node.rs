@@ -1,91 +1,183 @@
-//! `dog node list / info`.
+//! `dog node list / info`: the member list, and STAT_SHEEP asked of every member with the
+//! cluster totals and the virtual size of all working VDIs.
+//! Owns: these two commands' output. Never: fetching the node list (see `nodelist`).
 
-use crate::conn::{Dog, Res};
-use crate::{fmt, Common};
-use clap::Subcommand;
-use proto::{opcode, Header, SdNode};
+use crate::conn::Sheep;
+use crate::error::{Fail, Res, EXIT_SYSFAIL};
+use crate::lookup;
+use crate::{fmt, Ctx};
+use proto::{opcode, Header, SdResult};
+use serde_json::json;
 
-#[derive(Subcommand, Debug)]
-pub enum Cmd {
-    /// List nodes
-    List,
-    /// Show each node's disk use
-    Info,
+pub fn list(ctx: &Ctx<'_>) -> Res<()> {
+    let nl = ctx.nodes()?;
+    let o = ctx.opts;
+    if o.json {
+        let v: Vec<serde_json::Value> = nl
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                json!({
+                    "id": i,
+                    "address": fmt::addr(&n.nid.addr, n.nid.port),
+                    "vnodes": n.nr_vnodes,
+                    "zone": n.zone,
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    if !o.raw {
+        outln!("  Id   Host:Port         V-Nodes       Zone");
+    }
+    for (i, n) in nl.nodes.iter().enumerate() {
+        outln!(
+            "{}",
+            list_row(
+                i,
+                &fmt::addr(&n.nid.addr, n.nid.port),
+                n.nr_vnodes,
+                n.zone,
+                o.raw
+            )
+        );
+    }
+    Ok(())
 }
 
-pub async fn nodes(d: &Dog) -> Res<Vec<SdNode>> {
-    let r = d
-        .ok(
-            "Failed to get node list",
-            Header::request(opcode::GET_NODE_LIST),
-            Vec::new(),
-            80 * 6144,
-        )
-        .await?;
-    Ok(SdNode::decode_list(&r.data))
-}
-
-pub async fn run(d: &Dog, c: &Common, cmd: Cmd) -> Res<()> {
-    let list = nodes(d).await?;
-    match cmd {
-        Cmd::List => {
-            if c.json {
-                let v: Vec<_> = list.iter().enumerate().map(|(i, n)| serde_json::json!({"id": i, "addr": n.nid.to_string(), "vnodes": n.nr_vnodes, "zone": n.zone})).collect();
-                println!("{}", serde_json::Value::Array(v));
-                return Ok(());
-            }
-            if !c.raw {
-                println!("  Id   Host:Port         V-Nodes       Zone");
-            }
-            for (i, n) in list.iter().enumerate() {
-                if c.raw {
-                    println!("{} {} {} {}", i, n.nid, n.nr_vnodes, n.zone);
-                } else {
-                    println!(
-                        "{:4}   {:<20}\t{:2}{:11}",
-                        i,
-                        n.nid.to_string(),
-                        n.nr_vnodes,
-                        n.zone
-                    );
-                }
-            }
-            Ok(())
-        }
-        Cmd::Info => {
-            if !c.raw {
-                println!("Id\tSize\tUsed\tAvail\tUse%");
-            }
-            let (mut ts, mut tf) = (0u64, 0u64);
-            for (i, n) in list.iter().enumerate() {
-                let peer = Dog::connect(&n.nid.ip().to_string(), n.nid.port).await?;
-                let r = peer
-                    .ok(
-                        "Failed to get node info",
-                        Header::request(opcode::STAT_SHEEP),
-                        Vec::new(),
-                        0,
-                    )
-                    .await?;
-                let (size, free) = (r.header.rsp_store_size(), r.header.rsp_store_free());
-                ts += size;
-                tf += free;
-                println!("{}", usage_row(&format!("{i:2}"), size, free, c.raw));
-            }
-            println!("{}", usage_row("Total", ts, tf, c.raw));
-            Ok(())
-        }
+/// One `node list` line: "%4d   %-20s\t%2d%11u", raw "%d %s %d %u".
+fn list_row(i: usize, host: &str, vnodes: u16, zone: u32, raw: bool) -> String {
+    if raw {
+        format!("{i} {host} {vnodes} {zone}")
+    } else {
+        format!("{i:4}   {}\t{vnodes:2}{zone:11}", fmt::left(host, 20))
     }
 }
 
-/// One `node info` line: label, size, used, available, use%.
-fn usage_row(label: &str, size: u64, free: u64, raw: bool) -> String {
+/// Use% as the original computes it: truncated, 0 for an empty store.
+fn ratio(size: u64, free: u64) -> u64 {
+    if size == 0 {
+        return 0;
+    }
+    (size.saturating_sub(free) as f64 / size as f64 * 100.0) as u64
+}
+
+/// One `node info` line.
+fn info_row(id: usize, size: u64, free: u64, raw: bool) -> String {
     let used = size.saturating_sub(free);
-    let pct = (used * 100).checked_div(size).unwrap_or(0);
-    format!(
-        "{label}\t{}\t{}\t{}\t{pct:3}%",
+    let (s, u, f) = (
         fmt::size(size, raw),
         fmt::size(used, raw),
-        fmt::size(free, raw)
-    )
+        fmt::size(free, raw),
+    );
+    let r = ratio(size, free);
+    if raw {
+        format!("{id} {s} {u} {f} {r}%")
+    } else {
+        format!("{id:2}\t{s}\t{u}\t{f}\t{r:3}%")
+    }
+}
+
+/// The `node info` totals.
+fn total_rows(size: u64, free: u64, vdi_size: u64, raw: bool) -> String {
+    let used = size.saturating_sub(free);
+    let (s, u, f, v) = (
+        fmt::size(size, raw),
+        fmt::size(used, raw),
+        fmt::size(free, raw),
+        fmt::size(vdi_size, raw),
+    );
+    let r = ratio(size, free);
+    if raw {
+        format!("Total {s} {u} {f} {r}% {v}")
+    } else {
+        format!("Total\t{s}\t{u}\t{f}\t{r:3}%\n\nTotal virtual image size\t{v}")
+    }
+}
+
+/// STAT_SHEEP of one member: (store size, free), or the message to print instead.
+async fn stat_sheep(n: &proto::SdNode) -> Result<(u64, u64), String> {
+    let s = Sheep::connect_node(&n.nid).await.map_err(|f| f.msg)?;
+    let r = s
+        .call(Header::request(opcode::STAT_SHEEP))
+        .await
+        .map_err(|f| f.msg)?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(format!("Response's result: {}", r.result().text()));
+    }
+    Ok((r.header.rsp_store_size(), r.header.rsp_store_free()))
+}
+
+pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
+    let nl = ctx.nodes()?;
+    let raw = ctx.opts.raw;
+    if !raw {
+        outln!("Id\tSize\tUsed\tAvail\tUse%");
+    }
+    let (mut size, mut free, mut answered) = (0u64, 0u64, 0usize);
+    for (i, n) in nl.nodes.iter().enumerate() {
+        match stat_sheep(n).await {
+            Ok((s, f)) => {
+                outln!("{}", info_row(i, s, f, raw));
+                size = size.saturating_add(s);
+                free = free.saturating_add(f);
+                answered += 1;
+            }
+            Err(msg) => errln!("{msg}"),
+        }
+    }
+    if answered == 0 {
+        return Err(Fail::new(
+            EXIT_SYSFAIL,
+            "Cannot get information from any nodes",
+        ));
+    }
+    let mut vdi_size = 0u64;
+    lookup::walk(&ctx.sheep, false, |ino| {
+        if !ino.is_snapshot() {
+            vdi_size = vdi_size.saturating_add(ino.hdr.vdi_size);
+        }
+    })
+    .await
+    .map_err(|f| Fail::new(EXIT_SYSFAIL, f.msg))?;
+    outln!("{}", total_rows(size, free, vdi_size, raw));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_rows_as_the_sample() {
+        assert_eq!(
+            list_row(0, "127.0.0.1:7000", 128, 0, false),
+            "   0   127.0.0.1:7000      \t128          0"
+        );
+        assert_eq!(
+            list_row(3, "192.168.2.7:7000", 129, 118139072, false),
+            "   3   192.168.2.7:7000    \t129  118139072"
+        );
+        assert_eq!(
+            list_row(1, "127.0.0.1:7001", 128, 1, true),
+            "1 127.0.0.1:7001 128 1"
+        );
+    }
+
+    #[test]
+    fn info_rows_as_the_sample() {
+        let gb = 1u64 << 30;
+        assert_eq!(
+            info_row(0, 75 * gb, 74 * gb, false),
+            " 0\t75 GB\t1.0 GB\t74 GB\t  1%"
+        );
+        assert_eq!(
+            total_rows(224 * gb, 221 * gb, 4 * gb, false),
+            "Total\t224 GB\t3.0 GB\t221 GB\t  1%\n\nTotal virtual image size\t4.0 GB"
+        );
+        assert_eq!(info_row(2, 100, 25, true), "2 100 75 25 75%");
+        assert_eq!(total_rows(0, 0, 0, true), "Total 0 0 0 0% 0");
+    }
 }

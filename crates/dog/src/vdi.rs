@@ -1,479 +1,430 @@
-//! `dog vdi create / list / delete / read / write / object location`.
-//!
-//! read and write keep several object requests in flight at once; write creates objects on
-//! first touch (copy-on-write from a parent's object where the inode says so) and records each
-//! new object in the inode's data_vdi_id table, as the original and QEMU do.
+//! `dog vdi create / delete / list / object location / object map`.
+//! Owns: these commands' requests and output (the listing columns of the original).
+//! Never: bulk data transfer (see `vdi_rw`).
 
-use crate::conn::{fail, Dog, Fail, Res, EXIT_FAILURE, EXIT_USAGE};
-use crate::{fmt, Common};
-use clap::Subcommand;
-use futures::stream::{self, StreamExt, TryStreamExt};
-use proto::inode::{self, InodeHeader, SD_INODE_DATA_SIZE};
-use proto::{flags, opcode, Header, Oid, SdResult, Vid};
-use std::io::{IsTerminal, Read, Write};
+use crate::cli::Snap;
+use crate::conn::Sheep;
+use crate::error::{failed, Fail, Res, EXIT_FAILURE};
+use crate::inflight::Window;
+use crate::lookup::{self, Inode};
+use crate::placement::Ring;
+use crate::progress::Progress;
+use crate::vdi_rw::{self, IN_FLIGHT};
+use crate::{fmt, Ctx};
+use proto::{opcode, Header, Oid, SdResult, Vid};
+use serde_json::json;
 
-const IN_FLIGHT: usize = 8;
+/// SD_MAX_VDI_SIZE: 4 MiB objects x 2^32 indexes (hyper volumes).
+const SD_MAX_VDI_SIZE: u64 = (4 << 20) << 32;
 
-#[derive(Subcommand, Debug)]
-pub enum Cmd {
-    /// Create a VDI
-    Create {
-        name: String,
-        size: String,
-        #[arg(short = 'c', long = "copies")]
-        copies: Option<u8>,
-        #[arg(short = 'z', long = "block_size_shift")]
-        block_size_shift: Option<u8>,
-    },
-    /// List VDIs
-    List { name: Option<String> },
-    /// Delete a VDI
-    Delete {
-        name: String,
-        #[arg(short = 's', long = "snapshot")]
-        snapshot: Option<String>,
-    },
-    /// Read a VDI's bytes to stdout
-    Read {
-        name: String,
-        offset: Option<String>,
-        len: Option<String>,
-        #[arg(short = 's', long = "snapshot")]
-        snapshot: Option<String>,
-    },
-    /// Write stdin into a VDI
-    Write {
-        name: String,
-        offset: Option<String>,
-        len: Option<String>,
-    },
-    /// Object commands
-    Object {
-        #[command(subcommand)]
-        cmd: ObjectCmd,
-    },
+fn name_arg<'a>(ctx: &'a Ctx<'_>) -> Res<&'a str> {
+    ctx.arg(0).ok_or_else(|| Fail::usage(""))
 }
 
-#[derive(Subcommand, Debug)]
-pub enum ObjectCmd {
-    /// Show where an object of the VDI is stored
-    Location {
-        name: String,
-        #[arg(short = 'i', long = "index", default_value_t = 0)]
-        index: u32,
-        #[arg(short = 's', long = "snapshot")]
-        snapshot: Option<String>,
-    },
-}
-
-fn name_payload(name: &str, tag: &str) -> Res<Vec<u8>> {
-    let mut p = proto::padded(name.as_bytes(), proto::SD_MAX_VDI_LEN)
-        .ok_or_else(|| Fail(format!("VDI name is too long: {name}"), EXIT_USAGE))?;
-    p.extend(
-        proto::padded(tag.as_bytes(), proto::SD_MAX_VDI_TAG_LEN)
-            .ok_or_else(|| Fail("snapshot tag is too long".into(), EXIT_USAGE))?,
-    );
-    Ok(p)
-}
-
-fn size_arg(s: &str) -> Res<u64> {
-    fmt::parse_size(s).ok_or_else(|| Fail(format!("Invalid size '{s}'"), EXIT_USAGE))
-}
-
-/// Looks up a VDI (or one of its snapshots by id or tag): its header and data table.
-pub async fn open(d: &Dog, name: &str, snap: Option<&str>) -> Res<(InodeHeader, Vec<u8>)> {
-    let (snapid, tag) = match snap {
-        Some(s) => match s.parse::<u32>() {
-            Ok(id) => (id, ""),
-            Err(_) => (0, s),
-        },
-        None => (0, ""),
-    };
-    let mut h = Header::request(opcode::GET_VDI_INFO);
-    h.set_snapid(snapid);
-    let r = d.send(h, name_payload(name, tag)?, 0).await?;
+/// The cluster's default object size shift (GET_CLUSTER_DEFAULT), for the size check.
+async fn default_shift(s: &Sheep, name: &str) -> Res<u8> {
+    let r = s.call(Header::request(opcode::GET_CLUSTER_DEFAULT)).await?;
     match r.result() {
-        SdResult::SUCCESS => {}
-        SdResult::NO_VDI => return Err(Fail(format!("Failed to open VDI {name} (snapshot id: {snapid} snapshot tag: {tag}): No VDI found"), 5)),
-        e => return Err(fail(&format!("Failed to open VDI {name}"), e)),
-    }
-    read_inode(d, r.header.rsp_vdi_id()).await
-}
-
-async fn read_inode(d: &Dog, vid: u32) -> Res<(InodeHeader, Vec<u8>)> {
-    let mut h = Header::request(opcode::READ_OBJ);
-    h.set_oid(Oid::inode(Vid(vid)).0);
-    let r = d
-        .ok(
-            "Failed to read inode",
-            h,
-            Vec::new(),
-            SD_INODE_DATA_SIZE as u32,
-        )
-        .await?;
-    let hdr = InodeHeader::decode(&r.data)
-        .ok_or_else(|| Fail("Failed to read inode: short answer".into(), EXIT_FAILURE))?;
-    Ok((hdr, r.data))
-}
-
-pub async fn run(d: &Dog, c: &Common, cmd: Cmd) -> Res<()> {
-    match cmd {
-        Cmd::Create {
-            name,
-            size,
-            copies,
-            block_size_shift,
-        } => {
-            let size = size_arg(&size)?;
-            let bss = block_size_shift.unwrap_or(0);
-            let max = (1u64
-                << if bss == 0 {
-                    proto::SD_DEFAULT_BLOCK_SIZE_SHIFT
-                } else {
-                    bss
-                })
-                * proto::SD_INODE_DATA_INDEX;
-            if size > max {
-                return Err(Fail(
-                    format!(
-                        "VDI size is too large: {} (max {})",
-                        fmt::size(size, false),
-                        fmt::size(max, false)
-                    ),
-                    EXIT_USAGE,
-                ));
-            }
-            let mut h = Header::request(opcode::NEW_VDI);
-            h.set_vdi_size(size)
-                .set_vdi_copies(copies.unwrap_or(0))
-                .set_vdi_block_size_shift(bss);
-            let mut p = name_payload(&name, "")?;
-            p.truncate(proto::SD_MAX_VDI_LEN);
-            d.ok(&format!("Failed to create VDI {name}"), h, p, 0)
-                .await?;
-            Ok(())
-        }
-        Cmd::List { name } => list(d, c, name.as_deref()).await,
-        Cmd::Delete { name, snapshot } => {
-            let (snapid, tag) = match snapshot.as_deref().map(|s| (s.parse::<u32>().ok(), s)) {
-                Some((Some(id), _)) => (id, ""),
-                Some((None, t)) => (0, t),
-                None => (0, ""),
-            };
-            let mut h = Header::request(opcode::DEL_VDI);
-            h.set_snapid(snapid);
-            d.ok(
-                &format!("Failed to delete {name}"),
-                h,
-                name_payload(&name, tag)?,
-                0,
-            )
-            .await?;
-            Ok(())
-        }
-        Cmd::Read {
-            name,
-            offset,
-            len,
-            snapshot,
-        } => read(d, &name, offset, len, snapshot.as_deref()).await,
-        Cmd::Write { name, offset, len } => write(d, &name, offset, len).await,
-        Cmd::Object {
-            cmd:
-                ObjectCmd::Location {
-                    name,
-                    index,
-                    snapshot,
-                },
-        } => location(d, &name, index, snapshot.as_deref()).await,
+        SdResult::SUCCESS => Ok(match r.header.rsp_default_block_size_shift() {
+            b @ proto::SD_MIN_BLOCK_SIZE_SHIFT..=proto::SD_MAX_BLOCK_SIZE_SHIFT => b,
+            _ => proto::SD_DEFAULT_BLOCK_SIZE_SHIFT,
+        }),
+        e @ (SdResult::WAIT_FOR_FORMAT | SdResult::WAIT_FOR_JOIN | SdResult::SHUTDOWN) => Err(
+            failed(&format!("Failed to create VDI {name}"), e, EXIT_FAILURE),
+        ),
+        // A sheep without the request: the protocol default.
+        _ => Ok(proto::SD_DEFAULT_BLOCK_SIZE_SHIFT),
     }
 }
 
-fn range(h: &InodeHeader, offset: Option<String>, len: Option<String>) -> Res<(u64, u64)> {
-    let off = offset.as_deref().map(size_arg).transpose()?.unwrap_or(0);
-    let len = match len.as_deref() {
-        Some(l) => size_arg(l)?,
-        None => h.vdi_size.saturating_sub(off),
+pub async fn create(ctx: &Ctx<'_>) -> Res<()> {
+    let o = ctx.opts;
+    let name = name_arg(ctx)?;
+    let Some(size_arg) = ctx.arg(1) else {
+        return Err(Fail::usage("Please specify the VDI size"));
     };
-    if off.checked_add(len).is_none_or(|e| e > h.vdi_size) {
-        return Err(Fail(
-            format!("Range is out of the VDI (size {})", h.vdi_size),
+    let size = fmt::parse_size(size_arg).ok_or_else(|| Fail::usage(fmt::invalid_size(size_arg)))?;
+    let payload = lookup::name_payload(name)?;
+    let shift = match o.block_size_shift {
+        Some(s) => s,
+        None => default_shift(&ctx.sheep, name).await?,
+    };
+    let max = (1u64 << shift) * proto::SD_INODE_DATA_INDEX;
+    if size > max {
+        return Err(Fail::usage(format!(
+            "VDI size is larger than {} bytes, please use '-z' to create larger object size \
+             volume",
+            fmt::size(max, false)
+        )));
+    }
+    if size > SD_MAX_VDI_SIZE {
+        return Err(Fail::usage("VDI size is too large"));
+    }
+    let (copies, policy) = o.copies.unwrap_or((0, 0));
+    let mut h = Header::request(opcode::NEW_VDI);
+    h.set_vdi_size(size)
+        .set_base_vdi_id(0)
+        .set_snapid(0)
+        .set_vdi_copies(copies)
+        .set_vdi_copy_policy(policy)
+        .set_store_policy(0)
+        .set_vdi_block_size_shift(o.block_size_shift.unwrap_or(0));
+    let r = ctx.sheep.write(h, payload.into()).await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            &format!("Failed to create VDI {name}"),
+            r.result(),
             EXIT_FAILURE,
         ));
     }
-    Ok((off, len))
-}
-
-/// The (index, offset in object, length) pieces of a byte range.
-fn pieces(off: u64, len: u64, obj: u64) -> Vec<(u32, u64, u64)> {
-    let mut v = Vec::new();
-    let mut pos = off;
-    while pos < off + len {
-        let idx = pos / obj;
-        let o = pos % obj;
-        let n = (obj - o).min(off + len - pos);
-        v.push((idx as u32, o, n));
-        pos += n;
+    let vid = r.header.rsp_vdi_id();
+    if o.prealloc {
+        prealloc(ctx, vid).await?;
     }
-    v
-}
-
-async fn read(
-    d: &Dog,
-    name: &str,
-    offset: Option<String>,
-    len: Option<String>,
-    snap: Option<&str>,
-) -> Res<()> {
-    let (h, table) = open(d, name, snap).await?;
-    let (off, len) = range(&h, offset, len)?;
-    let mut out = std::io::stdout().lock();
-    let chunks = stream::iter(pieces(off, len, h.object_size()))
-        .map(|(idx, o, n)| {
-            let owner = inode::data_vdi_id(&table, idx);
-            async move {
-                if owner == 0 {
-                    return Ok(vec![0u8; n as usize]);
-                }
-                let mut rq = Header::request(opcode::READ_OBJ);
-                rq.set_oid(Oid::data(Vid(owner), idx).0).set_obj_offset(o);
-                Ok::<_, Fail>(
-                    d.ok("Failed to read VDI", rq, Vec::new(), n as u32)
-                        .await?
-                        .data,
-                )
-            }
-        })
-        .buffered(IN_FLIGHT);
-    let mut chunks = Box::pin(chunks);
-    while let Some(c) = chunks.try_next().await? {
-        out.write_all(&c)
-            .map_err(|e| Fail(format!("Failed to write to stdout: {e}"), EXIT_FAILURE))?;
+    if o.verbose {
+        if o.raw {
+            outln!("{vid:x}");
+        } else {
+            outln!("VDI ID of newly created VDI: {vid:x}");
+        }
     }
     Ok(())
 }
 
-async fn write(d: &Dog, name: &str, offset: Option<String>, len: Option<String>) -> Res<()> {
-    let (h, table) = open(d, name, None).await?;
-    let off = offset.as_deref().map(size_arg).transpose()?.unwrap_or(0);
-    let limit = len.as_deref().map(size_arg).transpose()?;
-    let obj = h.object_size();
-    let mut input = std::io::stdin().lock();
-    let progress = std::io::stderr().is_terminal();
-    let vid = h.vdi_id;
-    let mut pos = off;
-    let mut done = 0u64;
-    let mut pending = Vec::new();
-    loop {
-        if limit.is_some_and(|l| done >= l) {
-            break;
-        }
-        let want = (obj - pos % obj).min(limit.map_or(u64::MAX, |l| l - done)) as usize;
-        let mut buf = vec![0u8; want];
-        let got = read_full(&mut input, &mut buf)?;
-        if got == 0 {
-            break;
-        }
-        buf.truncate(got);
-        if pos + got as u64 > h.vdi_size {
-            return Err(Fail(
-                "Failed to write VDI: the data goes beyond the end of the VDI".into(),
+/// `-P`: creates every data object (empty) and records it in the inode.
+async fn prealloc(ctx: &Ctx<'_>, vid: u32) -> Res<()> {
+    let ino = lookup::read_inode(&ctx.sheep, vid, false)
+        .await?
+        .map_err(|line| {
+            Fail::new(
                 EXIT_FAILURE,
-            ));
-        }
-        let idx = (pos / obj) as u32;
-        pending.push((idx, pos % obj, buf, inode::data_vdi_id(&table, idx)));
-        pos += got as u64;
-        done += got as u64;
-        if pending.len() >= IN_FLIGHT {
-            flush(d, vid, &h, std::mem::take(&mut pending)).await?;
-            if progress {
-                eprint!("\r{} written", fmt::size(done, false));
-            }
+                format!("{line}\nFailed to read a newly created VDI object"),
+            )
+        })?;
+    let obj = ino.object_size();
+    let total = ino.hdr.vdi_size;
+    let mut bar = Progress::new(total, false);
+    let mut window = Window::new(IN_FLIGHT);
+    let mut done = 0u64;
+    let mut finished = |r: Res<()>| -> Res<()> {
+        r?;
+        done = (done + obj).min(total);
+        bar.update(done);
+        Ok(())
+    };
+    for idx in 0..ino.nr_objs() {
+        let job = vdi_rw::create_object(ctx.sheep.clone(), ino.hdr.clone(), idx as u32);
+        if let Some(r) = window.push(job).await {
+            finished(r)?;
         }
     }
-    flush(d, vid, &h, pending).await?;
-    if progress {
-        eprintln!("\r{} written", fmt::size(done, false));
+    while let Some(r) = window.next().await {
+        finished(r)?;
     }
     Ok(())
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Res<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Fail(format!("Failed to read stdin: {e}"), EXIT_FAILURE)),
-        }
+pub async fn delete(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    let snap = &ctx.opts.snapshot;
+    let mut h = Header::request(opcode::DEL_VDI);
+    h.set_snapid(snap.id);
+    let payload = lookup::name_tag_payload(name, &snap.tag)?;
+    let r = ctx.sheep.write(h, payload.into()).await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            &format!("Failed to delete {name}"),
+            r.result(),
+            EXIT_FAILURE,
+        ));
     }
-    Ok(n)
-}
-
-async fn flush(
-    d: &Dog,
-    vid: u32,
-    h: &InodeHeader,
-    pieces: Vec<(u32, u64, Vec<u8>, u32)>,
-) -> Res<()> {
-    let copies = h.nr_copies;
-    stream::iter(pieces)
-        .map(|(idx, o, data, owner)| async move {
-            let oid = Oid::data(Vid(vid), idx);
-            let mut rq;
-            if owner == vid {
-                rq = Header::request(opcode::WRITE_OBJ);
-            } else {
-                rq = Header::request(opcode::CREATE_AND_WRITE_OBJ);
-                if owner != 0 {
-                    rq.add_flags(flags::CMD_COW)
-                        .set_cow_oid(Oid::data(Vid(owner), idx).0);
-                }
-            }
-            rq.set_oid(oid.0).set_obj_offset(o).set_obj_copies(copies);
-            d.ok("Failed to write VDI", rq, data, 0).await?;
-            if owner != vid {
-                let mut up = Header::request(opcode::WRITE_OBJ);
-                up.set_oid(Oid::inode(Vid(vid)).0)
-                    .set_obj_offset(inode::data_vdi_id_offset(idx) as u64)
-                    .set_obj_copies(copies);
-                d.ok("Failed to update inode", up, vid.to_le_bytes().to_vec(), 0)
-                    .await?;
-            }
-            Ok::<_, Fail>(())
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<_>>()
-        .await?;
     Ok(())
 }
 
-async fn list(d: &Dog, c: &Common, only: Option<&str>) -> Res<()> {
-    let r = d
-        .ok(
-            "Failed to read VDIs",
-            Header::request(opcode::READ_VDIS),
-            Vec::new(),
-            proto::SD_VDI_BITMAP_SIZE as u32,
+/// Escapes blanks and backslashes for raw listings.
+fn raw_name(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_whitespace() || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// One `vdi list` line; `when` is the creation time already formatted.
+fn list_row(ino: &Inode, when: &str, raw: bool) -> String {
+    let (mine, cow) = ino.stat();
+    let obj = ino.object_size();
+    let snapid = if ino.is_snapshot() {
+        ino.hdr.snap_id
+    } else {
+        0
+    };
+    let flag = if ino.is_snapshot() {
+        's'
+    } else if ino.is_clone() {
+        'c'
+    } else if raw {
+        '='
+    } else {
+        ' '
+    };
+    let (size, used, shared) = (
+        fmt::size(ino.hdr.vdi_size, raw),
+        fmt::size(mine * obj, raw),
+        fmt::size(cow * obj, raw),
+    );
+    let vid = ino.vid();
+    let bss = ino.hdr.block_size_shift;
+    if raw {
+        format!(
+            "{flag} {} {snapid} {size} {used} {shared} {when} {vid:x} {} {} {bss}",
+            raw_name(&ino.name()),
+            ino.redundancy(),
+            ino.tag()
         )
-        .await?;
-    let vids: Vec<u32> = (0..(r.data.len() * 8) as u32)
-        .filter(|v| r.data[(v / 8) as usize] & (1 << (v % 8)) != 0)
-        .collect();
-    if !c.raw && !c.json {
-        println!("  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift");
+    } else {
+        format!(
+            "{flag} {} {snapid:5} {size:>7} {used:>7} {shared:>7} {when}  {vid:7x} {} {} {bss:3}",
+            fmt::left(&ino.name(), 8),
+            fmt::right(&ino.redundancy(), 6),
+            fmt::right(&ino.tag(), 13)
+        )
     }
-    let mut json = Vec::new();
-    for vid in vids {
-        let Ok((h, table)) = read_inode(d, vid).await else {
-            continue;
-        };
-        if h.name.is_empty() || only.is_some_and(|n| n.as_bytes() != h.name.as_slice()) {
-            continue;
+}
+
+fn list_json(ino: &Inode) -> serde_json::Value {
+    let (mine, cow) = ino.stat();
+    let obj = ino.object_size();
+    let secs = ino.hdr.create_time >> 32;
+    json!({
+        "name": ino.name(),
+        "id": if ino.is_snapshot() { ino.hdr.snap_id } else { 0 },
+        "type": if ino.is_snapshot() { "snapshot" } else if ino.is_clone() { "clone" } else { "vdi" },
+        "size": ino.hdr.vdi_size,
+        "used": mine * obj,
+        "shared": cow * obj,
+        "creation_time": fmt::local_time(secs, "%Y-%m-%d %H:%M"),
+        "ctime": secs,
+        "vdi_id": format!("{:x}", ino.vid()),
+        "copies": ino.redundancy(),
+        "tag": ino.tag(),
+        "block_size_shift": ino.hdr.block_size_shift,
+    })
+}
+
+pub async fn list(ctx: &Ctx<'_>) -> Res<()> {
+    let o = ctx.opts;
+    let only = ctx.arg(0);
+    let oid = if only.is_none() { o.oid } else { None };
+    if oid.is_some_and(|x| !Oid(x).is_data()) {
+        return Err(Fail::quiet(EXIT_FAILURE));
+    }
+    if !o.raw && !o.json {
+        outln!(
+            "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   \
+             Block Size Shift"
+        );
+    }
+    let mut rows = Vec::new();
+    lookup::walk(&ctx.sheep, true, |ino| {
+        if only.is_some_and(|n| n.as_bytes() != ino.hdr.name.as_slice()) {
+            return;
         }
-        let (mut used, mut shared) = (0u64, 0u64);
-        for i in 0..h.count_data_objs().min(proto::SD_INODE_DATA_INDEX) as u32 {
-            match inode::data_vdi_id(&table, i) {
-                0 => {}
-                v if v == vid => used += h.object_size(),
-                _ => shared += h.object_size(),
+        if let Some(x) = oid {
+            let owner = ino.owner(u64::from(Oid(x).index()));
+            if owner == 0 || owner != Oid(x).vid().0 {
+                return;
             }
         }
-        let name = String::from_utf8_lossy(&h.name).into_owned();
-        let tag = String::from_utf8_lossy(&h.tag).into_owned();
-        let snapshot = h.is_snapshot();
-        let flag = if snapshot {
-            's'
-        } else if h.snap_id == 1 && h.parent_vdi_id != 0 {
-            'c'
-        } else if c.raw {
-            '='
-        } else {
-            ' '
-        };
-        let id = if snapshot { h.snap_id } else { 0 };
-        let secs = h.create_time >> 32;
-        if c.json {
-            json.push(serde_json::json!({"name": name, "id": id, "size": h.vdi_size, "used": used, "shared": shared, "ctime": secs, "vid": format!("{vid:x}"), "copies": h.nr_copies, "tag": tag, "snapshot": snapshot, "clone": flag == 'c', "block_size_shift": h.block_size_shift}));
-        } else if c.raw {
-            println!(
-                "{} {} {} {} {} {} {} {:x} {} {} {}",
-                flag,
-                name,
-                id,
-                h.vdi_size,
-                used,
-                shared,
-                secs,
-                vid,
-                h.nr_copies,
-                tag,
-                h.block_size_shift
-            );
-        } else {
-            println!(
-                "{} {:<8} {:5} {:>7} {:>7} {:>7} {}  {:7x} {:6} {:>13} {:3}",
-                flag,
-                name,
-                id,
-                fmt::size(h.vdi_size, false),
-                fmt::size(used, false),
-                fmt::size(shared, false),
-                fmt::local_time(secs, "%Y-%m-%d %H:%M"),
-                vid,
-                h.nr_copies,
-                tag,
-                h.block_size_shift
-            );
+        if o.json {
+            rows.push(list_json(&ino));
+            return;
         }
-    }
-    if c.json {
-        println!("{}", serde_json::Value::Array(json));
+        let secs = ino.hdr.create_time >> 32;
+        let when = if o.raw {
+            secs.to_string()
+        } else {
+            fmt::local_time(secs, "%Y-%m-%d %H:%M")
+        };
+        outln!("{}", list_row(&ino, &when, o.raw));
+    })
+    .await?;
+    if o.json {
+        outln!("{}", serde_json::Value::Array(rows));
     }
     Ok(())
 }
 
-async fn location(d: &Dog, name: &str, idx: u32, snap: Option<&str>) -> Res<()> {
-    let (h, table) = open(d, name, snap).await?;
-    let owner = inode::data_vdi_id(&table, idx);
+/// `open` with the message the object commands add when the VDI cannot be read.
+async fn open_for_object(ctx: &Ctx<'_>, name: &str, snap: &Snap, fatal: &str) -> Res<Inode> {
+    lookup::open(&ctx.sheep, name, snap, true)
+        .await
+        .map_err(|f| f.then(fatal))
+}
+
+/// Asks every member whether it holds `oid` (EXIST), as `for_each_node_print` does.
+async fn print_holders(ctx: &Ctx<'_>, oid: u64) -> Res<()> {
+    let nl = ctx.nodes()?;
+    for n in &nl.nodes {
+        let who = fmt::addr(&n.nid.addr, n.nid.port);
+        let s = match Sheep::connect_node(&n.nid).await {
+            Ok(s) => s,
+            Err(f) => {
+                errln!("{}", f.msg);
+                continue;
+            }
+        };
+        let mut h = Header::request(opcode::EXIST);
+        h.set_epoch(nl.epoch).set_oid(oid);
+        let r = match s.call(h).await {
+            Ok(r) => r,
+            Err(f) => {
+                errln!("{}", f.msg);
+                continue;
+            }
+        };
+        match r.result() {
+            SdResult::SUCCESS => outln!("{who} has the object"),
+            SdResult::NO_OBJ => outln!("{who} doesn't have the object"),
+            SdResult::OLD_NODE_VER | SdResult::NEW_NODE_VER => {
+                errln!("The node list has changed: please try again")
+            }
+            e => errln!("{who}: hit an unexpected error ({})", e.text()),
+        }
+    }
+    Ok(())
+}
+
+/// "According to sheepdog algorithm ...": the nodes placement picks for `oid`.
+fn print_expected(ctx: &Ctx<'_>, oid: u64, copies: u8) -> Res<()> {
+    let ring = Ring::new(&ctx.nodes()?.nodes);
+    let at: Vec<String> = ring
+        .locate(oid, usize::from(copies))
+        .iter()
+        .map(|n| fmt::addr(&n.nid.addr, n.nid.port))
+        .collect();
+    outln!("\nAccording to sheepdog algorithm, the object should be located at:");
+    outln!("{}", at.join(" "));
+    Ok(())
+}
+
+pub async fn object_location(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    let ino = open_for_object(ctx, name, &ctx.opts.snapshot, "FATAL: no inode objects").await?;
+    let vid = ino.vid();
+    let nr = ctx.nodes()?.nodes.len();
+    let copies = ino.hdr.nr_copies;
+    let Some(idx) = ctx.opts.index else {
+        let oid = Oid::inode(Vid(vid)).0;
+        outln!("Looking for the inode object 0x{vid:x} with {nr} nodes\n");
+        print_holders(ctx, oid).await?;
+        return print_expected(ctx, oid, copies);
+    };
+    if idx >= proto::SD_INODE_DATA_INDEX {
+        outln!("The offset is too large!");
+        return Err(Fail::quiet(EXIT_FAILURE));
+    }
+    let owner = ino.owner(idx);
     if owner == 0 {
-        println!(
-            "The inode object 0x{:x} idx {} is not allocated",
-            h.vdi_id, idx
-        );
+        outln!("The inode object 0x{vid:x} idx {idx} is not allocated");
         return Ok(());
     }
-    let oid = Oid::data(Vid(owner), idx);
-    let nodes = crate::node::nodes(d).await?;
-    println!(
-        "Looking for the object {} (vid 0x{:x} idx {}, {} copies) with {} nodes\n",
-        oid,
-        h.vdi_id,
-        idx,
-        h.nr_copies,
-        nodes.len()
+    let oid = Oid::data(Vid(owner), idx as u32).0;
+    outln!(
+        "Looking for the object {oid:016x} (vid 0x{vid:x} idx {idx}, {copies} copies) with {nr} \
+         nodes\n"
     );
-    for n in &nodes {
-        let peer = Dog::connect(&n.nid.ip().to_string(), n.nid.port).await?;
-        let mut rq = Header::request(opcode::EXIST);
-        rq.set_oid(oid.0);
-        let r = peer.send(rq, Vec::new(), 0).await?;
-        if r.result().is_ok() {
-            println!("{} has the object", n.nid);
-        } else {
-            println!("{} doesn't have the object", n.nid);
+    print_holders(ctx, oid).await?;
+    print_expected(ctx, oid, copies)
+}
+
+pub async fn object_map(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    let fatal = format!("FATAL: {name} not found");
+    let ino = open_for_object(ctx, name, &ctx.opts.snapshot, &fatal).await?;
+    outln!("Index       VID");
+    match ctx.opts.index {
+        Some(idx) => outln!("{idx:08} {:8x}", ino.owner(idx)),
+        None => {
+            for (idx, &v) in ino.table.iter().enumerate() {
+                if v != 0 {
+                    outln!("{idx:08} {v:8x}");
+                }
+            }
         }
     }
-    let ring = sheep::ring::Ring::new(&nodes);
-    let at: Vec<String> = ring
-        .placement(oid, h.nr_copies as usize)
-        .iter()
-        .map(|n| n.nid.to_string())
-        .collect();
-    println!("---------------------------------");
-    println!("According to sheepdog algorithm, the object should be located at:");
-    println!("{}", at.join(" "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::inode::InodeHeader;
+
+    fn inode(name: &str, vid: u32, snap_id: u32, snapshot: bool, parent: u32, tag: &str) -> Inode {
+        Inode {
+            hdr: InodeHeader {
+                name: name.as_bytes().to_vec(),
+                tag: tag.as_bytes().to_vec(),
+                create_time: 1_795_383_418 << 32,
+                snap_ctime: if snapshot { 1 } else { 0 },
+                vdi_size: 1 << 30,
+                nr_copies: 3,
+                block_size_shift: 22,
+                snap_id,
+                vdi_id: vid,
+                parent_vdi_id: parent,
+                ..Default::default()
+            },
+            table: Vec::new(),
+        }
+    }
+
+    /// Spec section 9: Alice written (3 objects, as the original's write made), snapshot
+    /// "first", a write to object 0, clone Charlie.
+    #[test]
+    fn rows_as_the_spec_sample() {
+        let (s, w, c) = (0x15d167, 0x15d168, 0x3ca881);
+        let mut snap = inode("Alice", s, 1, true, 0, "first");
+        snap.table = vec![s, s, s];
+        let mut work = inode("Alice", w, 2, false, s, "");
+        work.table = vec![w, s, s];
+        let mut clone = inode("Charlie", c, 1, false, s, "");
+        clone.table = vec![s, s, s];
+        let when = "2026-11-22 21:36";
+        let rows = [
+            list_row(&snap, when, false),
+            list_row(&work, when, false),
+            list_row(&clone, when, false),
+        ];
+        let want = [
+            "s Alice        1  1.0 GB   12 MB  0.0 MB 2026-11-22 21:36   15d167      3         first  22",
+            "  Alice        0  1.0 GB  4.0 MB  8.0 MB 2026-11-22 21:36   15d168      3                22",
+            "c Charlie      0  1.0 GB  0.0 MB   12 MB 2026-11-22 21:36   3ca881      3                22",
+        ];
+        assert_eq!(rows, want);
+        assert_eq!(
+            list_row(&snap, "1795383418", true),
+            "s Alice 1 1073741824 12582912 0 1795383418 15d167 3 first 22"
+        );
+        assert_eq!(
+            list_row(&work, "1795383418", true),
+            "= Alice 0 1073741824 4194304 8388608 1795383418 15d168 3  22"
+        );
+        assert_eq!(
+            list_row(&clone, "1795383418", true),
+            "c Charlie 0 1073741824 0 12582912 1795383418 3ca881 3  22"
+        );
+        let j = list_json(&clone);
+        assert_eq!(j["shared"], 12_582_912u64);
+        assert_eq!(j["type"], "clone");
+    }
+
+    #[test]
+    fn raw_names_escaped() {
+        assert_eq!(raw_name("a b\\c"), "a\\ b\\\\c");
+    }
 }

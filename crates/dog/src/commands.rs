@@ -1,0 +1,374 @@
+//! The commands `dog` knows, as the original's tables describe them: subcommands with their
+//! arguments, option letters and descriptions, and the usage texts printed from them
+//! (`dog --help`, `dog <command> <subcommand> --help`).
+//! Owns: the command and option tables and usage text. Never: parsing or running.
+
+pub const PROGRAM: &str = "dog";
+
+/// What to run once the command line is understood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    ClusterInfo,
+    ClusterFormat,
+    ClusterShutdown,
+    NodeList,
+    NodeInfo,
+    VdiCreate,
+    VdiDelete,
+    VdiList,
+    VdiRead,
+    VdiWrite,
+    VdiObjectLocation,
+    VdiObjectMap,
+}
+
+pub struct OptDef {
+    pub ch: char,
+    pub long: &'static str,
+    pub has_arg: bool,
+    pub desc: &'static str,
+}
+
+/// Stands for `--json` in the option strings below; it has no short form.
+pub const JSON: char = 'J';
+
+const fn o(ch: char, long: &'static str, has_arg: bool, desc: &'static str) -> OptDef {
+    OptDef {
+        ch,
+        long,
+        has_arg,
+        desc,
+    }
+}
+
+pub static GLOBAL_OPTS: &[OptDef] = &[
+    o(
+        'a',
+        "address",
+        true,
+        "specify the daemon address (default: localhost)",
+    ),
+    o('p', "port", true, "specify the daemon port"),
+    o(
+        'r',
+        "raw",
+        false,
+        "raw output mode: omit headers, separate fields with\n                          \
+         single spaces and print all sizes in decimal bytes",
+    ),
+    o('v', "verbose", false, "print more information than default"),
+    o('h', "help", false, "display this help and exit"),
+    o('T', "time", false, "show elapsed time"),
+    o(JSON, "json", false, "print the output as JSON"),
+];
+
+static CLUSTER_OPTS: &[OptDef] = &[
+    o('b', "store", true, "specify backend store"),
+    o(
+        'c',
+        "copies",
+        true,
+        "specify the default data redundancy (number of copies)",
+    ),
+    o('f', "force", false, "do not prompt for confirmation"),
+    o(
+        'F',
+        "avoid-diskfull",
+        false,
+        "skip recovery if recovery process can cause disk full",
+    ),
+    o('l', "lock", false, "Lock vdi to exclude multiple users"),
+    o('R', "recyclevid", false, "enable recycling of VID"),
+    o(
+        't',
+        "strict",
+        false,
+        "do not serve write request if number of nodes is not sufficient",
+    ),
+    o(
+        'z',
+        "block_size_shift",
+        true,
+        "specify the shift num of default data object size",
+    ),
+    o(
+        'V',
+        "fixedvnodes",
+        false,
+        "disable automatic vnodes calculation",
+    ),
+];
+
+static VDI_OPTS: &[OptDef] = &[
+    o('P', "prealloc", false, "preallocate all the data objects"),
+    o('i', "index", true, "specify the index of data objects"),
+    o('s', "snapshot", true, "specify a snapshot id or tag name"),
+    o('w', "writeback", false, "use writeback mode"),
+    o('c', "copies", true, "specify the data redundancy level"),
+    o(
+        'o',
+        "oid",
+        true,
+        "specify the object id of the tracking object",
+    ),
+    o(
+        'z',
+        "block_size_shift",
+        true,
+        "specify the bit shift num for data object size",
+    ),
+];
+
+pub struct Sub {
+    pub name: &'static str,
+    pub arg: Option<&'static str>,
+    pub opts: &'static str,
+    pub desc: &'static str,
+    pub need_arg: bool,
+    pub need_nodelist: bool,
+    pub action: Option<Action>,
+    pub subs: &'static [Sub],
+}
+
+pub struct Command {
+    pub name: &'static str,
+    pub subs: &'static [Sub],
+    pub options: &'static [OptDef],
+}
+
+const fn sub(
+    name: &'static str,
+    arg: Option<&'static str>,
+    opts: &'static str,
+    desc: &'static str,
+    need_arg: bool,
+    need_nodelist: bool,
+    action: Action,
+) -> Sub {
+    Sub {
+        name,
+        arg,
+        opts,
+        desc,
+        need_arg,
+        need_nodelist,
+        action: Some(action),
+        subs: &[],
+    }
+}
+
+static VDI_OBJECT_SUBS: &[Sub] = &[
+    sub(
+        "location",
+        None,
+        "",
+        "show object location information",
+        true,
+        true,
+        Action::VdiObjectLocation,
+    ),
+    sub(
+        "map",
+        None,
+        "",
+        "show object map information",
+        true,
+        false,
+        Action::VdiObjectMap,
+    ),
+];
+
+static VDI_SUBS: &[Sub] = &[
+    sub(
+        "create",
+        Some("<vdiname> <size>"),
+        "PcaphrvzT",
+        "create an image",
+        true,
+        true,
+        Action::VdiCreate,
+    ),
+    sub(
+        "delete",
+        Some("<vdiname>"),
+        "saphT",
+        "delete an image",
+        true,
+        false,
+        Action::VdiDelete,
+    ),
+    sub(
+        "list",
+        Some("[vdiname]"),
+        "aprhoTJ",
+        "list images",
+        false,
+        false,
+        Action::VdiList,
+    ),
+    Sub {
+        name: "object",
+        arg: Some("<vdiname>"),
+        opts: "isaphT",
+        desc: "show object information in the image",
+        need_arg: true,
+        need_nodelist: false,
+        action: None,
+        subs: VDI_OBJECT_SUBS,
+    },
+    sub(
+        "read",
+        Some("<vdiname> [<offset> [<len>]]"),
+        "saphT",
+        "read data from an image",
+        true,
+        false,
+        Action::VdiRead,
+    ),
+    sub(
+        "write",
+        Some("<vdiname> [<offset> [<len>]]"),
+        "apwhT",
+        "write data to an image",
+        true,
+        false,
+        Action::VdiWrite,
+    ),
+];
+
+static NODE_SUBS: &[Sub] = &[
+    sub(
+        "list",
+        None,
+        "aprhTJ",
+        "list nodes",
+        false,
+        true,
+        Action::NodeList,
+    ),
+    sub(
+        "info",
+        None,
+        "aprhT",
+        "show information about each node",
+        false,
+        true,
+        Action::NodeInfo,
+    ),
+];
+
+static CLUSTER_SUBS: &[Sub] = &[
+    sub(
+        "info",
+        None,
+        "aprhvTJ",
+        "show cluster information",
+        false,
+        true,
+        Action::ClusterInfo,
+    ),
+    sub(
+        "format",
+        None,
+        "bctaphzTVlRFf",
+        "create a Sheepdog store",
+        false,
+        true,
+        Action::ClusterFormat,
+    ),
+    sub(
+        "shutdown",
+        None,
+        "aphT",
+        "stop Sheepdog",
+        false,
+        false,
+        Action::ClusterShutdown,
+    ),
+];
+
+pub static COMMANDS: &[Command] = &[
+    Command {
+        name: "vdi",
+        subs: VDI_SUBS,
+        options: VDI_OPTS,
+    },
+    Command {
+        name: "node",
+        subs: NODE_SUBS,
+        options: &[],
+    },
+    Command {
+        name: "cluster",
+        subs: CLUSTER_SUBS,
+        options: CLUSTER_OPTS,
+    },
+];
+
+pub fn find_opt(cmd: &Command, ch: char) -> Option<&'static OptDef> {
+    GLOBAL_OPTS
+        .iter()
+        .chain(cmd.options.iter())
+        .find(|o| o.ch == ch)
+}
+
+/// `dog --help`.
+pub fn main_usage() -> String {
+    let mut s = format!(
+        "Sheepdog administrator utility\nUsage: {PROGRAM} <command> <subcommand> [options]\n\
+         \nAvailable commands:\n"
+    );
+    for c in COMMANDS {
+        for sc in c.subs {
+            let name = format!("{} {}", c.name, sc.name);
+            s.push_str(&format!("  {name:<24}{}\n", sc.desc));
+        }
+    }
+    s.push_str(&format!(
+        "\nFor more information, run '{PROGRAM} <command> <subcommand> --help'.\n"
+    ));
+    s
+}
+
+/// `subcommand_usage`: the synopsis, nested subcommands and options of one subcommand.
+pub fn sub_usage(cmd: &Command, sc: &Sub) -> String {
+    let mut s = format!("Usage: {PROGRAM} {} {}", cmd.name, sc.name);
+    match sc.subs {
+        [] => {}
+        [only] => s.push_str(&format!(" {}", only.name)),
+        subs => {
+            let names: Vec<&str> = subs.iter().map(|x| x.name).collect();
+            s.push_str(&format!(" {{{}}}", names.join("|")));
+        }
+    }
+    let opts: Vec<&OptDef> = sc.opts.chars().filter_map(|c| find_opt(cmd, c)).collect();
+    for od in &opts {
+        if od.ch == JSON {
+            s.push_str(" [--json]");
+        } else if od.has_arg {
+            s.push_str(&format!(" [-{} {}]", od.ch, od.long));
+        } else {
+            s.push_str(&format!(" [-{}]", od.ch));
+        }
+    }
+    if let Some(arg) = sc.arg {
+        s.push_str(&format!(" {arg}"));
+    }
+    s.push('\n');
+    if !sc.subs.is_empty() {
+        s.push_str("Available subcommands:\n");
+        for x in sc.subs {
+            s.push_str(&format!("  {:<24}{}\n", x.name, x.desc));
+        }
+    }
+    s.push_str("Options:\n");
+    for od in &opts {
+        let name = if od.ch == JSON {
+            format!("    --{}", od.long)
+        } else {
+            format!("-{}, --{}", od.ch, od.long)
+        };
+        s.push_str(&format!("  {name:<24}{}\n", od.desc));
+    }
+    s
+}
