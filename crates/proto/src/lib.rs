@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod consts;
+pub mod frame;
+pub mod fuzz;
 pub mod hash;
 pub mod header;
 pub mod inode;

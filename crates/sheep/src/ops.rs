@@ -93,7 +93,11 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
         }
         opcode::READ_VDIS => {
             let view = node.gate(true)?;
-            Ok(vdi::bitmap(&view))
+            Ok(vdi::bitmap(&view, false))
+        }
+        opcode::READ_DEL_VDIS => {
+            let view = node.gate(true)?;
+            Ok(vdi::bitmap(&view, true))
         }
         // Writes are durable on every copy before they are acknowledged, so there is nothing
         // to flush; INVALID_PARMS tells QEMU to stop sending flushes, as the original does.
@@ -304,6 +308,11 @@ fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
             .read_epoch(epoch)
             .map_err(|e| e.result())?
             .unwrap_or_default();
+        if nodes.len() > nodes_nr {
+            // The caller's slots cannot hold this epoch's members: say how many it needs.
+            rsp.set_rsp_nr_nodes(nodes.len() as u32);
+            return Err(SdResult::BUFFER_SMALL);
+        }
         let first = out.is_empty();
         let log = EpochLog {
             ctime: if first { f.ctime } else { 0 },

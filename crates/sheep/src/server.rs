@@ -7,36 +7,13 @@
 use crate::node::Node;
 use crate::ops;
 use bytes::Bytes;
-use proto::{flags, opcode, Header, SdResult, HEADER_SIZE};
+use proto::{flags, frame, Header, HEADER_SIZE};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, Semaphore};
 
 /// Requests one connection may have in flight; more wait for a slot (back-pressure).
 const MAX_INFLIGHT: usize = 128;
-/// Largest read buffer a request may ask for (READ_VDIS is 2 MiB, the inode 12.5 MiB).
-const MAX_READ: u32 = 32 << 20;
-
-/// Why a header is refused before its opcode runs; `close` when the stream cannot be resynced.
-fn precheck(h: &Header) -> Result<(), (SdResult, bool)> {
-    let op = h.opcode();
-    let ver_ok = if opcode::is_internal(op) {
-        h.proto_ver() == proto::SD_SHEEP_PROTO_VER
-    } else {
-        h.proto_ver() <= proto::SD_PROTO_VER
-    };
-    if h.carries_payload() && h.data_length() > proto::SD_MAX_PAYLOAD {
-        return Err((SdResult::INVALID_PARMS, true));
-    }
-    if !ver_ok {
-        return Err((SdResult::VER_MISMATCH, false));
-    }
-    if !h.has_flag(flags::CMD_WRITE) && h.data_length() > MAX_READ {
-        return Err((SdResult::INVALID_PARMS, false));
-    }
-    Ok(())
-}
-
 /// Serves one client connection until it closes.
 pub async fn serve_conn<S>(node: Arc<Node>, stream: S)
 where
@@ -68,16 +45,16 @@ where
             break;
         }
         let req = Header::from_bytes(&hb);
-        if let Err((res, close)) = precheck(&req) {
-            tracing::debug!("refused {req:?}: {}", res.text());
-            let rsp = Header::response_to(&req, node.epoch(), res);
+        if let Err(refusal) = frame::check_request(&req) {
+            tracing::debug!("refused {req:?}: {}", refusal.result.text());
+            let rsp = Header::response_to(&req, node.epoch(), refusal.result);
             let _ = tx
                 .send(ops::Reply {
                     header: rsp,
                     data: Vec::new(),
                 })
                 .await;
-            if close {
+            if refusal.close {
                 break;
             }
             continue;

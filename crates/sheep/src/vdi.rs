@@ -283,11 +283,12 @@ pub async fn delete(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<(), S
     Ok(())
 }
 
-/// READ_VDIS: the in-use bitmap, bit v in byte v/8, least significant bit first.
-pub fn bitmap(view: &View) -> Vec<u8> {
+/// READ_VDIS (every id in use) or READ_DEL_VDIS (`deleted`: the ids of deleted VDIs): bit v
+/// in byte v/8, least significant bit first.
+pub fn bitmap(view: &View, deleted: bool) -> Vec<u8> {
     let mut b = vec![0u8; proto::SD_VDI_BITMAP_SIZE];
-    for &vid in view.state.vdis.keys() {
-        if vid < proto::SD_NR_VDIS {
+    for (&vid, info) in &view.state.vdis {
+        if vid < proto::SD_NR_VDIS && (!deleted || info.deleted) {
             b[(vid / 8) as usize] |= 1 << (vid % 8);
         }
     }

@@ -285,6 +285,20 @@ fn bad_input_gets_errors_and_harms_nothing() {
             .await
             .unwrap();
         assert_eq!(r.result(), SdResult::INVALID_PARMS);
+        // An epoch history that does not fit the caller's node slots: BUFFER_SMALL with the
+        // number of slots needed, never a silently truncated record.
+        let mut h = Header::request(opcode::STAT_CLUSTER);
+        h.set_cluster_nodes_nr(1);
+        let r = conn.read(h, 4096).await.unwrap();
+        assert_eq!(r.result(), SdResult::BUFFER_SMALL);
+        assert_eq!(r.header.rsp_nr_nodes(), 3);
+        // Deleted VDI ids: none yet.
+        let r = conn
+            .read(Header::request(opcode::READ_DEL_VDIS), 1 << 21)
+            .await
+            .unwrap();
+        assert!(r.result().is_ok());
+        assert!(r.data.iter().all(|&b| b == 0));
         // Many requests in flight on one connection, answered by id.
         let mut futs = Vec::new();
         for k in 0..32u64 {
