@@ -13,6 +13,7 @@ pub mod fuzz;
 pub mod hash;
 pub mod header;
 pub mod inode;
+pub mod nbd;
 pub mod node;
 pub mod oid;
 pub mod opcode;

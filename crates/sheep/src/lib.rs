@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod gateway;
+pub mod nbd;
 pub mod node;
 pub mod ops;
 pub mod peer;
@@ -14,3 +15,4 @@ pub mod ring;
 pub mod server;
 pub mod store;
 pub mod vdi;
+pub mod volume;

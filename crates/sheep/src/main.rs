@@ -56,12 +56,15 @@ struct Opts {
     /// Print the version
     #[arg(short = 'v', long)]
     version: bool,
-    /// NBD port (0 = off)
+    /// NBD port (default 10809 + PORT - 7000; 0 = no NBD on TCP)
     #[arg(long)]
     nbd_port: Option<u16>,
-    /// NBD unix socket
+    /// Also serve NBD on this unix socket
     #[arg(long)]
     nbd_socket: Option<PathBuf>,
+    /// Let NBD writers from different clients share a VDI (qemu-nbd's --shared)
+    #[arg(long)]
+    nbd_shared: bool,
     #[arg(short = 'D', long)]
     directio: bool,
     #[arg(short = 'g', long)]
@@ -102,8 +105,6 @@ impl Opts {
                 self.max_dynamic_threads.is_some(),
                 "-x/--max-dynamic-threads",
             ),
-            (self.nbd_port.is_some_and(|p| p != 0), "--nbd-port"),
-            (self.nbd_socket.is_some(), "--nbd-socket"),
         ];
         for (set, name) in flags {
             if set {
@@ -182,6 +183,7 @@ fn run(opts: Opts) -> Result<()> {
     let unix = std::os::unix::net::UnixListener::bind(&sock_path)
         .with_context(|| format!("cannot listen on {}", sock_path.display()))?;
     unix.set_nonblocking(true)?;
+    let nbd = nbd_listeners(&opts, bind)?;
 
     let advertised = opts
         .myaddr
@@ -214,7 +216,7 @@ fn run(opts: Opts) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(serve(store, driver, me, listener, unix, ready));
+    let result = rt.block_on(serve(store, driver, me, listener, unix, nbd, ready));
     let _ = std::fs::remove_file(&pidfile);
     let _ = std::fs::remove_file(&sock_path);
     result
@@ -226,6 +228,7 @@ async fn serve(
     me: SdNode,
     listener: std::net::TcpListener,
     unix: std::os::unix::net::UnixListener,
+    nbd: NbdListeners,
     ready: Option<std::fs::File>,
 ) -> Result<()> {
     let node = Node::new(me, store, driver);
@@ -233,6 +236,15 @@ async fn serve(
     let unix = tokio::net::UnixListener::from_std(unix)?;
     tokio::spawn(sheep::server::listen_tcp(node.clone(), tcp));
     tokio::spawn(sheep::server::listen_unix(node.clone(), unix));
+    let nbd_server = sheep::nbd::NbdServer::new(node.clone(), nbd.shared);
+    if let Some(l) = nbd.tcp {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tokio::spawn(sheep::nbd::listen_tcp(nbd_server.clone(), l));
+    }
+    if let Some(l) = nbd.unix {
+        let l = tokio::net::UnixListener::from_std(l)?;
+        tokio::spawn(sheep::nbd::listen_unix(nbd_server.clone(), l));
+    }
     let joined = node.start().await;
     if let Some(mut r) = ready {
         let msg = match &joined {
@@ -258,6 +270,48 @@ async fn serve(
     }
     tracing::info!("sheep {} stopped", me.nid);
     Ok(())
+}
+
+/// The NBD listeners, bound before the fork so that a busy port is reported at once.
+struct NbdListeners {
+    tcp: Option<std::net::TcpListener>,
+    unix: Option<std::os::unix::net::UnixListener>,
+    shared: bool,
+}
+
+fn nbd_listeners(opts: &Opts, bind: IpAddr) -> Result<NbdListeners> {
+    let port = match opts.nbd_port {
+        Some(p) => p,
+        None => u16::try_from(10809 + i64::from(opts.port) - 7000).map_err(|_| {
+            anyhow!(
+                "no default NBD port for sheep port {}; give --nbd-port",
+                opts.port
+            )
+        })?,
+    };
+    let tcp = if port == 0 {
+        None
+    } else {
+        let l = std::net::TcpListener::bind(SocketAddr::new(bind, port))
+            .with_context(|| format!("cannot listen for NBD on {bind}:{port} (--nbd-port)"))?;
+        l.set_nonblocking(true)?;
+        Some(l)
+    };
+    let unix = match &opts.nbd_socket {
+        None => None,
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            let l = std::os::unix::net::UnixListener::bind(p)
+                .with_context(|| format!("cannot listen for NBD on {}", p.display()))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+    };
+    Ok(NbdListeners {
+        tcp,
+        unix,
+        shared: opts.nbd_shared,
+    })
 }
 
 fn init_logging(dir: &Path, level: tracing::Level, foreground: bool) -> Result<()> {

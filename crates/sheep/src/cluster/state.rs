@@ -42,6 +42,21 @@ pub struct VdiInfo {
     pub deleted: bool,
 }
 
+/// A writer holding a VDI open: the node serving it and the client as that node names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    /// `address:port` of the serving node.
+    pub node: String,
+    pub client: String,
+}
+
+/// The writers of one VDI: one, or any number when every one of them asked to share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiLock {
+    pub shared: bool,
+    pub holders: Vec<LockHolder>,
+}
+
 /// A node's persistent state, sent with its join so that a restarting cluster can resume.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct JoinInfo {
@@ -72,6 +87,17 @@ pub enum Message {
     },
     /// Leave WAIT state with the nodes present (`dog cluster recover force`).
     ForceRecover,
+    /// A writer asks for a VDI's lock; granted when free, or when both sides share.
+    Lock {
+        vid: u32,
+        holder: LockHolder,
+        shared: bool,
+    },
+    /// A writer lets a VDI go.
+    Unlock {
+        vid: u32,
+        holder: LockHolder,
+    },
 }
 
 /// One ordered cluster event.
@@ -123,6 +149,8 @@ pub struct ClusterState {
     /// Nodes of the current epoch (the ring's members), sorted by id.
     pub epoch_nodes: Vec<SdNode>,
     pub vdis: BTreeMap<u32, VdiInfo>,
+    /// VDIs open for writing, and by whom.
+    pub locks: BTreeMap<u32, VdiLock>,
 }
 
 impl Default for ClusterState {
@@ -134,6 +162,7 @@ impl Default for ClusterState {
             members: Vec::new(),
             epoch_nodes: Vec::new(),
             vdis: BTreeMap::new(),
+            locks: BTreeMap::new(),
         }
     }
 }
@@ -186,6 +215,20 @@ impl ClusterState {
         }
     }
 
+    /// Whether `vid` is `ancestor` or was made from it by snapshots and clones.
+    pub fn descends(&self, mut vid: u32, ancestor: u32) -> bool {
+        for _ in 0..4096 {
+            if vid == ancestor {
+                return true;
+            }
+            match self.vdis.get(&vid) {
+                Some(v) if v.parent != 0 => vid = v.parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+
     pub fn apply(&mut self, ev: &Event) -> Vec<Effect> {
         let mut fx = Vec::new();
         match ev {
@@ -193,6 +236,12 @@ impl ClusterState {
             Event::Leave { node } => {
                 if self.is_member(node) {
                     self.members.retain(|m| m.nid != node.nid);
+                    // A dead node's clients are gone with it.
+                    let gone = node.nid.to_string();
+                    self.locks.retain(|_, l| {
+                        l.holders.retain(|h| h.node != gone);
+                        !l.holders.is_empty()
+                    });
                     if self.status == Status::Ok {
                         self.new_epoch(&mut fx);
                     }
@@ -253,6 +302,7 @@ impl ClusterState {
                 }
                 self.format = f.clone();
                 self.vdis.clear();
+                self.locks.clear();
                 self.epoch = 0;
                 self.status = Status::Ok;
                 fx.push(Effect::Formatted(f.clone()));
@@ -267,6 +317,10 @@ impl ClusterState {
                     if let Some(v) = self.vdis.get_mut(o) {
                         v.snapshot = true;
                     }
+                    // Writers follow the name to the new working VDI.
+                    if let Some(l) = self.locks.remove(o) {
+                        self.locks.insert(*vid, l);
+                    }
                 }
                 self.vdis.insert(*vid, info.clone());
             }
@@ -279,6 +333,40 @@ impl ClusterState {
                 if self.status == Status::WaitForJoin {
                     self.status = Status::Ok;
                     self.new_epoch(fx);
+                }
+            }
+            Message::Lock {
+                vid,
+                holder,
+                shared,
+            } => match self.locks.get_mut(vid) {
+                None => {
+                    self.locks.insert(
+                        *vid,
+                        VdiLock {
+                            shared: *shared,
+                            holders: vec![holder.clone()],
+                        },
+                    );
+                }
+                Some(l) if l.holders.contains(holder) => {}
+                Some(l) if l.shared && *shared => l.holders.push(holder.clone()),
+                Some(_) => {}
+            },
+            Message::Unlock { vid, holder } => {
+                // The lock may have moved to a descendant by snapshots since it was taken.
+                let at = self
+                    .locks
+                    .iter()
+                    .find(|(v, l)| l.holders.contains(holder) && self.descends(**v, *vid))
+                    .map(|(v, _)| *v);
+                if let Some(v) = at {
+                    if let Some(l) = self.locks.get_mut(&v) {
+                        l.holders.retain(|h| h != holder);
+                        if l.holders.is_empty() {
+                            self.locks.remove(&v);
+                        }
+                    }
                 }
             }
         }
@@ -336,6 +424,55 @@ mod tests {
             store: "plain".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn locks_exclusive_shared_and_dropped_with_their_node() {
+        let mut s = ClusterState::default();
+        s.apply(&join(1));
+        s.apply(&join(2));
+        let h = |node: u16, c: &str| LockHolder {
+            node: n(node).nid.to_string(),
+            client: c.into(),
+        };
+        let lock = |s: &mut ClusterState, holder: LockHolder, shared: bool| {
+            s.apply(&Event::Notify {
+                from: n(1),
+                msg: Message::Lock {
+                    vid: 7,
+                    holder,
+                    shared,
+                },
+            });
+        };
+        lock(&mut s, h(1, "a"), false);
+        lock(&mut s, h(2, "b"), true);
+        assert_eq!(
+            s.locks[&7].holders,
+            vec![h(1, "a")],
+            "exclusive holder stays alone"
+        );
+        s.apply(&Event::Leave { node: n(1) });
+        assert!(s.locks.is_empty(), "a dead node's locks go with it");
+        lock(&mut s, h(2, "b"), true);
+        lock(&mut s, h(2, "c"), true);
+        assert_eq!(s.locks[&7].holders.len(), 2);
+        lock(&mut s, h(2, "d"), false);
+        assert_eq!(
+            s.locks[&7].holders.len(),
+            2,
+            "no exclusive lock over sharers"
+        );
+        for c in ["b", "c"] {
+            s.apply(&Event::Notify {
+                from: n(2),
+                msg: Message::Unlock {
+                    vid: 7,
+                    holder: h(2, c),
+                },
+            });
+        }
+        assert!(s.locks.is_empty());
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub fn free_port() -> u16 {
 
 pub struct Sheep {
     pub port: u16,
+    pub nbd_port: u16,
     pub zone: u32,
     pub dir: PathBuf,
     pub child: Option<Child>,
@@ -49,17 +50,25 @@ pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub shm: PathBuf,
     pub nodes: Vec<Sheep>,
+    /// Options given to every sheep started from now on.
+    pub args: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `n` sheep (zones 0..n) and waits until all are members.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Starts `n` sheep with extra options.
+    pub fn start_with(n: usize, args: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let shm = tmp.path().join("shm");
         let mut c = Cluster {
             tmp,
             shm,
             nodes: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
             c.add(i as u32);
@@ -74,6 +83,7 @@ impl Cluster {
         let dir = self.tmp.path().join(format!("st{}", self.nodes.len()));
         self.nodes.push(Sheep {
             port,
+            nbd_port: free_port(),
             zone,
             dir,
             child: None,
@@ -94,6 +104,9 @@ impl Cluster {
             .arg(n.port.to_string())
             .arg("-z")
             .arg(n.zone.to_string())
+            .arg("--nbd-port")
+            .arg(n.nbd_port.to_string())
+            .args(&self.args)
             .arg(&n.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -116,6 +129,11 @@ impl Cluster {
 
     pub fn port(&self, i: usize) -> u16 {
         self.nodes[i].port
+    }
+
+    /// `nbd://` URI of `export` on node `i`.
+    pub fn nbd_uri(&self, i: usize, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{export}", self.nodes[i].nbd_port)
     }
 
     /// Runs `dog ARGS -p <port of node i>`.

@@ -1,0 +1,247 @@
+//! The NBD transmission phase of one connection: reads requests, runs each as its own task
+//! (many in flight, replies in completion order, matched by handle), and writes simple or
+//! structured replies. Owns: request framing and reply encoding. Never: how bytes map onto
+//! objects (that is `volume`) or who may write (that is the session's lock).
+
+use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAX_REQUEST};
+use super::Session;
+use bytes::Bytes;
+use proto::nbd::{self, cflag, chunk, cmd, errno, Request};
+use proto::SdResult;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Requests one connection may have in flight.
+const MAX_INFLIGHT: usize = 64;
+/// Extents one BLOCK_STATUS reply may carry.
+const MAX_EXTENTS: usize = 4096;
+
+/// A reply: its header bytes and the data that follows them.
+struct Reply {
+    head: Vec<u8>,
+    data: Vec<u8>,
+}
+
+/// An NBD error, with the text structured replies carry.
+struct Failure {
+    errno: u32,
+    message: String,
+}
+
+fn fail(errno: u32, message: impl Into<String>) -> Failure {
+    Failure {
+        errno,
+        message: message.into(),
+    }
+}
+
+fn from_sd(r: SdResult) -> Failure {
+    let e = match r {
+        SdResult::READONLY | SdResult::VDI_LOCKED => errno::EPERM,
+        SdResult::NO_SPACE | SdResult::FULL_VDI => errno::ENOSPC,
+        SdResult::INVALID_PARMS => errno::EINVAL,
+        SdResult::SHUTDOWN => errno::ESHUTDOWN,
+        _ => errno::EIO,
+    };
+    fail(e, r.text())
+}
+
+/// Serves requests until the client disconnects, sends DISC, or breaks the framing.
+pub async fn serve<R, W>(mut rd: R, wr: W, session: Arc<Session>, neg: Negotiated)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Reply>(MAX_INFLIGHT);
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(256 * 1024, wr);
+        while let Some(r) = rx.recv().await {
+            let mut next = Some(r);
+            while let Some(r) = next.take() {
+                if w.write_all(&r.head).await.is_err() || w.write_all(&r.data).await.is_err() {
+                    return;
+                }
+                next = rx.try_recv().ok();
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    let neg = Arc::new(neg);
+    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    loop {
+        let mut b = [0u8; nbd::REQUEST_SIZE];
+        if rd.read_exact(&mut b).await.is_err() {
+            break;
+        }
+        let Some(req) = Request::decode(&b) else {
+            tracing::debug!("nbd: request without the magic, closing");
+            break;
+        };
+        if req.kind == cmd::DISC {
+            break;
+        }
+        let payload = if req.kind == cmd::WRITE {
+            if req.length > MAX_REQUEST {
+                // The payload cannot be skipped safely: refuse and close.
+                let f = fail(errno::EOVERFLOW, "write larger than 32 MiB");
+                let _ = tx.send(error_reply(&neg, req.handle, f)).await;
+                break;
+            }
+            let mut buf = vec![0u8; req.length as usize];
+            if rd.read_exact(&mut buf).await.is_err() {
+                break;
+            }
+            Bytes::from(buf)
+        } else {
+            Bytes::new()
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (tx, session, neg) = (tx.clone(), session.clone(), neg.clone());
+        tokio::spawn(async move {
+            let reply = match handle(&session, &neg, req, payload).await {
+                Ok(r) => r,
+                Err(f) => error_reply(&neg, req.handle, f),
+            };
+            let _ = tx.send(reply).await;
+            drop(permit);
+        });
+    }
+    // Let requests already taken finish and their replies go out, then close.
+    let _ = slots.acquire_many(MAX_INFLIGHT as u32).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn error_reply(neg: &Negotiated, handle: u64, f: Failure) -> Reply {
+    if f.errno != errno::EINVAL {
+        tracing::warn!("nbd {}: {}", neg.name, f.message);
+    }
+    let head = if neg.structured {
+        nbd::error_chunk(handle, f.errno, &f.message)
+    } else {
+        nbd::simple_reply(handle, f.errno).to_vec()
+    };
+    Reply {
+        head,
+        data: Vec::new(),
+    }
+}
+
+fn done(neg: &Negotiated, handle: u64) -> Reply {
+    let head = if neg.structured {
+        nbd::chunk_header(handle, chunk::FLAG_DONE, chunk::NONE, 0).to_vec()
+    } else {
+        nbd::simple_reply(handle, 0).to_vec()
+    };
+    Reply {
+        head,
+        data: Vec::new(),
+    }
+}
+
+/// Checks a request's range against the export: `past_end` is the error past its end.
+fn in_range(size: u64, req: &Request, past_end: u32) -> Result<(), Failure> {
+    if req.length == 0 {
+        return Err(fail(errno::EINVAL, "zero-length request"));
+    }
+    match req.offset.checked_add(req.length as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(fail(past_end, "request past the end of the export")),
+    }
+}
+
+async fn handle(
+    s: &Session,
+    neg: &Negotiated,
+    req: Request,
+    payload: Bytes,
+) -> Result<Reply, Failure> {
+    let vol = &s.volume;
+    let size = vol.size();
+    match req.kind {
+        cmd::READ => {
+            if req.length > MAX_REQUEST {
+                return Err(fail(errno::EOVERFLOW, "read larger than 32 MiB"));
+            }
+            in_range(size, &req, errno::EINVAL)?;
+            let data = vol
+                .read(req.offset, req.length as usize)
+                .await
+                .map_err(from_sd)?;
+            let head = if neg.structured {
+                let mut h = nbd::chunk_header(
+                    req.handle,
+                    chunk::FLAG_DONE,
+                    chunk::OFFSET_DATA,
+                    8 + req.length,
+                )
+                .to_vec();
+                h.extend_from_slice(&req.offset.to_be_bytes());
+                h
+            } else {
+                nbd::simple_reply(req.handle, 0).to_vec()
+            };
+            Ok(Reply { head, data })
+        }
+        cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES => {
+            if vol.read_only() {
+                return Err(fail(errno::EPERM, "the export is read-only (a snapshot)"));
+            }
+            in_range(size, &req, errno::ENOSPC)?;
+            s.ensure_writer().await.map_err(|m| fail(errno::EPERM, m))?;
+            let r = match req.kind {
+                cmd::WRITE => vol.write(req.offset, payload).await,
+                cmd::TRIM => vol.zero(req.offset, req.length as u64, false).await,
+                _ => {
+                    let allocate = req.flags & cflag::NO_HOLE != 0;
+                    vol.zero(req.offset, req.length as u64, allocate).await
+                }
+            };
+            r.map_err(from_sd)?;
+            // Every write is durable on every copy before it returns, so FUA holds too.
+            Ok(done(neg, req.handle))
+        }
+        // Acknowledged writes are already durable on every copy.
+        cmd::FLUSH => Ok(done(neg, req.handle)),
+        cmd::BLOCK_STATUS => {
+            if !neg.base_allocation {
+                return Err(fail(errno::EINVAL, "base:allocation was not negotiated"));
+            }
+            in_range(size, &req, errno::EINVAL)?;
+            let max = if req.flags & cflag::REQ_ONE != 0 {
+                1
+            } else {
+                MAX_EXTENTS
+            };
+            let extents: Vec<(u32, u32)> = vol
+                .extents(req.offset, req.length as u64, max)
+                .await
+                .into_iter()
+                .map(|(len, allocated)| {
+                    let flags = if allocated {
+                        0
+                    } else {
+                        nbd::STATE_HOLE | nbd::STATE_ZERO
+                    };
+                    (len as u32, flags)
+                })
+                .collect();
+            let head =
+                nbd::block_status_chunk(req.handle, chunk::FLAG_DONE, BASE_ALLOCATION_ID, &extents);
+            Ok(Reply {
+                head,
+                data: Vec::new(),
+            })
+        }
+        other => Err(fail(
+            errno::EINVAL,
+            format!("command {other} is not supported"),
+        )),
+    }
+}

@@ -1,0 +1,368 @@
+//! An open VDI seen as one range of bytes: reads, writes, zeroing and allocation status mapped
+//! onto its data objects. Objects are created on first write (thin), a parent's object is
+//! copied on the first write to it (copy-on-write), and every new object is recorded in the
+//! inode before the write is acknowledged. When the VDI is snapshotted while open, the volume
+//! follows the name to the new working VDI, as QEMU's driver did.
+//! Owns: the cached `data_vdi_id` table of one open VDI. Never: placement or peers (that is
+//! the gateway) and never the namespace (that is `vdi`).
+
+use crate::gateway;
+use crate::node::Node;
+use crate::vdi;
+use bytes::Bytes;
+use futures::future::try_join_all;
+use proto::inode::{self, InodeHeader, SD_INODE_HEADER_SIZE};
+use proto::{Oid, SdResult, Vid};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{Mutex, RwLock};
+
+/// Locks that serialise the creation of one object (index modulo this many).
+const STRIPES: usize = 64;
+
+/// The VDI this volume addresses now, and its object table.
+struct Current {
+    vid: u32,
+    copies: u8,
+    obj_shift: u8,
+    table: Vec<AtomicU32>,
+}
+
+pub struct Volume {
+    node: Arc<Node>,
+    name: Vec<u8>,
+    read_only: bool,
+    size: AtomicU64,
+    cur: RwLock<Current>,
+    stripes: Vec<Mutex<()>>,
+}
+
+/// One piece of a byte range that falls inside one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    idx: u32,
+    /// Offset inside the object.
+    off: u64,
+    len: u64,
+    /// Offset of this piece from the start of the whole range.
+    at: u64,
+}
+
+fn pieces(offset: u64, len: u64, shift: u8) -> Vec<Piece> {
+    let obj = 1u64 << shift;
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let idx = (pos >> shift) as u32;
+        let off = pos & (obj - 1);
+        let n = (obj - off).min(end - pos);
+        out.push(Piece {
+            idx,
+            off,
+            len: n,
+            at: pos - offset,
+        });
+        pos += n;
+    }
+    out
+}
+
+async fn load(node: &Arc<Node>, h: &InodeHeader) -> Result<Current, SdResult> {
+    let shift = h.block_size_shift.max(proto::SD_MIN_BLOCK_SIZE_SHIFT);
+    let count = h
+        .vdi_size
+        .div_ceil(1u64 << shift)
+        .min(proto::SD_INODE_DATA_INDEX) as usize;
+    let raw = if count == 0 {
+        Vec::new()
+    } else {
+        gateway::read(
+            node,
+            Oid::inode(Vid(h.vdi_id)),
+            SD_INODE_HEADER_SIZE as u64,
+            count * 4,
+            h.nr_copies,
+        )
+        .await?
+    };
+    let table = raw
+        .chunks_exact(4)
+        .map(|c| AtomicU32::new(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    Ok(Current {
+        vid: h.vdi_id,
+        copies: h.nr_copies,
+        obj_shift: shift,
+        table,
+    })
+}
+
+impl Volume {
+    /// Opens the working VDI `name`, or its snapshot by `tag` or `snapid` (read-only).
+    pub async fn open(
+        node: &Arc<Node>,
+        name: &[u8],
+        tag: &[u8],
+        snapid: u32,
+    ) -> Result<Volume, SdResult> {
+        let view = node.gate(false)?;
+        let h = vdi::find(node, &view, name, tag, snapid).await?;
+        let cur = load(node, &h).await?;
+        Ok(Volume {
+            node: node.clone(),
+            name: name.to_vec(),
+            read_only: h.is_snapshot(),
+            size: AtomicU64::new(h.vdi_size),
+            cur: RwLock::new(cur),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// The VDI id written to now.
+    pub async fn vid(&self) -> u32 {
+        self.cur.read().await.vid
+    }
+
+    /// Object size of the VDI.
+    pub async fn object_size(&self) -> u64 {
+        1u64 << self.cur.read().await.obj_shift
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), SdResult> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(SdResult::INVALID_PARMS),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`; never-written ranges read as zeros.
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, SdResult> {
+        self.check(offset, len as u64)?;
+        let cur = self.cur.read().await;
+        let ps = pieces(offset, len as u64, cur.obj_shift);
+        let parts = try_join_all(ps.iter().map(|p| {
+            let owner = cur
+                .table
+                .get(p.idx as usize)
+                .map(|a| a.load(Ordering::Acquire))
+                .unwrap_or(0);
+            let node = &self.node;
+            let copies = cur.copies;
+            async move {
+                if owner == 0 {
+                    return Ok(vec![0u8; p.len as usize]);
+                }
+                gateway::read(
+                    node,
+                    Oid::data(Vid(owner), p.idx),
+                    p.off,
+                    p.len as usize,
+                    copies,
+                )
+                .await
+            }
+        }))
+        .await?;
+        let mut out = Vec::with_capacity(len);
+        for part in parts {
+            out.extend_from_slice(&part);
+        }
+        Ok(out)
+    }
+
+    /// When the VDI was snapshotted under us, follows the name to its new working VDI.
+    async fn writable(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Current>, SdResult> {
+        if self.read_only {
+            return Err(SdResult::READONLY);
+        }
+        loop {
+            let cur = self.cur.read().await;
+            let frozen = self
+                .node
+                .view()
+                .state
+                .vdis
+                .get(&cur.vid)
+                .map(|v| v.snapshot || v.deleted)
+                .unwrap_or(true);
+            if !frozen {
+                return Ok(cur);
+            }
+            let old = cur.vid;
+            drop(cur);
+            let mut w = self.cur.write().await;
+            if w.vid == old {
+                let view = self.node.gate(false)?;
+                let h = vdi::find(&self.node, &view, &self.name, &[], 0).await?;
+                tracing::info!(
+                    "{}: {:x} became a snapshot; writing to {:x} now",
+                    String::from_utf8_lossy(&self.name),
+                    old,
+                    h.vdi_id
+                );
+                if h.vdi_id == old {
+                    return Err(SdResult::READONLY);
+                }
+                *w = load(&self.node, &h).await?;
+                self.size.store(h.vdi_size, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes `data` at `offset`, durable on every copy when it returns.
+    pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), SdResult> {
+        self.check(offset, data.len() as u64)?;
+        let cur = self.writable().await?;
+        let ps = pieces(offset, data.len() as u64, cur.obj_shift);
+        try_join_all(ps.iter().map(|p| {
+            let d = data.slice(p.at as usize..(p.at + p.len) as usize);
+            self.write_piece(&cur, *p, d)
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn write_piece(&self, cur: &Current, p: Piece, data: Bytes) -> Result<(), SdResult> {
+        let slot = cur
+            .table
+            .get(p.idx as usize)
+            .ok_or(SdResult::INVALID_PARMS)?;
+        if slot.load(Ordering::Acquire) == cur.vid {
+            let oid = Oid::data(Vid(cur.vid), p.idx);
+            return gateway::write(&self.node, oid, p.off, data, false, cur.copies).await;
+        }
+        let _g = self.stripes[p.idx as usize % STRIPES].lock().await;
+        let owner = slot.load(Ordering::Acquire);
+        let oid = Oid::data(Vid(cur.vid), p.idx);
+        if owner == cur.vid {
+            return gateway::write(&self.node, oid, p.off, data, false, cur.copies).await;
+        }
+        if owner == 0 {
+            gateway::write(&self.node, oid, p.off, data, true, cur.copies).await?;
+        } else {
+            // Copy-on-write: the parent's whole object with the new bytes laid over it.
+            let size = 1usize << cur.obj_shift;
+            let parent = Oid::data(Vid(owner), p.idx);
+            let mut full = gateway::read(&self.node, parent, 0, size, cur.copies).await?;
+            full.resize(size, 0);
+            full[p.off as usize..(p.off + p.len) as usize].copy_from_slice(&data);
+            gateway::write(&self.node, oid, 0, Bytes::from(full), true, cur.copies).await?;
+        }
+        self.set_slot(cur, p.idx, cur.vid).await?;
+        slot.store(cur.vid, Ordering::Release);
+        Ok(())
+    }
+
+    async fn set_slot(&self, cur: &Current, idx: u32, value: u32) -> Result<(), SdResult> {
+        gateway::write(
+            &self.node,
+            Oid::inode(Vid(cur.vid)),
+            inode::data_vdi_id_offset(idx) as u64,
+            Bytes::copy_from_slice(&value.to_le_bytes()),
+            false,
+            cur.copies,
+        )
+        .await
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros. Whole objects are dropped from the VDI
+    /// (and reclaimed when it owns them) unless `allocate`; partial ones get zeros written.
+    pub async fn zero(&self, offset: u64, len: u64, allocate: bool) -> Result<(), SdResult> {
+        self.check(offset, len)?;
+        let cur = self.writable().await?;
+        let obj = 1u64 << cur.obj_shift;
+        for p in pieces(offset, len, cur.obj_shift) {
+            let slot = cur
+                .table
+                .get(p.idx as usize)
+                .ok_or(SdResult::INVALID_PARMS)?;
+            let owner = slot.load(Ordering::Acquire);
+            if owner == 0 && !allocate {
+                continue;
+            }
+            if p.len == obj && !allocate {
+                let _g = self.stripes[p.idx as usize % STRIPES].lock().await;
+                let owner = slot.load(Ordering::Acquire);
+                if owner == 0 {
+                    continue;
+                }
+                self.set_slot(&cur, p.idx, 0).await?;
+                slot.store(0, Ordering::Release);
+                if owner == cur.vid {
+                    // Only this VDI points at its own objects (snapshots own theirs).
+                    gateway::remove(&self.node, Oid::data(Vid(owner), p.idx)).await?;
+                }
+                continue;
+            }
+            let zeros = Bytes::from(vec![0u8; p.len as usize]);
+            self.write_piece(&cur, p, zeros).await?;
+        }
+        Ok(())
+    }
+
+    /// Allocation of `len` bytes at `offset` as runs of (length, allocated), at most `max`.
+    pub async fn extents(&self, offset: u64, len: u64, max: usize) -> Vec<(u64, bool)> {
+        let cur = self.cur.read().await;
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        for p in pieces(
+            offset,
+            len.min(self.size().saturating_sub(offset)),
+            cur.obj_shift,
+        ) {
+            let allocated = cur
+                .table
+                .get(p.idx as usize)
+                .map(|a| a.load(Ordering::Acquire) != 0)
+                .unwrap_or(false);
+            let n = out.len();
+            match out.last_mut() {
+                Some((l, a)) if *a == allocated => *l += p.len,
+                _ if n == max => break,
+                _ => out.push((p.len, allocated)),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_at_object_boundaries() {
+        let ps = pieces((4 << 20) - 10, 30, 22);
+        assert_eq!(
+            ps,
+            vec![
+                Piece {
+                    idx: 0,
+                    off: (4 << 20) - 10,
+                    len: 10,
+                    at: 0
+                },
+                Piece {
+                    idx: 1,
+                    off: 0,
+                    len: 20,
+                    at: 10
+                }
+            ]
+        );
+        assert!(pieces(5, 0, 22).is_empty());
+        assert_eq!(pieces(0, 12 << 20, 22).len(), 3);
+    }
+}
