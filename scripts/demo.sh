@@ -7,6 +7,9 @@ if ! command -v cargo >/dev/null; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
+if ! command -v qemu-img >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils
+fi
 cargo build --release --workspace --bins
 ST=${ST:-/tmp/st}
 mkdir -p "$ST"
@@ -17,4 +20,9 @@ target/release/dog cluster format --copies=3
 target/release/dog node list
 target/release/dog vdi create Alice 256G
 target/release/dog vdi list
-echo "Cluster running (stores in $ST). Stop it with: target/release/dog cluster shutdown"
+if command -v qemu-img >/dev/null; then
+  qemu-img info nbd://127.0.0.1:10809/Alice
+fi
+echo "Cluster running (stores in $ST); every VDI is served over NBD on 10809-10811, e.g."
+echo "  qemu-img info nbd://127.0.0.1:10809/Alice"
+echo "Stop it with: target/release/dog cluster shutdown"

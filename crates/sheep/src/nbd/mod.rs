@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// Time a client has to finish the handshake (qemu-nbd's default handshake limit).
+const HANDSHAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How a connection's client is named in locks and in `dog vm list`.
 fn client_name(peer: Option<std::net::SocketAddr>) -> String {
     match peer {
@@ -171,11 +174,17 @@ impl NbdServer {
     {
         let mut stream = stream;
         let catalog = NodeCatalog { server: &self };
-        let neg = match handshake::negotiate(&mut stream, &catalog).await {
-            Ok(Some(n)) => n,
-            Ok(None) => return,
-            Err(e) => {
+        let neg =
+            tokio::time::timeout(HANDSHAKE_LIMIT, handshake::negotiate(&mut stream, &catalog));
+        let neg = match neg.await {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 tracing::debug!("nbd handshake: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("nbd handshake not finished in {HANDSHAKE_LIMIT:?}, closing");
                 return;
             }
         };

@@ -1,0 +1,452 @@
+//! The NBD front end driven by real clients (qemu-img, qemu-io, nbdinfo, nbdcopy) and by a
+//! small raw client for what those tools cannot do on purpose: hold a connection open, send
+//! bad bytes, come from another address.
+
+mod common;
+
+use common::{pattern, rt, Cluster};
+use proto::nbd::{self, cflag, cmd, opt, rep};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn tool(name: &str) -> Command {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([std::path::PathBuf::from("/usr/bin")])
+        .any(|d| d.join(name).exists());
+    assert!(
+        found,
+        "{name} is not installed: scripts/test.sh installs qemu-utils and libnbd-bin"
+    );
+    Command::new(name)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("spawn");
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A sparse image of `size` with known data at a few places; returns its path.
+fn sparse_image(dir: &Path, size: u64) -> std::path::PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    let p = dir.join("disk.raw");
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.set_len(size).unwrap();
+    for (at, seed) in [(0u64, 1u64), (5 << 20, 2), (size - (3 << 20), 3)] {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&pattern(3 << 20, seed)).unwrap();
+    }
+    p
+}
+
+/// A minimal NBD client: fixed newstyle, OPT_GO, simple replies.
+#[derive(Debug)]
+struct Client {
+    s: TcpStream,
+    size: u64,
+    flags: u16,
+    next: u64,
+}
+
+async fn connect_from(src: Option<&str>, port: u16) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(ip) = src {
+        sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    }
+    sock.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
+async fn option(s: &mut TcpStream, option: u32, data: &[u8]) {
+    s.write_u64(nbd::IHAVEOPT).await.unwrap();
+    s.write_u32(option).await.unwrap();
+    s.write_u32(data.len() as u32).await.unwrap();
+    s.write_all(data).await.unwrap();
+}
+
+/// Reads one option reply: (type, data).
+async fn option_reply(s: &mut TcpStream) -> (u32, Vec<u8>) {
+    assert_eq!(s.read_u64().await.unwrap(), nbd::REPLY_MAGIC);
+    let _opt = s.read_u32().await.unwrap();
+    let t = s.read_u32().await.unwrap();
+    let n = s.read_u32().await.unwrap();
+    let mut d = vec![0u8; n as usize];
+    s.read_exact(&mut d).await.unwrap();
+    (t, d)
+}
+
+async fn greet(s: &mut TcpStream) {
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).await.unwrap();
+    assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
+    s.write_u32(nbd::CLIENT_FLAG_FIXED_NEWSTYLE | nbd::CLIENT_FLAG_NO_ZEROES)
+        .await
+        .unwrap();
+}
+
+fn go_data(name: &str) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&0u16.to_be_bytes());
+    d
+}
+
+impl Client {
+    /// Opens `export`; Err carries the server's error reply text.
+    async fn open(src: Option<&str>, port: u16, export: &str) -> Result<Client, String> {
+        let mut s = connect_from(src, port).await;
+        greet(&mut s).await;
+        option(&mut s, opt::GO, &go_data(export)).await;
+        let (mut size, mut flags) = (0, 0);
+        loop {
+            let (t, d) = option_reply(&mut s).await;
+            match t {
+                rep::ACK => break,
+                rep::INFO if d[..2] == [0, 0] => {
+                    size = u64::from_be_bytes(d[2..10].try_into().unwrap());
+                    flags = u16::from_be_bytes([d[10], d[11]]);
+                }
+                rep::INFO => {}
+                _ => return Err(String::from_utf8_lossy(&d).into_owned()),
+            }
+        }
+        Ok(Client {
+            s,
+            size,
+            flags,
+            next: 1,
+        })
+    }
+
+    /// Sends one request and waits for its simple reply: Ok(read data) or Err(errno).
+    async fn req(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        off: u64,
+        len: u32,
+        data: &[u8],
+    ) -> Result<Vec<u8>, u32> {
+        let r = nbd::Request {
+            flags,
+            kind,
+            handle: self.next,
+            offset: off,
+            length: len,
+        };
+        self.next += 1;
+        self.s.write_all(&r.encode()).await.unwrap();
+        self.s.write_all(data).await.unwrap();
+        assert_eq!(self.s.read_u32().await.unwrap(), nbd::SIMPLE_REPLY_MAGIC);
+        let err = self.s.read_u32().await.unwrap();
+        assert_eq!(self.s.read_u64().await.unwrap(), r.handle);
+        if err != 0 {
+            return Err(err);
+        }
+        let mut out = vec![0u8; if kind == cmd::READ { len as usize } else { 0 }];
+        self.s.read_exact(&mut out).await.unwrap();
+        Ok(out)
+    }
+
+    async fn write(&mut self, off: u64, data: &[u8]) -> Result<(), u32> {
+        self.req(cmd::WRITE, cflag::FUA, off, data.len() as u32, data)
+            .await
+            .map(|_| ())
+    }
+
+    async fn read(&mut self, off: u64, len: u32) -> Result<Vec<u8>, u32> {
+        self.req(cmd::READ, 0, off, len, &[]).await
+    }
+
+    async fn disconnect(mut self) {
+        let r = nbd::Request {
+            flags: 0,
+            kind: cmd::DISC,
+            handle: 0,
+            offset: 0,
+            length: 0,
+        };
+        let _ = self.s.write_all(&r.encode()).await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.s.read_to_end(&mut rest)).await;
+    }
+}
+
+#[test]
+fn qemu_and_libnbd_tools_reach_every_vdi() {
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "2G"]);
+    let size = 2u64 << 30;
+    let img = sparse_image(c.tmp.path(), size);
+    let bob = c.nbd_uri(0, "Bob");
+    run(tool("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&img)
+        .arg(&bob));
+    let info = run(tool("qemu-img").args(["info", "--output=json", &bob]));
+    assert!(info.contains("\"virtual-size\": 2147483648"), "{info}");
+    let cmp = run(tool("qemu-img").arg("compare").arg(&img).arg(&bob));
+    assert!(cmp.contains("Images are identical"), "{cmp}");
+    // Through every other node too.
+    let cmp = run(tool("qemu-img")
+        .arg("compare")
+        .arg(&img)
+        .arg(c.nbd_uri(2, "Bob")));
+    assert!(cmp.contains("Images are identical"), "{cmp}");
+
+    // Holes where nothing is written: at most the three written regions are data.
+    let map = run(tool("qemu-img").args(["map", "--output=json", &bob]));
+    let data_bytes: u64 = map
+        .lines()
+        .filter(|l| l.contains("\"data\": true"))
+        .map(|l| {
+            let i = l.find("\"length\": ").unwrap() + 10;
+            l[i..]
+                .split(',')
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(data_bytes > 0 && data_bytes <= 4 * (4 << 20), "{map}");
+
+    let io = run(tool("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0xab 0 1M",
+        "-c",
+        "read -P 0xab 0 1M",
+        "-c",
+        "discard 0 4M",
+        "-c",
+        "read -P 0 0 4M",
+        &bob,
+    ]));
+    assert!(!io.contains("Pattern verification failed"), "{io}");
+
+    // Every VDI and snapshot is an export; a snapshot is read-only.
+    c.dog_ok(0, &["vdi", "create", "Carol", "64M"]);
+    let list = run(tool("nbdinfo").args(["--list", &c.nbd_uri(1, "")]));
+    assert!(list.contains("export=\"Bob\""), "{list}");
+    assert!(list.contains("export=\"Carol\""), "{list}");
+    let unknown = tool("qemu-img")
+        .args(["info", &c.nbd_uri(0, "Nobody")])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("Nobody"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    // nbdcopy skips holes: the copy is sparse and equal.
+    let out = c.tmp.path().join("copy.raw");
+    run(tool("nbdcopy").arg(&bob).arg(&out));
+    let mut expect = std::fs::read(&img).unwrap();
+    expect[..4 << 20].fill(0);
+    let got = std::fs::read(&out).unwrap();
+    assert!(got == expect, "nbdcopy output differs");
+    use std::os::unix::fs::MetadataExt;
+    let blocks = std::fs::metadata(&out).unwrap().blocks() * 512;
+    assert!(
+        blocks < 64 << 20,
+        "copy is not sparse: {blocks} bytes allocated"
+    );
+}
+
+#[test]
+fn snapshots_are_read_only_exports_and_writers_follow_the_name() {
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let old = pattern(1 << 20, 7);
+    let new = pattern(1 << 20, 8);
+    let (p0, p1) = (c.nodes[0].nbd_port, c.nodes[1].nbd_port);
+    rt().block_on(async {
+        let mut w = Client::open(None, p0, "Bob").await.unwrap();
+        assert_eq!(w.size, 64 << 20);
+        assert_eq!(w.flags & nbd::tflag::READ_ONLY, 0);
+        w.write(3 << 20, &old).await.unwrap();
+        // An online snapshot through the sheepdog protocol while the writer stays connected.
+        let conn = c.conn(1).await;
+        let mut h = proto::Header::request(proto::opcode::NEW_VDI);
+        h.set_vdi_size(64 << 20)
+            .set_base_vdi_id(0x316b4)
+            .set_snapid(1);
+        let mut payload = proto::padded(b"Bob", 256).unwrap();
+        payload.extend(proto::padded(b"first", 256).unwrap());
+        let r = conn.write(h, payload.into()).await.unwrap();
+        assert!(r.result().is_ok(), "snapshot: {:?}", r.result());
+        // Later writes go to the new working VDI (copy-on-write); the snapshot keeps its bytes.
+        w.write(3 << 20, &new).await.unwrap();
+        assert_eq!(w.read(3 << 20, 1 << 20).await.unwrap(), new);
+        for export in ["Bob:1", "Bob@first"] {
+            let mut s = Client::open(None, p1, export).await.unwrap();
+            assert_ne!(s.flags & nbd::tflag::READ_ONLY, 0);
+            assert_eq!(s.read(3 << 20, 1 << 20).await.unwrap(), old);
+            assert_eq!(s.write(0, &[1]).await, Err(nbd::errno::EPERM));
+            s.disconnect().await;
+        }
+        let mut r = Client::open(None, p1, "Bob").await.unwrap();
+        assert_eq!(r.read(3 << 20, 1 << 20).await.unwrap(), new);
+        w.disconnect().await;
+        r.disconnect().await;
+    });
+}
+
+#[test]
+fn one_writer_per_vdi_unless_shared() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let (p0, p1) = (c.nodes[0].nbd_port, c.nodes[1].nbd_port);
+    rt().block_on(async {
+        let mut a = Client::open(None, p0, "Bob").await.unwrap();
+        a.write(0, b"first writer").await.unwrap();
+        // A second connection of the same client (multi-conn) keeps working.
+        let mut a2 = Client::open(None, p0, "Bob").await.unwrap();
+        a2.write(4096, b"same client").await.unwrap();
+        // Another client, through this node or another, may read but not write.
+        let mut b = Client::open(Some("127.0.0.2"), p0, "Bob").await.unwrap();
+        assert_eq!(b.read(0, 12).await.unwrap(), b"first writer");
+        assert_eq!(b.write(0, b"x").await, Err(nbd::errno::EPERM));
+        let mut b1 = Client::open(None, p1, "Bob").await.unwrap();
+        assert_eq!(b1.write(0, b"x").await, Err(nbd::errno::EPERM));
+        let info = tool("qemu-img")
+            .args(["info", &c.nbd_uri(1, "Bob")])
+            .output()
+            .unwrap();
+        assert!(info.status.success(), "readers always get in");
+        // Once the writer's connections close, the next writer gets the lock.
+        a.disconnect().await;
+        assert_eq!(
+            b.write(0, b"x").await,
+            Err(nbd::errno::EPERM),
+            "a2 still open"
+        );
+        a2.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.write(0, b"second").await.unwrap();
+        assert_eq!(b1.read(0, 6).await.unwrap(), b"second");
+        b.disconnect().await;
+        b1.disconnect().await;
+    });
+    drop(c);
+
+    let c = Cluster::start_with(2, &["--nbd-shared"]);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let (p0, p1) = (c.nodes[0].nbd_port, c.nodes[1].nbd_port);
+    rt().block_on(async {
+        let mut a = Client::open(None, p0, "Bob").await.unwrap();
+        let mut b = Client::open(Some("127.0.0.2"), p1, "Bob").await.unwrap();
+        a.write(0, b"aaaa").await.unwrap();
+        b.write(4, b"bbbb").await.unwrap();
+        a.disconnect().await;
+        b.disconnect().await;
+    });
+}
+
+#[test]
+fn bad_input_gets_nbd_errors_and_harms_nothing() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let p = c.nodes[0].nbd_port;
+    let data = pattern(2 << 20, 3);
+    rt().block_on(async {
+        let mut w = Client::open(None, p, "Bob").await.unwrap();
+        w.write(1 << 20, &data).await.unwrap();
+
+        // Unknown export: ERR_UNKNOWN with a message; unknown option: ERR_UNSUP.
+        assert!(Client::open(None, p, "Nobody")
+            .await
+            .unwrap_err()
+            .contains("Nobody"));
+        let mut s = connect_from(None, p).await;
+        greet(&mut s).await;
+        option(&mut s, 99, b"junk").await;
+        assert_eq!(option_reply(&mut s).await.0, rep::ERR_UNSUP);
+        option(&mut s, opt::GO, &[0, 0, 0, 9, b'x']).await;
+        assert_eq!(option_reply(&mut s).await.0, rep::ERR_INVALID);
+        option(&mut s, opt::SET_META_CONTEXT, &[0; 8]).await;
+        assert_eq!(
+            option_reply(&mut s).await.0,
+            rep::ERR_INVALID,
+            "before structured"
+        );
+        option(&mut s, opt::ABORT, &[]).await;
+        drop(s);
+
+        // Garbage handshakes: closed.
+        for junk in [&[0xffu8; 64][..], &[0, 0, 0, 3, 1, 2, 3][..]] {
+            let mut s = connect_from(None, p).await;
+            let mut g = [0u8; 18];
+            s.read_exact(&mut g).await.unwrap();
+            let _ = s.write_all(junk).await;
+            let mut rest = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest)).await;
+            assert!(r.is_ok(), "server must close, not hang");
+        }
+
+        // Out of range, oversized, zero-length requests.
+        let mut r = Client::open(None, p, "Bob").await.unwrap();
+        assert_eq!(r.read(64 << 20, 512).await, Err(nbd::errno::EINVAL));
+        assert_eq!(r.read(u64::MAX - 10, 512).await, Err(nbd::errno::EINVAL));
+        assert_eq!(r.read(0, 33 << 20).await, Err(nbd::errno::EOVERFLOW));
+        assert_eq!(r.read(0, 0).await, Err(nbd::errno::EINVAL));
+        assert_eq!(
+            r.req(cmd::WRITE, 0, (64 << 20) - 1, 2, b"zz").await,
+            Err(nbd::errno::ENOSPC)
+        );
+        assert_eq!(r.req(77, 0, 0, 1, &[]).await, Err(nbd::errno::EINVAL));
+        assert_eq!(
+            r.req(cmd::BLOCK_STATUS, 0, 0, 4096, &[]).await,
+            Err(nbd::errno::EINVAL),
+            "block status without the context"
+        );
+        // Unaligned reads and writes are fine (minimum block size 1).
+        assert_eq!(r.read((1 << 20) + 3, 5).await.unwrap(), &data[3..8]);
+        r.disconnect().await;
+
+        // A write larger than 32 MiB: error, then closed.
+        let mut big = Client::open(None, p, "Bob").await.unwrap();
+        assert_eq!(
+            big.req(cmd::WRITE, 0, 0, 40 << 20, &[]).await,
+            Err(nbd::errno::EOVERFLOW)
+        );
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), big.s.read_to_end(&mut rest)).await;
+
+        // A client that vanishes in the middle of a write payload.
+        let mut v = Client::open(None, p, "Bob").await.unwrap();
+        let req = nbd::Request {
+            flags: 0,
+            kind: cmd::WRITE,
+            handle: 9,
+            offset: 1 << 20,
+            length: 1 << 20,
+        };
+        v.s.write_all(&req.encode()).await.unwrap();
+        v.s.write_all(&[0u8; 1000]).await.unwrap();
+        drop(v);
+
+        // Nothing changed; the node serves everyone as before.
+        let mut r = Client::open(None, p, "Bob").await.unwrap();
+        assert_eq!(r.read(1 << 20, 2 << 20).await.unwrap(), data);
+        w.disconnect().await;
+        r.disconnect().await;
+    });
+}
