@@ -2,13 +2,15 @@
 # Whole test suite: installs what it needs, builds, lints, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Real clients the tests drive: qemu-img/qemu-io (qemu-utils), nbdinfo/nbdcopy (libnbd-bin).
+# Real clients the tests drive: qemu-img/qemu-io (qemu-utils), nbdinfo/nbdcopy (libnbd-bin),
+# fio with its nbd engine.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v cc >/dev/null || need+=(gcc)
   command -v git >/dev/null || need+=(git)
   command -v qemu-img >/dev/null || need+=(qemu-utils)
   command -v nbdinfo >/dev/null || need+=(libnbd-bin)
+  command -v fio >/dev/null || need+=(fio)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

@@ -53,6 +53,25 @@ pub fn payloads(data: &[u8]) {
     }
 }
 
+/// NBD option payloads and transmission requests.
+pub fn nbd_codec(data: &[u8]) {
+    use crate::nbd;
+    let _ = nbd::InfoRequest::decode(data);
+    let _ = nbd::MetaContextRequest::decode(data);
+    if data.len() >= nbd::OPTION_HEADER_SIZE {
+        let mut a = [0u8; nbd::OPTION_HEADER_SIZE];
+        a.copy_from_slice(&data[..nbd::OPTION_HEADER_SIZE]);
+        let _ = nbd::OptionHeader::decode(&a);
+    }
+    for c in data.chunks_exact(nbd::REQUEST_SIZE) {
+        let mut a = [0u8; nbd::REQUEST_SIZE];
+        a.copy_from_slice(c);
+        if let Some(r) = nbd::Request::decode(&a) {
+            assert_eq!(nbd::Request::decode(&r.encode()), Some(r));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +83,7 @@ mod tests {
         fn random_streams(data in proptest::collection::vec(any::<u8>(), 0..400)) {
             request_stream(&data);
             payloads(&data);
+            nbd_codec(&data);
         }
 
         #[test]

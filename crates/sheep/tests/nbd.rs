@@ -450,3 +450,36 @@ fn bad_input_gets_nbd_errors_and_harms_nothing() {
         r.disconnect().await;
     });
 }
+
+#[test]
+fn fio_random_writes_verify_over_nbd() {
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "256M"]);
+    let out = run(tool("fio").current_dir(c.tmp.path()).args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={}", c.nbd_uri(0, "Bob")),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--size=16m",
+        "--iodepth=16",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+    ]));
+    assert!(out.contains("err= 0"), "{out}");
+    // The same bytes read back through another node.
+    let out = run(tool("fio").current_dir(c.tmp.path()).args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={}", c.nbd_uri(1, "Bob")),
+        "--rw=randwrite",
+        "--bs=64k",
+        "--size=16m",
+        "--offset=64m",
+        "--iodepth=8",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+    ]));
+    assert!(out.contains("err= 0"), "{out}");
+}

@@ -3,7 +3,7 @@
 //! export or leaves. Owns: the option phase of one connection. Never: opening VDIs or serving
 //! data (the catalog answers what exists; transmission serves it).
 
-use proto::nbd::{self, opt, rep, InfoRequest, MetaContextRequest, OptionHeader};
+use proto::nbd::{self, opt, rep, tflag, InfoRequest, MetaContextRequest, OptionHeader};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -236,4 +236,76 @@ where
         }
     }
     Err(bad("too many options"))
+}
+
+/// Fuzz driver: `data` as everything a client sends, against a catalog of one export. Runs
+/// the real negotiation on an in-memory pipe; never hangs (the client side closes).
+#[doc(hidden)]
+pub fn fuzz_negotiate(data: &[u8]) {
+    struct One;
+    impl Catalog for One {
+        async fn describe(&self, name: &str) -> Result<ExportInfo, String> {
+            match name {
+                "Bob" => Ok(ExportInfo {
+                    size: 1 << 30,
+                    read_only: false,
+                    description: "VDI Bob".into(),
+                }),
+                _ => Err(format!("no export '{name}'")),
+            }
+        }
+        async fn list(&self) -> Vec<(String, String)> {
+            vec![("Bob".into(), "VDI Bob".into())]
+        }
+        fn flags(&self, _: &ExportInfo) -> u16 {
+            tflag::HAS_FLAGS
+        }
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    rt.block_on(async {
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let input = data.to_vec();
+        let feeder = tokio::spawn(async move {
+            let _ = client.write_all(&input).await;
+            let _ = client.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = client.read_to_end(&mut sink).await;
+        });
+        let _ = negotiate(&mut server, &One).await;
+        drop(server);
+        let _ = feeder.await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn opt(option: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = nbd::IHAVEOPT.to_be_bytes().to_vec();
+        b.extend_from_slice(&option.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn random_clients(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            fuzz_negotiate(&data);
+        }
+
+        #[test]
+        fn random_options(opts in proptest::collection::vec((0u32..12, proptest::collection::vec(any::<u8>(), 0..40)), 0..8)) {
+            let mut b = 3u32.to_be_bytes().to_vec();
+            for (o, d) in &opts {
+                b.extend(opt(*o, d));
+            }
+            fuzz_negotiate(&b);
+        }
+    }
 }
