@@ -132,8 +132,44 @@ pub async fn read(
     .await
 }
 
+/// Largest payload of one peer request; bigger writes (copy-on-write of objects larger than
+/// this) go out in pieces of this size.
+const PEER_CHUNK: usize = 8 << 20;
+
 /// Writes `data` at `offset` on every copy in parallel; `create` makes the object first.
+/// Above `PEER_CHUNK` the object is created with the first piece and the rest written after
+/// it, so a failure can leave a partial new object: callers record a new object (the inode's
+/// table) only after this returns.
 pub async fn write(
+    node: &Arc<Node>,
+    oid: Oid,
+    offset: u64,
+    data: Bytes,
+    create: bool,
+    copies: u8,
+) -> Result<(), SdResult> {
+    if data.len() <= PEER_CHUNK {
+        return write_one(node, oid, offset, data, create, copies).await;
+    }
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + PEER_CHUNK).min(data.len());
+        let piece = data.slice(at..end);
+        write_one(
+            node,
+            oid,
+            offset + at as u64,
+            piece,
+            create && at == 0,
+            copies,
+        )
+        .await?;
+        at = end;
+    }
+    Ok(())
+}
+
+async fn write_one(
     node: &Arc<Node>,
     oid: Oid,
     offset: u64,

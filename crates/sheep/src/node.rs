@@ -251,6 +251,34 @@ impl Node {
         Ok(())
     }
 
+    /// Broadcasts `msg` and returns once every member has applied it, so that whatever a
+    /// client does next, through any node, sees it (a snapshot freezes its VDI everywhere
+    /// before it is acknowledged). A member that does not answer in time is left behind.
+    pub async fn notify_everywhere(&self, msg: Message) -> Result<(), ClusterError> {
+        let seq = self.driver.notify(msg).await?;
+        self.wait_applied(seq).await;
+        let view = self.view();
+        let waits = view
+            .state
+            .members
+            .iter()
+            .filter(|m| m.nid != self.me.nid)
+            .map(|m| {
+                let mut h = proto::Header::request(proto::opcode::WAIT_APPLIED);
+                h.set_oid(seq);
+                self.peers.request(m.nid, h, bytes::Bytes::new())
+            });
+        for r in futures::future::join_all(waits).await {
+            if let Err(e) = r
+                .map(|r| r.result())
+                .and_then(|r| if r.is_ok() { Ok(()) } else { Err(r) })
+            {
+                tracing::warn!("a member did not confirm event {seq}: {e}");
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the cluster-wide mutex, with every earlier event applied here.
     pub async fn lock(&self) -> Result<crate::cluster::LockGuard, ClusterError> {
         let g = self.driver.lock().await?;

@@ -10,6 +10,7 @@ use proto::node::{EpochLog, SdNode};
 use proto::oid::OidKind;
 use proto::{cluster_flags, flags, opcode, Header, Oid, SdResult, Vid};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A finished request: the result, response fields, and payload.
 pub struct Reply {
@@ -166,6 +167,13 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
                 Some((nodes, t)) => Ok(proto::node::encode_epoch_file(&nodes, t)),
                 None => Err(SdResult::NO_TAG),
             }
+        }
+        opcode::WAIT_APPLIED => {
+            let seq = req.oid();
+            tokio::time::timeout(Duration::from_secs(5), node.wait_applied(seq))
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
         }
         opcode::CREATE_AND_WRITE_PEER
         | opcode::READ_PEER

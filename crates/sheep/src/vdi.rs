@@ -232,7 +232,7 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         parent: new.parent_vdi_id,
         deleted: false,
     };
-    node.notify(Message::VdiAdd { vid, info, old })
+    node.notify_everywhere(Message::VdiAdd { vid, info, old })
         .await
         .map_err(|_| SdResult::CLUSTER_ERROR)?;
     Ok(new)

@@ -56,8 +56,10 @@ pub struct NbdServer {
     node: Arc<Node>,
     /// Writers from different clients may share a VDI (qemu-nbd's --shared).
     shared: bool,
-    /// Open volumes by VDI id, so connections to one VDI share one object table.
-    volumes: Mutex<HashMap<u32, Weak<Volume>>>,
+    /// Open volumes, so that connections to one VDI share one object table.
+    volumes: Mutex<Vec<Weak<Volume>>>,
+    /// Serialises the opening of volumes.
+    opening: tokio::sync::Mutex<()>,
     /// Connections holding each (VDI, client) writer lock on this node.
     writers: tokio::sync::Mutex<HashMap<(u32, String), usize>>,
 }
@@ -67,18 +69,22 @@ impl NbdServer {
         Arc::new(NbdServer {
             node,
             shared,
-            volumes: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
             writers: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
+    /// The volume serving `export`: the one already open for that VDI on this node if any
+    /// (connections to one VDI share its object table), else a new one.
     async fn open(&self, export: &str) -> Result<Arc<Volume>, String> {
         let (name, tag, snapid) = parse_export(export)?;
         let view = self.node.gate(false).map_err(|e| e.text().to_string())?;
         let h = vdi::find(&self.node, &view, name.as_bytes(), tag.as_bytes(), snapid)
             .await
             .map_err(|e| format!("{export}: {}", e.text()))?;
-        if let Some(v) = self.lock_volumes().get(&h.vdi_id).and_then(Weak::upgrade) {
+        let ro = h.is_snapshot();
+        if let Some(v) = self.find_open(h.vdi_id, ro).await {
             return Ok(v);
         }
         let v = Arc::new(
@@ -86,16 +92,33 @@ impl NbdServer {
                 .await
                 .map_err(|e| format!("{export}: {}", e.text()))?,
         );
-        let mut map = self.lock_volumes();
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(existing) = map.get(&h.vdi_id).and_then(Weak::upgrade) {
+        let _creating = self.opening.lock().await;
+        if let Some(existing) = self.find_open(h.vdi_id, ro).await {
             return Ok(existing);
         }
-        map.insert(h.vdi_id, Arc::downgrade(&v));
+        let mut open = self.lock_volumes();
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Arc::downgrade(&v));
         Ok(v)
     }
 
-    fn lock_volumes(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Weak<Volume>>> {
+    /// An open volume that addresses `vid` now (writable volumes follow their name across
+    /// snapshots), read-only or not as asked.
+    async fn find_open(&self, vid: u32, read_only: bool) -> Option<Arc<Volume>> {
+        let open: Vec<Arc<Volume>> = self
+            .lock_volumes()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for v in open {
+            if v.read_only() == read_only && v.vid().await == vid {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn lock_volumes(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Volume>>> {
         self.volumes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
