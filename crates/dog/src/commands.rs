@@ -20,6 +20,7 @@ pub enum Action {
     VdiWrite,
     VdiObjectLocation,
     VdiObjectMap,
+    VmList,
 }
 
 pub struct OptDef {
@@ -287,6 +288,16 @@ static CLUSTER_SUBS: &[Sub] = &[
     ),
 ];
 
+static VM_SUBS: &[Sub] = &[sub(
+    "list",
+    None,
+    "aprhTJ",
+    "list the VDIs open for writing and their clients",
+    false,
+    false,
+    Action::VmList,
+)];
+
 pub static COMMANDS: &[Command] = &[
     Command {
         name: "vdi",
@@ -302,6 +313,11 @@ pub static COMMANDS: &[Command] = &[
         name: "cluster",
         subs: CLUSTER_SUBS,
         options: CLUSTER_OPTS,
+    },
+    Command {
+        name: "vm",
+        subs: VM_SUBS,
+        options: &[],
     },
 ];
 

@@ -50,6 +50,7 @@ mod placement;
 mod progress;
 mod vdi;
 mod vdi_rw;
+mod vm;
 
 use cli::{Action, Invocation, Opts, Parsed};
 use conn::Sheep;
@@ -168,5 +169,6 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiObjectMap => vdi::object_map(&ctx).await,
         Action::VdiRead => vdi_rw::read(&ctx).await,
         Action::VdiWrite => vdi_rw::write(&ctx).await,
+        Action::VmList => vm::list(&ctx).await,
     }
 }

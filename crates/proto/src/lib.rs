@@ -18,6 +18,7 @@ pub mod node;
 pub mod oid;
 pub mod opcode;
 pub mod result;
+pub mod vdi_lock;
 
 pub use consts::*;
 pub use header::{Header, HEADER_SIZE};

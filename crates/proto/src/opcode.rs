@@ -49,6 +49,8 @@ pub const READ_DEL_VDIS: u8 = 0xc9;
 /// Extension of this implementation (not in the original): a peer answers once it has applied
 /// every cluster event up to the sequence number in `oid` (or after a bounded wait).
 pub const WAIT_APPLIED: u8 = 0xf0;
+/// Extension of this implementation: the VDIs open for writing (`vdi_lock::LockRecord`s).
+pub const GET_VDI_LOCKS: u8 = 0xf1;
 
 /// Opcodes >= 0x80 are internal and must carry SD_SHEEP_PROTO_VER.
 pub fn is_internal(op: u8) -> bool {

@@ -8,6 +8,7 @@ use crate::{gateway, peer, vdi};
 use bytes::Bytes;
 use proto::node::{EpochLog, SdNode};
 use proto::oid::OidKind;
+use proto::vdi_lock::LockRecord;
 use proto::{cluster_flags, flags, opcode, Header, Oid, SdResult, Vid};
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,6 +168,23 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
                 Some((nodes, t)) => Ok(proto::node::encode_epoch_file(&nodes, t)),
                 None => Err(SdResult::NO_TAG),
             }
+        }
+        opcode::GET_VDI_LOCKS => {
+            let view = node.gate(true)?;
+            let records: Vec<LockRecord> = view
+                .state
+                .locks
+                .iter()
+                .flat_map(|(&vid, l)| {
+                    l.holders.iter().map(move |h| LockRecord {
+                        vid,
+                        shared: l.shared,
+                        node: h.node.clone(),
+                        client: h.client.clone(),
+                    })
+                })
+                .collect();
+            Ok(LockRecord::encode_list(&records))
         }
         opcode::WAIT_APPLIED => {
             let seq = req.oid();

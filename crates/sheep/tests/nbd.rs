@@ -367,6 +367,12 @@ fn one_writer_per_vdi_unless_shared() {
         assert_eq!(b.write(0, b"x").await, Err(nbd::errno::EPERM));
         let mut b1 = Client::open(None, p1, "Bob").await.unwrap();
         assert_eq!(b1.write(0, b"x").await, Err(nbd::errno::EPERM));
+        // `dog vm list` shows the writer, through any node.
+        let vm = c.dog_ok(1, &["vm", "list", "-r"]);
+        assert_eq!(
+            vm.trim(),
+            format!("Bob 316b4 exclusive nbd_127.0.0.1 127.0.0.1:{}", c.port(0))
+        );
         let info = tool("qemu-img")
             .args(["info", &c.nbd_uri(1, "Bob")])
             .output()
@@ -385,6 +391,8 @@ fn one_writer_per_vdi_unless_shared() {
         assert_eq!(b1.read(0, 6).await.unwrap(), b"second");
         b.disconnect().await;
         b1.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(c.dog_ok(0, &["vm", "list", "-r"]), "");
     });
     drop(c);
 
