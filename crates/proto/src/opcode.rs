@@ -46,6 +46,8 @@ pub const EXIST: u8 = 0xbd;
 pub const CLUSTER_INFO: u8 = 0xbe;
 pub const OIDS_EXIST: u8 = 0xc6;
 pub const READ_DEL_VDIS: u8 = 0xc9;
+/// Makes every write this node took durable (defined, unused by the original; used here).
+pub const FLUSH_PEER: u8 = 0xae;
 /// Extension of this implementation (not in the original): a peer answers once it has applied
 /// every cluster event up to the sequence number in `oid` (or after a bounded wait).
 pub const WAIT_APPLIED: u8 = 0xf0;

@@ -60,18 +60,24 @@ async fn one_copy(
     if target.nid == node.me.nid {
         return peer::local(node, view, oid, op).await;
     }
-    let (code, offset, payload, len) = match op {
-        StoreOp::Create { offset, data } => (
+    let (code, offset, payload, len, sync) = match op {
+        StoreOp::Create { offset, data, sync } => (
             opcode::CREATE_AND_WRITE_PEER,
             offset,
             data.clone(),
             data.len(),
+            sync,
         ),
-        StoreOp::Write { offset, data } => (opcode::WRITE_PEER, offset, data.clone(), data.len()),
-        StoreOp::Read { offset, len } => (opcode::READ_PEER, offset, Bytes::new(), len),
-        StoreOp::Remove => (opcode::REMOVE_PEER, 0, Bytes::new(), 0),
+        StoreOp::Write { offset, data, sync } => {
+            (opcode::WRITE_PEER, offset, data.clone(), data.len(), sync)
+        }
+        StoreOp::Read { offset, len } => (opcode::READ_PEER, offset, Bytes::new(), len, true),
+        StoreOp::Remove => (opcode::REMOVE_PEER, 0, Bytes::new(), 0, true),
     };
     let mut h = Header::request(code);
+    if !sync {
+        h.add_flags(proto::flags::CMD_CACHE);
+    }
     h.set_epoch(view.state.epoch)
         .set_oid(oid.0)
         .set_obj_offset(offset)
@@ -148,8 +154,21 @@ pub async fn write(
     create: bool,
     copies: u8,
 ) -> Result<(), SdResult> {
+    write_with(node, oid, offset, data, create, copies, true).await
+}
+
+/// `write`, durable when it returns with `sync`; else durable after the next `flush`.
+pub async fn write_with(
+    node: &Arc<Node>,
+    oid: Oid,
+    offset: u64,
+    data: Bytes,
+    create: bool,
+    copies: u8,
+    sync: bool,
+) -> Result<(), SdResult> {
     if data.len() <= PEER_CHUNK {
-        return write_one(node, oid, offset, data, create, copies).await;
+        return write_one(node, oid, offset, data, create, copies, sync).await;
     }
     let mut at = 0;
     while at < data.len() {
@@ -162,6 +181,7 @@ pub async fn write(
             piece,
             create && at == 0,
             copies,
+            sync,
         )
         .await?;
         at = end;
@@ -176,6 +196,7 @@ async fn write_one(
     data: Bytes,
     create: bool,
     copies: u8,
+    sync: bool,
 ) -> Result<(), SdResult> {
     with_retries(node, |view| {
         let data = data.clone();
@@ -187,17 +208,50 @@ async fn write_one(
                     StoreOp::Create {
                         offset,
                         data: data.clone(),
+                        sync,
                     }
                 } else {
                     StoreOp::Write {
                         offset,
                         data: data.clone(),
+                        sync,
                     }
                 };
                 one_copy(node, &view, target, oid, op)
             });
             first_error(join_all(ops).await)
         }
+    })
+    .await
+}
+
+/// Makes every write acknowledged so far durable on every node of the current epoch (each
+/// syncs its store), including writes other gateways sent without sync.
+pub async fn flush(node: &Arc<Node>) -> Result<(), SdResult> {
+    with_retries(node, |view| async move {
+        let nodes = view.state.epoch_nodes.clone();
+        let results = join_all(nodes.iter().map(|n| {
+            let view = &view;
+            async move {
+                if n.nid == node.me.nid {
+                    let store = node.store.clone();
+                    return tokio::task::spawn_blocking(move || store.sync_all())
+                        .await
+                        .map_err(|_| SdResult::EIO)?
+                        .map(|_| Vec::new())
+                        .map_err(|e| e.result());
+                }
+                let mut h = Header::request(opcode::FLUSH_PEER);
+                h.set_epoch(view.state.epoch);
+                let r = node.peers.request(n.nid, h, Bytes::new()).await?;
+                match r.result() {
+                    SdResult::SUCCESS => Ok(Vec::new()),
+                    e => Err(e),
+                }
+            }
+        }))
+        .await;
+        first_error(results)
     })
     .await
 }

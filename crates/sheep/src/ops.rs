@@ -169,6 +169,15 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
                 None => Err(SdResult::NO_TAG),
             }
         }
+        opcode::FLUSH_PEER => {
+            node.gate(false)?;
+            let store = node.store.clone();
+            tokio::task::spawn_blocking(move || store.sync_all())
+                .await
+                .map_err(|_| SdResult::EIO)?
+                .map_err(|e| e.result())?;
+            Ok(Vec::new())
+        }
         opcode::GET_VDI_LOCKS => {
             let view = node.gate(true)?;
             let records: Vec<LockRecord> = view

@@ -10,10 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// One store operation, the same whether it came over the network or from the local gateway.
+/// `sync`: durable before the answer; otherwise durable at the next flush (FLUSH_PEER).
 pub enum StoreOp {
-    Create { offset: u64, data: Bytes },
-    Write { offset: u64, data: Bytes },
-    Read { offset: u64, len: usize },
+    Create {
+        offset: u64,
+        data: Bytes,
+        sync: bool,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        sync: bool,
+    },
+    Read {
+        offset: u64,
+        len: usize,
+    },
     Remove,
 }
 
@@ -32,10 +44,12 @@ pub async fn local(
     let size = node.object_size(view, oid);
     let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StoreError> {
         match op {
-            StoreOp::Create { offset, data } => store
-                .create_and_write(oid, size, offset, &data)
+            StoreOp::Create { offset, data, sync } => store
+                .create_and_write(oid, size, offset, &data, sync)
                 .map(|_| Vec::new()),
-            StoreOp::Write { offset, data } => store.write(oid, offset, &data).map(|_| Vec::new()),
+            StoreOp::Write { offset, data, sync } => {
+                store.write(oid, offset, &data, sync).map(|_| Vec::new())
+            }
             StoreOp::Read { offset, len } => store.read(oid, offset, len),
             StoreOp::Remove => store.remove(oid).map(|_| Vec::new()),
         }
@@ -77,9 +91,11 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
     };
     let oid = Oid(hdr.oid());
     let offset = hdr.obj_offset();
+    // CMD_CACHE (the original's writeback flag): the gateway will flush later.
+    let sync = !hdr.has_flag(proto::flags::CMD_CACHE);
     let op = match hdr.opcode() {
-        opcode::CREATE_AND_WRITE_PEER => StoreOp::Create { offset, data },
-        opcode::WRITE_PEER => StoreOp::Write { offset, data },
+        opcode::CREATE_AND_WRITE_PEER => StoreOp::Create { offset, data, sync },
+        opcode::WRITE_PEER => StoreOp::Write { offset, data, sync },
         opcode::READ_PEER => StoreOp::Read {
             offset,
             len: hdr.data_length() as usize,

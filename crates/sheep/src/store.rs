@@ -135,13 +135,15 @@ impl Store {
     }
 
     /// Creates the object (`obj_size` bytes, zero-filled) with `data` at `offset`; if it
-    /// exists already, this is a plain write.
+    /// exists already, this is a plain write. With `sync` it is durable when this returns,
+    /// else once `sync_all` has run.
     pub fn create_and_write(
         &self,
         oid: Oid,
         obj_size: u64,
         offset: u64,
         data: &[u8],
+        sync: bool,
     ) -> Result<(), StoreError> {
         if offset
             .checked_add(data.len() as u64)
@@ -151,7 +153,7 @@ impl Store {
         }
         let path = self.path(oid);
         if path.exists() {
-            return self.write(oid, offset, data);
+            return self.write(oid, offset, data, sync);
         }
         let tmp = self.obj.join(format!(
             "{}.tmp{}.{}",
@@ -163,9 +165,14 @@ impl Store {
             let f = File::create(&tmp).map_err(io("create", &tmp))?;
             f.set_len(obj_size).map_err(io("create", &tmp))?;
             f.write_all_at(data, offset).map_err(io("write", &tmp))?;
-            self.sync(&f, &tmp)?;
+            if sync {
+                self.sync(&f, &tmp)?;
+            }
             std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-            self.sync_dir(&self.obj)
+            if sync {
+                self.sync_dir(&self.obj)?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -173,7 +180,8 @@ impl Store {
         result
     }
 
-    pub fn write(&self, oid: Oid, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+    /// Overwrites part of an object; durable on return with `sync`, else after `sync_all`.
+    pub fn write(&self, oid: Oid, offset: u64, data: &[u8], sync: bool) -> Result<(), StoreError> {
         let path = self.path(oid);
         let f = OpenOptions::new()
             .write(true)
@@ -187,7 +195,23 @@ impl Store {
             return Err(StoreError::OutOfRange);
         }
         f.write_all_at(data, offset).map_err(io("write", &path))?;
-        self.sync(&f, &path)
+        if sync {
+            self.sync(&f, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every earlier write to this store durable (syncfs of its file system).
+    pub fn sync_all(&self) -> Result<(), StoreError> {
+        if self.nosync {
+            return Ok(());
+        }
+        let d = File::open(&self.obj).map_err(io("open", &self.obj))?;
+        // SAFETY: syncfs on a descriptor this function owns for the duration of the call.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
+            return Err(io("sync", &self.obj)(std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Exactly `len` bytes at `offset`.
@@ -332,12 +356,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path(), false).unwrap();
         assert!(matches!(s.read(oid(0), 0, 1), Err(StoreError::NoObj)));
-        assert!(matches!(s.write(oid(0), 0, b"x"), Err(StoreError::NoObj)));
-        s.create_and_write(oid(0), 4096, 100, b"hello").unwrap();
-        assert_eq!(s.read(oid(0), 98, 9).unwrap(), b"\0\0hello\0\0");
-        s.write(oid(0), 0, b"ab").unwrap();
         assert!(matches!(
-            s.write(oid(0), 4095, b"ab"),
+            s.write(oid(0), 0, b"x", true),
+            Err(StoreError::NoObj)
+        ));
+        s.create_and_write(oid(0), 4096, 100, b"hello", true)
+            .unwrap();
+        assert_eq!(s.read(oid(0), 98, 9).unwrap(), b"\0\0hello\0\0");
+        s.write(oid(0), 0, b"ab", false).unwrap();
+        assert!(matches!(
+            s.write(oid(0), 4095, b"ab", true),
             Err(StoreError::OutOfRange)
         ));
         assert!(matches!(
@@ -345,12 +373,12 @@ mod tests {
             Err(StoreError::OutOfRange)
         ));
         assert!(matches!(
-            s.create_and_write(oid(1), 10, 5, b"toolong"),
+            s.create_and_write(oid(1), 10, 5, b"toolong", true),
             Err(StoreError::OutOfRange)
         ));
         assert!(!s.exists(oid(1)));
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"ab");
-        s.create_and_write(oid(0), 4096, 0, b"c").unwrap();
+        s.create_and_write(oid(0), 4096, 0, b"c", true).unwrap();
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"cb");
         assert_eq!(s.list().unwrap(), vec![oid(0)]);
         assert_eq!(
@@ -361,7 +389,7 @@ mod tests {
         assert!(d.path().join("obj/0015d16700000000").exists());
         s.remove(oid(0)).unwrap();
         assert!(matches!(s.remove(oid(0)), Err(StoreError::NoObj)));
-        s.create_and_write(oid(2), 8, 0, b"z").unwrap();
+        s.create_and_write(oid(2), 8, 0, b"z", false).unwrap();
         s.purge_objects().unwrap();
         assert!(s.list().unwrap().is_empty());
     }

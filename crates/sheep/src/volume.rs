@@ -222,36 +222,45 @@ impl Volume {
         }
     }
 
-    /// Writes `data` at `offset`, durable on every copy when it returns.
-    pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), SdResult> {
+    /// Writes `data` at `offset` on every copy; durable when it returns with `sync`, else
+    /// after the next `flush`.
+    pub async fn write(&self, offset: u64, data: Bytes, sync: bool) -> Result<(), SdResult> {
         self.check(offset, data.len() as u64)?;
         let cur = self.writable().await?;
         let ps = pieces(offset, data.len() as u64, cur.obj_shift);
         try_join_all(ps.iter().map(|p| {
             let d = data.slice(p.at as usize..(p.at + p.len) as usize);
-            self.write_piece(&cur, *p, d)
+            self.write_piece(&cur, *p, d, sync)
         }))
         .await?;
         Ok(())
     }
 
-    async fn write_piece(&self, cur: &Current, p: Piece, data: Bytes) -> Result<(), SdResult> {
+    async fn write_piece(
+        &self,
+        cur: &Current,
+        p: Piece,
+        data: Bytes,
+        sync: bool,
+    ) -> Result<(), SdResult> {
         let slot = cur
             .table
             .get(p.idx as usize)
             .ok_or(SdResult::INVALID_PARMS)?;
         if slot.load(Ordering::Acquire) == cur.vid {
             let oid = Oid::data(Vid(cur.vid), p.idx);
-            return gateway::write(&self.node, oid, p.off, data, false, cur.copies).await;
+            return gateway::write_with(&self.node, oid, p.off, data, false, cur.copies, sync)
+                .await;
         }
         let _g = self.stripes[p.idx as usize % STRIPES].lock().await;
         let owner = slot.load(Ordering::Acquire);
         let oid = Oid::data(Vid(cur.vid), p.idx);
         if owner == cur.vid {
-            return gateway::write(&self.node, oid, p.off, data, false, cur.copies).await;
+            return gateway::write_with(&self.node, oid, p.off, data, false, cur.copies, sync)
+                .await;
         }
         if owner == 0 {
-            gateway::write(&self.node, oid, p.off, data, true, cur.copies).await?;
+            gateway::write_with(&self.node, oid, p.off, data, true, cur.copies, sync).await?;
         } else {
             // Copy-on-write: the parent's whole object with the new bytes laid over it.
             let size = 1usize << cur.obj_shift;
@@ -259,28 +268,42 @@ impl Volume {
             let mut full = gateway::read(&self.node, parent, 0, size, cur.copies).await?;
             full.resize(size, 0);
             full[p.off as usize..(p.off + p.len) as usize].copy_from_slice(&data);
-            gateway::write(&self.node, oid, 0, Bytes::from(full), true, cur.copies).await?;
+            let full = Bytes::from(full);
+            gateway::write_with(&self.node, oid, 0, full, true, cur.copies, sync).await?;
         }
-        self.set_slot(cur, p.idx, cur.vid).await?;
+        self.set_slot(cur, p.idx, cur.vid, sync).await?;
         slot.store(cur.vid, Ordering::Release);
         Ok(())
     }
 
-    async fn set_slot(&self, cur: &Current, idx: u32, value: u32) -> Result<(), SdResult> {
-        gateway::write(
+    async fn set_slot(
+        &self,
+        cur: &Current,
+        idx: u32,
+        value: u32,
+        sync: bool,
+    ) -> Result<(), SdResult> {
+        gateway::write_with(
             &self.node,
             Oid::inode(Vid(cur.vid)),
             inode::data_vdi_id_offset(idx) as u64,
             Bytes::copy_from_slice(&value.to_le_bytes()),
             false,
             cur.copies,
+            sync,
         )
         .await
     }
 
     /// Makes `len` bytes at `offset` read as zeros. Whole objects are dropped from the VDI
     /// (and reclaimed when it owns them) unless `allocate`; partial ones get zeros written.
-    pub async fn zero(&self, offset: u64, len: u64, allocate: bool) -> Result<(), SdResult> {
+    pub async fn zero(
+        &self,
+        offset: u64,
+        len: u64,
+        allocate: bool,
+        sync: bool,
+    ) -> Result<(), SdResult> {
         self.check(offset, len)?;
         let cur = self.writable().await?;
         let obj = 1u64 << cur.obj_shift;
@@ -299,7 +322,7 @@ impl Volume {
                 if owner == 0 {
                     continue;
                 }
-                self.set_slot(&cur, p.idx, 0).await?;
+                self.set_slot(&cur, p.idx, 0, sync).await?;
                 slot.store(0, Ordering::Release);
                 if owner == cur.vid {
                     // Only this VDI points at its own objects (snapshots own theirs).
@@ -308,9 +331,14 @@ impl Volume {
                 continue;
             }
             let zeros = Bytes::from(vec![0u8; p.len as usize]);
-            self.write_piece(&cur, p, zeros).await?;
+            self.write_piece(&cur, p, zeros, sync).await?;
         }
         Ok(())
+    }
+
+    /// Makes every write acknowledged so far durable on every copy.
+    pub async fn flush(&self) -> Result<(), SdResult> {
+        gateway::flush(&self.node).await
     }
 
     /// Allocation of `len` bytes at `offset` as runs of (length, allocated), at most `max`.

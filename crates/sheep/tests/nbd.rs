@@ -161,6 +161,17 @@ impl Client {
             .map(|_| ())
     }
 
+    /// A write without FUA: durable only once a FLUSH has returned.
+    async fn write_cached(&mut self, off: u64, data: &[u8]) -> Result<(), u32> {
+        self.req(cmd::WRITE, 0, off, data.len() as u32, data)
+            .await
+            .map(|_| ())
+    }
+
+    async fn flush(&mut self) -> Result<(), u32> {
+        self.req(cmd::FLUSH, 0, 0, 0, &[]).await.map(|_| ())
+    }
+
     async fn read(&mut self, off: u64, len: u32) -> Result<Vec<u8>, u32> {
         self.req(cmd::READ, 0, off, len, &[]).await
     }
@@ -347,6 +358,50 @@ fn copy_on_write_of_objects_larger_than_a_peer_request() {
         w.disconnect().await;
         s.disconnect().await;
     });
+}
+
+#[test]
+fn flushed_writes_survive_kill_9_and_a_restart() {
+    let mut c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let data = pattern(6 << 20, 31);
+    let p = c.nodes[0].nbd_port;
+    rt().block_on(async {
+        let mut w = Client::open(None, p, "Bob").await.unwrap();
+        w.write_cached(1 << 20, &data).await.unwrap();
+        w.req(cmd::TRIM, 0, 8 << 20, 4 << 20, &[]).await.unwrap();
+        w.flush().await.unwrap();
+        w.disconnect().await;
+    });
+    c.kill(2);
+    rt().block_on(async {
+        let mut r = Client::open(None, c.nodes[1].nbd_port, "Bob").await.unwrap();
+        assert!(r.read(1 << 20, 6 << 20).await.unwrap() == data);
+        r.disconnect().await;
+    });
+    // Every node killed, then the last epoch's members start again.
+    c.kill(0);
+    c.kill(1);
+    c.restart(0);
+    c.restart(1);
+    c.wait_members(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = rt().block_on(async {
+            let mut r = Client::open(None, c.nodes[1].nbd_port, "Bob").await.ok()?;
+            r.read(1 << 20, 6 << 20).await.ok()
+        });
+        if let Some(got) = got {
+            assert!(got == data, "bytes changed across kill -9 and restart");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no read after restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

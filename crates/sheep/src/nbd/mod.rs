@@ -303,8 +303,8 @@ impl Catalog for NodeCatalog<'_> {
 
     fn flags(&self, info: &ExportInfo) -> u16 {
         let mut f = tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::SEND_DF;
-        // Every write is durable and on every copy when acknowledged, and connections to one
-        // VDI on this node share its object table: multi-conn is safe.
+        // Writes are on every copy when acknowledged, FLUSH syncs every node, and connections
+        // to one VDI on this node share its object table: multi-conn is safe.
         f |= tflag::CAN_MULTI_CONN;
         if info.read_only {
             f |= tflag::READ_ONLY;

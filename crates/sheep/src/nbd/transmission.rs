@@ -195,20 +195,26 @@ async fn handle(
             }
             in_range(size, &req, errno::ENOSPC)?;
             s.ensure_writer().await.map_err(|m| fail(errno::EPERM, m))?;
+            // FUA: durable on every copy before the reply; otherwise at the next FLUSH.
+            let fua = req.flags & cflag::FUA != 0;
+            let (off, len) = (req.offset, req.length as u64);
             let r = match req.kind {
-                cmd::WRITE => vol.write(req.offset, payload).await,
-                cmd::TRIM => vol.zero(req.offset, req.length as u64, false).await,
+                cmd::WRITE => vol.write(off, payload, fua).await,
+                cmd::TRIM => vol.zero(off, len, false, fua).await,
                 _ => {
                     let allocate = req.flags & cflag::NO_HOLE != 0;
-                    vol.zero(req.offset, req.length as u64, allocate).await
+                    vol.zero(off, len, allocate, fua).await
                 }
             };
             r.map_err(from_sd)?;
-            // Every write is durable on every copy before it returns, so FUA holds too.
             Ok(done(neg, req.handle))
         }
-        // Acknowledged writes are already durable on every copy.
-        cmd::FLUSH => Ok(done(neg, req.handle)),
+        // Every node syncs its store: all writes replied to so far, from any connection to
+        // any node, are durable after this (which makes multi-conn safe).
+        cmd::FLUSH => {
+            vol.flush().await.map_err(from_sd)?;
+            Ok(done(neg, req.handle))
+        }
         cmd::BLOCK_STATUS => {
             if !neg.base_allocation {
                 return Err(fail(errno::EINVAL, "base:allocation was not negotiated"));
