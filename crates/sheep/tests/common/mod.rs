@@ -106,6 +106,8 @@ impl Cluster {
             .arg(n.zone.to_string())
             .arg("--nbd-port")
             .arg(n.nbd_port.to_string())
+            .arg("--nbd-socket")
+            .arg(n.dir.join("nbd.sock"))
             .args(&self.args)
             .arg(&n.dir)
             .stdin(Stdio::null())
@@ -129,6 +131,14 @@ impl Cluster {
 
     pub fn port(&self, i: usize) -> u16 {
         self.nodes[i].port
+    }
+
+    /// `nbd+unix://` URI of `export` on node `i`'s NBD socket.
+    pub fn nbd_unix_uri(&self, i: usize, export: &str) -> String {
+        format!(
+            "nbd+unix:///{export}?socket={}",
+            self.nodes[i].dir.join("nbd.sock").display()
+        )
     }
 
     /// `nbd://` URI of `export` on node `i`.
