@@ -17,7 +17,7 @@ const FORMAT_PRINT: &str = "    __\n   ()'`;\n   /\\|`\n  /  |   Caution! The cl
 const MAX_STAT_REPLY: usize = 48 << 20;
 
 /// `confirm`: prints `msg`, reads a line; anything but "yes" ends dog with exit code 0.
-fn confirm(msg: &str) -> Res<()> {
+pub(crate) fn confirm(msg: &str) -> Res<()> {
     out!("{msg}");
     let mut line = String::new();
     let n = std::io::stdin().read_line(&mut line).unwrap_or(0);

@@ -21,6 +21,11 @@ pub enum Action {
     VdiObjectLocation,
     VdiObjectMap,
     VmList,
+    NodeRecovery,
+    NodeKill,
+    ClusterRecover,
+    ClusterCheck,
+    VdiCheck,
 }
 
 pub struct OptDef {
@@ -218,6 +223,15 @@ static VDI_SUBS: &[Sub] = &[
         subs: VDI_OBJECT_SUBS,
     },
     sub(
+        "check",
+        Some("<vdiname>"),
+        "saphT",
+        "check and repair image's consistency",
+        true,
+        true,
+        Action::VdiCheck,
+    ),
+    sub(
         "read",
         Some("<vdiname> [<offset> [<len>]]"),
         "saphT",
@@ -256,6 +270,24 @@ static NODE_SUBS: &[Sub] = &[
         true,
         Action::NodeInfo,
     ),
+    sub(
+        "recovery",
+        None,
+        "aprhTJ",
+        "show recovery information of nodes",
+        false,
+        true,
+        Action::NodeRecovery,
+    ),
+    sub(
+        "kill",
+        Some("<node id>"),
+        "aprhT",
+        "kill node",
+        true,
+        true,
+        Action::NodeKill,
+    ),
 ];
 
 static CLUSTER_SUBS: &[Sub] = &[
@@ -285,6 +317,24 @@ static CLUSTER_SUBS: &[Sub] = &[
         false,
         false,
         Action::ClusterShutdown,
+    ),
+    sub(
+        "recover",
+        Some("force|enable|disable|throttle <max> <interval ms>"),
+        "afphT",
+        "See 'dog cluster recover' for more information",
+        true,
+        true,
+        Action::ClusterRecover,
+    ),
+    sub(
+        "check",
+        None,
+        "aphT",
+        "check and repair cluster",
+        false,
+        true,
+        Action::ClusterCheck,
     ),
 ];
 

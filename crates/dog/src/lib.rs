@@ -36,6 +36,7 @@ macro_rules! errln {
     }};
 }
 
+mod check;
 mod cli;
 mod cluster;
 mod commands;
@@ -48,6 +49,7 @@ mod node;
 mod nodelist;
 mod placement;
 mod progress;
+mod recover;
 mod vdi;
 mod vdi_rw;
 mod vm;
@@ -170,5 +172,10 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiRead => vdi_rw::read(&ctx).await,
         Action::VdiWrite => vdi_rw::write(&ctx).await,
         Action::VmList => vm::list(&ctx).await,
+        Action::NodeRecovery => recover::node_recovery(&ctx).await,
+        Action::NodeKill => recover::node_kill(&ctx).await,
+        Action::ClusterRecover => recover::cluster_recover(&ctx).await,
+        Action::ClusterCheck => check::cluster_check(&ctx).await,
+        Action::VdiCheck => check::vdi_check(&ctx).await,
     }
 }

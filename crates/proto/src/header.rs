@@ -161,6 +161,18 @@ impl Header {
         44
     );
 
+    // Request: forw (REPAIR_REPLICA): oid at 16 (`oid`), the node to copy from.
+    pub fn forw_addr(&self) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&self.0[24..40]);
+        a
+    }
+    pub fn set_forw_addr(&mut self, a: &[u8; 16]) -> &mut Self {
+        self.0[24..40].copy_from_slice(a);
+        self
+    }
+    field!(forw_port, set_forw_port, u16, 40);
+
     // Request: vdi_state (NOTIFY_VDI_ADD).
     field!(old_vid, set_old_vid, u32, 16);
     field!(new_vid, set_new_vid, u32, 20);

@@ -46,6 +46,9 @@ pub const EXIST: u8 = 0xbd;
 pub const CLUSTER_INFO: u8 = 0xbe;
 pub const OIDS_EXIST: u8 = 0xc6;
 pub const READ_DEL_VDIS: u8 = 0xc9;
+pub const REPAIR_REPLICA: u8 = 0xc5;
+pub const GET_RECOVERY: u8 = 0xca;
+pub const SET_RECOVERY: u8 = 0xcb;
 /// Makes every write this node took durable (defined, unused by the original; used here).
 pub const FLUSH_PEER: u8 = 0xae;
 /// Extension of this implementation (not in the original): a peer answers once it has applied
@@ -53,6 +56,11 @@ pub const FLUSH_PEER: u8 = 0xae;
 pub const WAIT_APPLIED: u8 = 0xf0;
 /// Extension of this implementation: the VDIs open for writing (`vdi_lock::LockRecord`s).
 pub const GET_VDI_LOCKS: u8 = 0xf1;
+/// Extension: the tag of this node's best copy of `oid` in `rsp_obj_offset` (`u32::MAX`:
+/// current, else the epoch in which the stale copy was last current), or NO_OBJ.
+pub const OBJ_TAG: u8 = 0xf2;
+/// Extension: every copy this node has, as 16-byte records (oid u64, tag u32, pad u32).
+pub const OBJ_LIST_TAGGED: u8 = 0xf3;
 
 /// Opcodes >= 0x80 are internal and must carry SD_SHEEP_PROTO_VER.
 pub fn is_internal(op: u8) -> bool {

@@ -72,6 +72,7 @@ async fn one_copy(
             (opcode::WRITE_PEER, offset, data.clone(), data.len(), sync)
         }
         StoreOp::Read { offset, len } => (opcode::READ_PEER, offset, Bytes::new(), len, true),
+        StoreOp::RecoveryRead { .. } => return Err(SdResult::INVALID_PARMS),
         StoreOp::Remove => (opcode::REMOVE_PEER, 0, Bytes::new(), 0, true),
     };
     let mut h = Header::request(code);
@@ -256,10 +257,11 @@ pub async fn flush(node: &Arc<Node>) -> Result<(), SdResult> {
     .await
 }
 
-/// Removes `oid` from every copy; copies that are already gone are fine.
+/// Removes `oid` from every node of the epoch (its copies, and stale copies elsewhere, so
+/// recovery cannot bring it back); nodes without it are fine.
 pub async fn remove(node: &Arc<Node>, oid: Oid) -> Result<(), SdResult> {
     with_retries(node, |view| async move {
-        let t = targets(node, &view, oid, 0)?;
+        let t = view.state.epoch_nodes.clone();
         let results = join_all(
             t.iter()
                 .map(|target| one_copy(node, &view, target, oid, StoreOp::Remove)),

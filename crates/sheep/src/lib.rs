@@ -11,6 +11,7 @@ pub mod node;
 pub mod ops;
 pub mod peer;
 pub mod peers;
+pub mod recovery;
 pub mod ring;
 pub mod server;
 pub mod store;

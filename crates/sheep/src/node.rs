@@ -32,6 +32,13 @@ pub struct Node {
     pub store: Arc<Store>,
     pub driver: Arc<dyn Driver>,
     pub peers: Peers,
+    pub recovery: crate::recovery::Recovery,
+    /// The newest epoch in this node's store when it started, before it joined.
+    pub own_epoch: std::sync::atomic::AtomicU32,
+    /// This start of the node (its join event carries it).
+    incarnation: u64,
+    /// Set once this start's own join event has been applied: events before it are history.
+    joined: AtomicBool,
     view: RwLock<View>,
     applied: watch::Sender<u64>,
     /// Woken when the node must stop (shutdown, kill, join refused).
@@ -57,6 +64,16 @@ impl Node {
             store,
             driver,
             peers: Peers::new(),
+            recovery: Default::default(),
+            own_epoch: Default::default(),
+            incarnation: {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                t ^ (u64::from(std::process::id()) << 32)
+            },
+            joined: AtomicBool::new(false),
             view: RwLock::new(View { state, ring }),
             applied: watch::channel(0).0,
             stop: Notify::new(),
@@ -123,12 +140,14 @@ impl Node {
             epoch: if epoch_nodes.is_empty() { 0 } else { epoch },
             epoch_nodes,
             vdis,
+            incarnation: self.incarnation,
         })
     }
 
     /// Joins the cluster and runs the core loop; returns once this node is a member.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let info = self.join_info()?;
+        self.own_epoch.store(info.epoch, Ordering::SeqCst);
         let (tx, rx) = mpsc::unbounded_channel();
         self.driver.clone().start(self.me, info, tx).await?;
         tokio::spawn(self.clone().core_loop(rx));
@@ -151,8 +170,14 @@ impl Node {
 
     async fn core_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(u64, Event)>) {
         while let Some((seq, ev)) = rx.recv().await {
-            let (effects, view) = {
+            if let Event::Join { node, info } = &ev {
+                if node.nid == self.me.nid && info.incarnation == self.incarnation {
+                    self.joined.store(true, Ordering::SeqCst);
+                }
+            }
+            let (effects, view, prev) = {
                 let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+                let prev = v.state.clone();
                 let mut st = (*v.state).clone();
                 let fx = st.apply(&ev);
                 let epoch_changed = st.epoch_nodes != v.state.epoch_nodes;
@@ -160,10 +185,10 @@ impl Node {
                 if epoch_changed {
                     v.ring = Arc::new(Ring::new(&v.state.epoch_nodes));
                 }
-                (fx, v.clone())
+                (fx, v.clone(), prev)
             };
             for fx in effects {
-                if let Err(e) = self.carry_out(fx, &view).await {
+                if let Err(e) = self.carry_out(fx, &view, &prev).await {
                     tracing::error!("cluster event {ev:?}: {e}");
                 }
             }
@@ -171,11 +196,33 @@ impl Node {
         }
     }
 
-    async fn carry_out(self: &Arc<Self>, fx: Effect, view: &View) -> anyhow::Result<()> {
+    async fn carry_out(
+        self: &Arc<Self>,
+        fx: Effect,
+        view: &View,
+        prev: &ClusterState,
+    ) -> anyhow::Result<()> {
         let store = self.store.clone();
+        // Events from before this node's own join are history it replays to rebuild the
+        // state: they are not to be carried out on its store again.
+        let replaying = !self.joined.load(Ordering::SeqCst);
+        if replaying
+            && matches!(
+                fx,
+                Effect::Formatted(_)
+                    | Effect::PurgeStale { .. }
+                    | Effect::StartRecovery { .. }
+                    | Effect::Shutdown
+            )
+        {
+            return Ok(());
+        }
         match fx {
             Effect::NewEpoch { epoch, nodes } => {
                 tracing::info!("epoch {epoch}: {} nodes", nodes.len());
+                if !replaying {
+                    crate::recovery::new_epoch(self, prev, view).await?;
+                }
                 tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, now_secs()))
                     .await??;
             }
@@ -203,6 +250,11 @@ impl Node {
                     *self.join_error.write().unwrap_or_else(|e| e.into_inner()) = Some(reason);
                 }
             }
+            Effect::PurgeStale { epoch } => {
+                let n = tokio::task::spawn_blocking(move || store.purge_stale()).await??;
+                tracing::info!("epoch {epoch}: every node recovered; {n} stale copies purged");
+            }
+            Effect::StartRecovery { epoch } => crate::recovery::start(self, epoch),
             Effect::Shutdown => {
                 if view.state.is_member(&self.me) {
                     if let Some(mut cfg) = self.store.read_config()? {

@@ -139,8 +139,85 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
         opcode::STAT_CLUSTER => stat_cluster(node, req, rsp),
         opcode::STAT_RECOVERY => {
             node.gate(false)?;
-            // struct recovery_state: nothing in recovery.
-            Ok(vec![0u8; 24])
+            Ok(node.recovery.progress().encode())
+        }
+        opcode::ENABLE_RECOVER | opcode::DISABLE_RECOVER => {
+            node.gate(false)?;
+            let enabled = req.opcode() == opcode::ENABLE_RECOVER;
+            node.notify(Message::AutoRecovery { enabled })
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
+        opcode::FORCE_RECOVER => {
+            let view = node.gate(true)?;
+            if view.state.status != Status::WaitForJoin {
+                return Err(SdResult::INVALID_PARMS);
+            }
+            node.notify(Message::ForceRecover)
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
+        opcode::GET_RECOVERY => {
+            node.gate(true)?;
+            let (max, interval) = node.recovery.throttle();
+            Ok(encode_throttle(max, interval))
+        }
+        opcode::SET_RECOVERY => {
+            node.gate(true)?;
+            let (max, interval) = decode_throttle(&data).ok_or(SdResult::INVALID_PARMS)?;
+            node.recovery.set_throttle(max, interval);
+            Ok(Vec::new())
+        }
+        opcode::GET_HASH => {
+            node.gate(false)?;
+            let oid = Oid(req.oid());
+            let store = node.store.clone();
+            let digest = tokio::task::spawn_blocking(move || -> Result<[u8; 20], SdResult> {
+                use sha1::Digest;
+                let size = store.object_size(oid).map_err(|e| e.result())?;
+                let b = store.read(oid, 0, size as usize).map_err(|e| e.result())?;
+                Ok(sha1::Sha1::digest(&b).into())
+            })
+            .await
+            .map_err(|_| SdResult::EIO)??;
+            rsp.set_rsp_digest(&digest);
+            Ok(Vec::new())
+        }
+        opcode::REPAIR_REPLICA => {
+            let view = node.gate(false)?;
+            let from = proto::NodeId {
+                addr: req.forw_addr(),
+                port: req.forw_port(),
+            };
+            crate::recovery::repair(node, &view, Oid(req.oid()), from).await?;
+            Ok(Vec::new())
+        }
+        opcode::OBJ_TAG => {
+            node.gate(false)?;
+            let oid = Oid(req.oid());
+            let store = node.store.clone();
+            let tag = tokio::task::spawn_blocking(move || store.best_tag(oid))
+                .await
+                .map_err(|_| SdResult::EIO)?
+                .map_err(|e| e.result())?
+                .ok_or(SdResult::NO_OBJ)?;
+            rsp.set_rsp_obj_offset(tag as u64);
+            Ok(Vec::new())
+        }
+        opcode::OBJ_LIST_TAGGED => {
+            node.gate(false)?;
+            let store = node.store.clone();
+            let l = tokio::task::spawn_blocking(move || store.tagged_list())
+                .await
+                .map_err(|_| SdResult::EIO)?
+                .map_err(|e| e.result())?;
+            let b = crate::recovery::encode_tagged(&l);
+            if b.len() > req.data_length() as usize {
+                return Err(SdResult::BUFFER_SMALL);
+            }
+            Ok(b)
         }
         opcode::GET_STORE_LIST => Ok(b"plain ".to_vec()),
         opcode::FLUSH_DEL_CACHE => Ok(Vec::new()),
@@ -370,4 +447,25 @@ fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
     }
     rsp.set_result(status.0);
     Ok(out)
+}
+
+/// `struct recovery_throttling`: max_exec_count u32, pad, queue_work_interval u64 (ms),
+/// throttling u8 (interval in effect), pad to 24 bytes.
+fn encode_throttle(max: u32, interval: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 24];
+    b[..4].copy_from_slice(&max.to_le_bytes());
+    b[8..16].copy_from_slice(&interval.to_le_bytes());
+    b[16] = (interval > 0) as u8;
+    b
+}
+
+fn decode_throttle(b: &[u8]) -> Option<(u32, u64)> {
+    if b.len() < 17 {
+        return None;
+    }
+    let max = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut i = [0u8; 8];
+    i.copy_from_slice(&b[8..16]);
+    let interval = if b[16] != 0 { u64::from_le_bytes(i) } else { 0 };
+    Some((max, interval))
 }

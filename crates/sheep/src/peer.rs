@@ -26,6 +26,12 @@ pub enum StoreOp {
         offset: u64,
         len: usize,
     },
+    /// Recovery reading the copy tagged `tag` (current or stale) of an object.
+    RecoveryRead {
+        offset: u64,
+        len: usize,
+        tag: u32,
+    },
     Remove,
 }
 
@@ -40,6 +46,14 @@ pub async fn local(
     oid: Oid,
     op: StoreOp,
 ) -> Result<Vec<u8>, SdResult> {
+    // An object this node should hold but lacks (recovery has not reached it yet): fetch it
+    // before the request touches it.
+    if matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. }) && !node.store.exists(oid) {
+        match crate::recovery::fetch_now(node, view, oid).await {
+            Ok(()) | Err(SdResult::NO_OBJ) => {}
+            Err(e) => tracing::warn!("recovering {oid} for a request: {e}"),
+        }
+    }
     let store = node.store.clone();
     let size = node.object_size(view, oid);
     let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StoreError> {
@@ -51,6 +65,7 @@ pub async fn local(
                 store.write(oid, offset, &data, sync).map(|_| Vec::new())
             }
             StoreOp::Read { offset, len } => store.read(oid, offset, len),
+            StoreOp::RecoveryRead { offset, len, tag } => store.read_tagged(oid, tag, offset, len),
             StoreOp::Remove => store.remove(oid).map(|_| Vec::new()),
         }
     })
@@ -96,6 +111,11 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
     let op = match hdr.opcode() {
         opcode::CREATE_AND_WRITE_PEER => StoreOp::Create { offset, data, sync },
         opcode::WRITE_PEER => StoreOp::Write { offset, data, sync },
+        opcode::READ_PEER if hdr.has_flag(proto::flags::CMD_RECOVERY) => StoreOp::RecoveryRead {
+            offset,
+            len: hdr.data_length() as usize,
+            tag: hdr.tgt_epoch(),
+        },
         opcode::READ_PEER => StoreOp::Read {
             offset,
             len: hdr.data_length() as usize,
@@ -115,7 +135,7 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
 pub fn op_len(op: &StoreOp) -> u64 {
     match op {
         StoreOp::Create { data, .. } | StoreOp::Write { data, .. } => data.len() as u64,
-        StoreOp::Read { len, .. } => *len as u64,
+        StoreOp::Read { len, .. } | StoreOp::RecoveryRead { len, .. } => *len as u64,
         StoreOp::Remove => 0,
     }
 }

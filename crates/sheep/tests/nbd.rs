@@ -385,6 +385,7 @@ fn flushed_writes_survive_kill_9_and_a_restart() {
         w.disconnect().await;
     });
     c.kill(2);
+    c.wait_members(2);
     rt().block_on(async {
         let mut r = Client::open(None, c.nodes[1].nbd_port, "Bob")
             .await

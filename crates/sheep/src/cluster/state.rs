@@ -68,6 +68,9 @@ pub struct JoinInfo {
     pub epoch_nodes: Vec<SdNode>,
     /// VDIs whose inode objects the joiner holds.
     pub vdis: BTreeMap<u32, VdiInfo>,
+    /// Tells this start of the node from its earlier ones in the replayed history.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Cluster-wide messages, delivered in the same order to every node.
@@ -97,6 +100,15 @@ pub enum Message {
     Unlock {
         vid: u32,
         holder: LockHolder,
+    },
+    /// `node` (address:port) holds every object the ring gives it at `epoch`.
+    RecoveryDone {
+        epoch: u32,
+        node: String,
+    },
+    /// `dog cluster recover enable/disable`: automatic recovery after membership changes.
+    AutoRecovery {
+        enabled: bool,
     },
 }
 
@@ -137,6 +149,14 @@ pub enum Effect {
         reason: String,
     },
     Shutdown,
+    /// Every node of the epoch has recovered: stale copies can go.
+    PurgeStale {
+        epoch: u32,
+    },
+    /// Automatic recovery was switched back on: recover the current epoch now.
+    StartRecovery {
+        epoch: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +171,10 @@ pub struct ClusterState {
     pub vdis: BTreeMap<u32, VdiInfo>,
     /// VDIs open for writing, and by whom.
     pub locks: BTreeMap<u32, VdiLock>,
+    /// Automatic recovery switched off (`dog cluster recover disable`).
+    pub recovery_disabled: bool,
+    /// Nodes (address:port) done recovering the current epoch.
+    pub recovered: std::collections::BTreeSet<String>,
 }
 
 impl Default for ClusterState {
@@ -163,6 +187,8 @@ impl Default for ClusterState {
             epoch_nodes: Vec::new(),
             vdis: BTreeMap::new(),
             locks: BTreeMap::new(),
+            recovery_disabled: false,
+            recovered: Default::default(),
         }
     }
 }
@@ -185,6 +211,7 @@ impl ClusterState {
     fn new_epoch(&mut self, effects: &mut Vec<Effect>) {
         self.epoch += 1;
         self.epoch_nodes = self.members.clone();
+        self.recovered.clear();
         effects.push(Effect::NewEpoch {
             epoch: self.epoch,
             nodes: self.epoch_nodes.clone(),
@@ -303,6 +330,7 @@ impl ClusterState {
                 self.format = f.clone();
                 self.vdis.clear();
                 self.locks.clear();
+                self.recovery_disabled = false;
                 self.epoch = 0;
                 self.status = Status::Ok;
                 fx.push(Effect::Formatted(f.clone()));
@@ -353,6 +381,25 @@ impl ClusterState {
                 Some(l) if l.shared && *shared => l.holders.push(holder.clone()),
                 Some(_) => {}
             },
+            Message::RecoveryDone { epoch, node } => {
+                if *epoch == self.epoch && self.status == Status::Ok {
+                    self.recovered.insert(node.clone());
+                    let all = self
+                        .epoch_nodes
+                        .iter()
+                        .all(|n| self.recovered.contains(&n.nid.to_string()));
+                    if all {
+                        fx.push(Effect::PurgeStale { epoch: *epoch });
+                    }
+                }
+            }
+            Message::AutoRecovery { enabled } => {
+                let was = !self.recovery_disabled;
+                self.recovery_disabled = !enabled;
+                if *enabled && !was && self.status == Status::Ok {
+                    fx.push(Effect::StartRecovery { epoch: self.epoch });
+                }
+            }
             Message::Unlock { vid, holder } => {
                 // The lock may have moved to a descendant by snapshots since it was taken.
                 let at = self
@@ -503,6 +550,7 @@ mod tests {
             epoch: 5,
             epoch_nodes: vec![n(1), n(2)],
             vdis: BTreeMap::new(),
+            incarnation: 1,
         };
         let mut s = ClusterState::default();
         s.apply(&Event::Join {
@@ -548,6 +596,7 @@ mod tests {
                 epoch: 2,
                 epoch_nodes: vec![n(1)],
                 vdis: BTreeMap::new(),
+                incarnation: 2,
             },
         };
         let s = serde_json::to_string(&ev).unwrap();

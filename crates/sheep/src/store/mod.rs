@@ -7,6 +7,9 @@
 //! blocking threads; many may run at once (no lock around I/O).
 //! Owns: the files. Never: placement or networking.
 
+mod stale;
+pub use stale::CURRENT;
+
 use proto::config::Config;
 use proto::{Oid, SdNode, SdResult};
 use std::fs::{File, OpenOptions};
@@ -228,9 +231,12 @@ impl Store {
         Ok(buf)
     }
 
+    /// Removes the object, and any stale copies of it (so recovery cannot bring it back).
     pub fn remove(&self, oid: Oid) -> Result<(), StoreError> {
         let path = self.path(oid);
-        std::fs::remove_file(&path).map_err(io("remove", &path))
+        let r = std::fs::remove_file(&path).map_err(io("remove", &path));
+        self.remove_stale(oid)?;
+        r
     }
 
     pub fn exists(&self, oid: Oid) -> bool {

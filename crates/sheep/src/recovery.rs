@@ -1,0 +1,438 @@
+//! Recovery: after a membership change, every object goes to the nodes the ring gives it in the
+//! new epoch. Each node works out which objects it must now hold, fetches the ones it lacks
+//! from whichever node has the best copy (a current copy, else the stale copy that was current
+//! most recently), and tells the cluster when it is done; once every node is done, stale copies
+//! are purged. An object a request needs before its turn is recovered at once.
+//!
+//! Invariant: `obj/` holds only current copies. At each new epoch, a node moves the objects the
+//! ring no longer gives it into the stale area (tagged with the last epoch they were current
+//! in), and a node that rejoins a running cluster moves all of its objects there (writes
+//! happened while it was away), so a stale copy is never served.
+//! Owns: working out and fetching what is missing, progress, throttling. Never: serving client
+//! requests (it is called from the peer path only to fetch an object first).
+
+use crate::cluster::state::{ClusterState, Message};
+use crate::node::{Node, View};
+use crate::store::CURRENT;
+use bytes::Bytes;
+use futures::future::join_all;
+use proto::node::NodeId;
+use proto::oid::OidKind;
+use proto::{opcode, Header, Oid, SdResult};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Locks that serialise the fetch of one object with requests on it (oid modulo this many).
+const STRIPES: usize = 256;
+/// Largest piece of an object fetched with one peer read.
+const FETCH_CHUNK: usize = 8 << 20;
+/// Objects fetched at once by default.
+const DEFAULT_MAX_EXEC: u32 = 8;
+
+/// What `dog node recovery` shows (the original's `struct recovery_state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub epoch: u32,
+    pub running: bool,
+    pub done: u64,
+    pub total: u64,
+}
+
+impl Progress {
+    /// `struct recovery_state`: in_recovery u8, pad, state u32, nr_finished u64, nr_total u64.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 24];
+        b[0] = self.running as u8;
+        // RW_RECOVER_OBJ while running.
+        b[4..8].copy_from_slice(&(self.running as u32).to_le_bytes());
+        b[8..16].copy_from_slice(&self.done.to_le_bytes());
+        b[16..24].copy_from_slice(&self.total.to_le_bytes());
+        b
+    }
+}
+
+pub struct Recovery {
+    progress: Mutex<Progress>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Objects fetched at once (`dog node recovery set-throttle`).
+    max_exec: AtomicU32,
+    /// Pause between two fetches, in milliseconds (0: none).
+    interval_ms: AtomicU64,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            progress: Mutex::new(Progress::default()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            max_exec: AtomicU32::new(DEFAULT_MAX_EXEC),
+            interval_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Recovery {
+    pub fn progress(&self) -> Progress {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_progress(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.progress.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// (objects fetched at once, pause between fetches in ms).
+    pub fn throttle(&self) -> (u32, u64) {
+        (
+            self.max_exec.load(Ordering::Relaxed),
+            self.interval_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn set_throttle(&self, max_exec: u32, interval_ms: u64) {
+        let m = if max_exec == 0 {
+            DEFAULT_MAX_EXEC
+        } else {
+            max_exec
+        };
+        self.max_exec.store(m, Ordering::Relaxed);
+        self.interval_ms.store(interval_ms, Ordering::Relaxed);
+    }
+
+    fn stripe(&self, oid: Oid) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(proto::hash::sd_hash_oid(oid.0) % STRIPES as u64) as usize]
+    }
+}
+
+/// Does the ring give `oid` to this node now?
+pub fn placed_here(node: &Node, view: &View, oid: Oid) -> bool {
+    view.ring
+        .holds(oid, node.copies_of(view, oid, 0), &node.me.nid)
+}
+
+/// Whether an object still belongs to a VDI (objects of deleted VDIs are not brought back).
+fn wanted(view: &View, oid: Oid) -> bool {
+    match oid.kind() {
+        OidKind::Inode => view.state.vdis.contains_key(&oid.vid().0),
+        _ => view
+            .state
+            .vdis
+            .get(&oid.vid().0)
+            .is_some_and(|v| !v.deleted),
+    }
+}
+
+/// Called for every new epoch before its epoch file is written: moves aside the copies this
+/// node must no longer serve, then starts recovery unless it is switched off.
+pub async fn new_epoch(node: &Arc<Node>, prev: &ClusterState, view: &View) -> anyhow::Result<()> {
+    let st = &view.state;
+    if !st.epoch_nodes.iter().any(|n| n.nid == node.me.nid) {
+        return Ok(());
+    }
+    // A node that joins a running cluster has copies from before it left: all suspect.
+    let rejoined = !prev.epoch_nodes.iter().any(|n| n.nid == node.me.nid);
+    let store = node.store.clone();
+    let last_own = node.own_epoch.load(Ordering::SeqCst);
+    let node2 = node.clone();
+    let view2 = view.clone();
+    let epoch = st.epoch;
+    let moved = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let mut moved = 0;
+        for oid in store.list()? {
+            if rejoined || !placed_here(&node2, &view2, oid) {
+                let tag = if rejoined { last_own } else { epoch - 1 };
+                store.make_stale(oid, tag)?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    })
+    .await??;
+    if moved > 0 {
+        tracing::info!("epoch {epoch}: {moved} copies moved aside (rejoined: {rejoined})");
+    }
+    if !st.recovery_disabled {
+        start(node, epoch);
+    }
+    Ok(())
+}
+
+/// Starts the background recovery of `epoch`.
+pub fn start(node: &Arc<Node>, epoch: u32) {
+    node.recovery.set_progress(|p| {
+        *p = Progress {
+            epoch,
+            running: true,
+            done: 0,
+            total: 0,
+        }
+    });
+    let node = node.clone();
+    tokio::spawn(async move {
+        match run(&node, epoch).await {
+            Ok(true) => {
+                node.recovery.set_progress(|p| p.running = false);
+                tracing::info!("epoch {epoch}: recovery done");
+                let msg = Message::RecoveryDone {
+                    epoch,
+                    node: node.me.nid.to_string(),
+                };
+                if let Err(e) = node.notify(msg).await {
+                    tracing::warn!("reporting recovery of epoch {epoch}: {e}");
+                }
+            }
+            Ok(false) => tracing::info!("epoch {epoch}: recovery superseded"),
+            Err(e) => {
+                node.recovery.set_progress(|p| p.running = false);
+                tracing::warn!("epoch {epoch}: recovery failed: {e}");
+            }
+        }
+    });
+}
+
+/// Every copy each member of the epoch has: oid -> [(node, tag)].
+async fn gather(node: &Arc<Node>, view: &View) -> BTreeMap<Oid, Vec<(NodeId, u32)>> {
+    let lists = join_all(view.state.epoch_nodes.iter().map(|n| async move {
+        if n.nid == node.me.nid {
+            let store = node.store.clone();
+            let l = tokio::task::spawn_blocking(move || store.tagged_list())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default();
+            return (n.nid, l);
+        }
+        let mut h = Header::request(opcode::OBJ_LIST_TAGGED);
+        h.set_epoch(view.state.epoch);
+        h.set_data_length(proto::frame::MAX_READ);
+        let l = match node.peers.request(n.nid, h, Bytes::new()).await {
+            Ok(r) if r.result().is_ok() => decode_tagged(&r.data),
+            _ => Vec::new(),
+        };
+        (n.nid, l)
+    }))
+    .await;
+    let mut all: BTreeMap<Oid, Vec<(NodeId, u32)>> = BTreeMap::new();
+    for (nid, l) in lists {
+        for (oid, tag) in l {
+            all.entry(oid).or_default().push((nid, tag));
+        }
+    }
+    all
+}
+
+pub fn encode_tagged(list: &[(Oid, u32)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(list.len() * 16);
+    for (oid, tag) in list {
+        b.extend_from_slice(&oid.0.to_le_bytes());
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&[0u8; 4]);
+    }
+    b
+}
+
+fn decode_tagged(b: &[u8]) -> Vec<(Oid, u32)> {
+    b.chunks_exact(16)
+        .map(|r| {
+            let mut o = [0u8; 8];
+            o.copy_from_slice(&r[..8]);
+            (
+                Oid(u64::from_le_bytes(o)),
+                u32::from_le_bytes([r[8], r[9], r[10], r[11]]),
+            )
+        })
+        .collect()
+}
+
+/// Recovers everything this node lacks at `epoch`; false when a newer epoch took over.
+async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
+    let view = node.view();
+    if view.state.epoch != epoch {
+        return Ok(false);
+    }
+    let all = gather(node, &view).await;
+    let todo: Vec<(Oid, Vec<(NodeId, u32)>)> = all
+        .into_iter()
+        .filter(|(oid, _)| {
+            placed_here(node, &view, *oid) && wanted(&view, *oid) && !node.store.exists(*oid)
+        })
+        .collect();
+    node.recovery.set_progress(|p| p.total = todo.len() as u64);
+    let (max_exec, _) = node.recovery.throttle();
+    let mut failed = 0usize;
+    for batch in todo.chunks(max_exec.max(1) as usize) {
+        if node.epoch() != epoch {
+            return Ok(false);
+        }
+        let results = join_all(batch.iter().map(|(oid, holders)| {
+            let view = &view;
+            async move { fetch(node, view, *oid, holders.clone()).await }
+        }))
+        .await;
+        for (r, (oid, _)) in results.into_iter().zip(batch) {
+            if let Err(e) = r {
+                failed += 1;
+                tracing::warn!("epoch {epoch}: cannot recover {oid}: {e}");
+            }
+        }
+        node.recovery.set_progress(|p| p.done += batch.len() as u64);
+        let (_, pause) = node.recovery.throttle();
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+    if failed > 0 {
+        tracing::warn!("epoch {epoch}: {failed} objects could not be recovered");
+    }
+    Ok(node.epoch() == epoch)
+}
+
+/// Fetches `oid` now if this node should hold it and lacks it (a request needs it first).
+pub async fn fetch_now(node: &Arc<Node>, view: &View, oid: Oid) -> Result<(), SdResult> {
+    if node.store.exists(oid) || !placed_here(node, view, oid) {
+        return Ok(());
+    }
+    let asks = view
+        .state
+        .epoch_nodes
+        .iter()
+        .filter(|n| n.nid != node.me.nid)
+        .map(|n| async move {
+            let mut h = Header::request(opcode::OBJ_TAG);
+            h.set_epoch(view.state.epoch).set_oid(oid.0);
+            match node.peers.request(n.nid, h, Bytes::new()).await {
+                Ok(r) if r.result().is_ok() => Some((n.nid, r.header.rsp_obj_offset() as u32)),
+                _ => None,
+            }
+        });
+    let mut holders: Vec<(NodeId, u32)> = join_all(asks).await.into_iter().flatten().collect();
+    if let Ok(Some(t)) = node.store.best_tag(oid) {
+        holders.push((node.me.nid, t));
+    }
+    fetch(node, view, oid, holders).await
+}
+
+/// Installs the best copy among `holders` as this node's current copy.
+async fn fetch(
+    node: &Arc<Node>,
+    view: &View,
+    oid: Oid,
+    mut holders: Vec<(NodeId, u32)>,
+) -> Result<(), SdResult> {
+    let _g = node.recovery.stripe(oid).lock().await;
+    if node.store.exists(oid) {
+        return Ok(());
+    }
+    // Best first: current copies, then stale ones by the epoch they were last current in;
+    // among equals, another node's copy before a stale one of our own.
+    holders.sort_by_key(|(n, t)| (std::cmp::Reverse(*t), *n == node.me.nid));
+    let size = node.object_size(view, oid) as usize;
+    let mut last = SdResult::NO_OBJ;
+    for (nid, tag) in holders {
+        let data = if nid == node.me.nid {
+            if tag == CURRENT {
+                continue;
+            }
+            let store = node.store.clone();
+            tokio::task::spawn_blocking(move || store.read_tagged(oid, tag, 0, size))
+                .await
+                .map_err(|_| SdResult::EIO)?
+                .map_err(|e| e.result())
+        } else {
+            read_remote(node, view, nid, oid, tag, size).await
+        };
+        match data {
+            Ok(d) => {
+                let store = node.store.clone();
+                tokio::task::spawn_blocking(move || store.install(oid, &d))
+                    .await
+                    .map_err(|_| SdResult::EIO)?
+                    .map_err(|e| e.result())?;
+                return Ok(());
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// REPAIR_REPLICA (`dog vdi check`): replaces this node's copy of `oid` with `from`'s current
+/// one.
+pub async fn repair(node: &Arc<Node>, view: &View, oid: Oid, from: NodeId) -> Result<(), SdResult> {
+    if !oid.is_well_formed() || from == node.me.nid {
+        return Err(SdResult::INVALID_PARMS);
+    }
+    if !view.state.epoch_nodes.iter().any(|n| n.nid == from) {
+        return Err(SdResult::INVALID_PARMS);
+    }
+    let _g = node.recovery.stripe(oid).lock().await;
+    let size = node.object_size(view, oid) as usize;
+    let data = read_remote(node, view, from, oid, CURRENT, size).await?;
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || store.install(oid, &data))
+        .await
+        .map_err(|_| SdResult::EIO)?
+        .map_err(|e| e.result())
+}
+
+/// Reads the whole copy tagged `tag` of `oid` from `nid`, in pieces.
+async fn read_remote(
+    node: &Arc<Node>,
+    view: &View,
+    nid: NodeId,
+    oid: Oid,
+    tag: u32,
+    size: usize,
+) -> Result<Vec<u8>, SdResult> {
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        let n = (size - out.len()).min(FETCH_CHUNK);
+        let mut h = Header::request(opcode::READ_PEER);
+        h.set_epoch(view.state.epoch)
+            .set_flags(proto::flags::CMD_RECOVERY)
+            .set_oid(oid.0)
+            .set_tgt_epoch(tag)
+            .set_obj_offset(out.len() as u64)
+            .set_data_length(n as u32);
+        let r = node.peers.request(nid, h, Bytes::new()).await?;
+        if !r.result().is_ok() {
+            return Err(r.result());
+        }
+        if r.data.len() != n {
+            return Err(SdResult::EIO);
+        }
+        out.extend_from_slice(&r.data);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_lists_round_trip() {
+        let l = vec![
+            (Oid(0x0015d16700000003), CURRENT),
+            (Oid(0x8015_d167_0000_0000), 7),
+        ];
+        assert_eq!(decode_tagged(&encode_tagged(&l)), l);
+        assert!(decode_tagged(&[1, 2, 3]).is_empty());
+    }
+
+    #[test]
+    fn progress_layout() {
+        let p = Progress {
+            epoch: 3,
+            running: true,
+            done: 5,
+            total: 9,
+        };
+        let b = p.encode();
+        assert_eq!(b.len(), 24);
+        assert_eq!(b[0], 1);
+        assert_eq!(&b[8..16], &5u64.to_le_bytes());
+        assert_eq!(&b[16..24], &9u64.to_le_bytes());
+    }
+}
