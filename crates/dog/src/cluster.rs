@@ -156,6 +156,15 @@ pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
             "{}",
             info_text(r.result(), &logs, ctx.opts.verbose, ctx.opts.raw)
         );
+        // A cluster with fewer zones than copies keeps fewer copies: say so.
+        let copies = logs.first().map(|l| usize::from(l.nr_copies)).unwrap_or(0);
+        let zones = nl.zones();
+        if r.result() == SdResult::SUCCESS && zones < copies && !ctx.opts.raw {
+            outln!(
+                "\nDegraded: {zones} zones for {copies} copies; objects have {zones} copies \
+                 until more zones join"
+            );
+        }
     }
     Ok(())
 }

@@ -50,6 +50,18 @@ fn targets(node: &Node, view: &View, oid: Oid, copies: u8) -> Result<Vec<SdNode>
     Ok(t)
 }
 
+/// The copies a write goes to. With fewer zones than copies, objects get one copy per zone
+/// (recovery adds the others when zones come back), unless the cluster was formatted strict
+/// (`dog cluster format -t`): then writes are refused with HALT.
+fn write_targets(node: &Node, view: &View, oid: Oid, copies: u8) -> Result<Vec<SdNode>, SdResult> {
+    let t = targets(node, view, oid, copies)?;
+    let strict = view.state.format.flags & proto::cluster_flags::STRICT != 0;
+    if strict && t.len() < node.copies_of(view, oid, copies) {
+        return Err(SdResult::HALT);
+    }
+    Ok(t)
+}
+
 async fn one_copy(
     node: &Arc<Node>,
     view: &View,
@@ -203,7 +215,7 @@ async fn write_one(
         let data = data.clone();
         async move {
             check_range(node, &view, oid, offset, data.len() as u64)?;
-            let t = targets(node, &view, oid, copies)?;
+            let t = write_targets(node, &view, oid, copies)?;
             let ops = t.iter().map(|target| {
                 let op = if create {
                     StoreOp::Create {

@@ -221,6 +221,13 @@ impl Node {
             Effect::NewEpoch { epoch, nodes } => {
                 tracing::info!("epoch {epoch}: {} nodes", nodes.len());
                 if !replaying {
+                    let (zones, copies) = (view.ring.nr_zones(), view.state.format.copies);
+                    if zones < usize::from(copies) {
+                        tracing::warn!(
+                            "epoch {epoch}: degraded, {zones} zones for {copies} copies: objects \
+                             keep {zones} copies until more zones join"
+                        );
+                    }
                     crate::recovery::new_epoch(self, prev, view).await?;
                 }
                 tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, now_secs()))

@@ -222,7 +222,11 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     .await
     .map_err(|e| {
         tracing::warn!("creating inode {vid:x}: {e}");
-        SdResult::VDI_WRITE
+        if e == SdResult::HALT {
+            e
+        } else {
+            SdResult::VDI_WRITE
+        }
     })?;
     let info = VdiInfo {
         copies: new.nr_copies,

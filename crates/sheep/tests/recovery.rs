@@ -1,0 +1,253 @@
+//! Membership changes with real sheep processes: a node killed with -9, a new node, a node
+//! back with stale copies, a whole-cluster restart, zones, `vdi check`. After recovery every
+//! object has its copies exactly where the ring puts them, and reads return the newest bytes.
+
+mod common;
+
+use common::{pattern, Cluster};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn write_file(c: &Cluster, name: &str, data: &[u8]) -> std::path::PathBuf {
+    let p = c.tmp.path().join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+/// Objects in the current area of a store (the stale area excluded).
+fn objects(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("obj"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() == 16 && !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn stale(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("obj").join(".stale"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// oid -> number of live nodes holding it.
+fn copies(c: &Cluster) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+        for o in objects(&n.dir) {
+            *m.entry(o).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Waits until recovery is over: no node in recovery, no stale copies left, and every
+/// object on exactly `want` live nodes.
+fn wait_recovered(c: &Cluster, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: Vec<usize> = (0..c.nodes.len())
+            .filter(|&i| c.nodes[i].child.is_some())
+            .collect();
+        let busy = live
+            .iter()
+            .any(|&i| !c.dog(i, &["node", "recovery", "-r"]).stdout.is_empty());
+        let stale_left: usize = live.iter().map(|&i| stale(&c.nodes[i].dir)).sum();
+        let m = copies(c);
+        let exact = !m.is_empty() && m.values().all(|&n| n == want);
+        if !busy && stale_left == 0 && exact {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not finish: busy {busy}, stale {stale_left}, copies {:?}",
+            m.values().collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn read_all(c: &Cluster, i: usize, len: &str) -> Vec<u8> {
+    let o = c.dog(i, &["vdi", "read", "Alice", "0", len]);
+    assert!(
+        o.status.success(),
+        "read through node {i}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+#[test]
+fn nodes_die_join_and_come_back_and_no_byte_is_lost() {
+    let mut c = Cluster::start(4);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "4G"]);
+    let mut data = pattern(48 << 20, 5);
+    let input = write_file(&c, "data", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    wait_recovered(&c, 3);
+    let objs = copies(&c).len();
+    assert_eq!(objs, 13, "12 data objects and the inode");
+
+    // A node dies: the others bring every object back to 3 copies.
+    c.kill(2);
+    c.wait_members(3);
+    wait_recovered(&c, 3);
+    assert_eq!(copies(&c).len(), objs);
+    for i in [0, 1, 3] {
+        assert!(read_all(&c, i, "48M") == data, "node {i}");
+    }
+    let check = c.dog_ok(0, &["vdi", "check", "Alice"]);
+    assert!(!check.contains("fixed"), "{check}");
+    let info = c.dog_ok(0, &["cluster", "info"]);
+    assert!(
+        info.lines().filter(|l| l.starts_with("20")).count() >= 2,
+        "{info}"
+    );
+
+    // A new machine joins: objects rebalance onto it.
+    let n4 = c.add(4);
+    c.wait_members(4);
+    wait_recovered(&c, 3);
+    assert!(
+        !objects(&c.nodes[n4].dir).is_empty(),
+        "nothing moved to the new node"
+    );
+
+    // While node 2 is away, part of the VDI is overwritten; when it comes back its stale
+    // copies are never served, not even through itself as the gateway.
+    let new = pattern(8 << 20, 6);
+    let input = write_file(&c, "new", &new);
+    assert!(c
+        .dog_stdin(1, &["vdi", "write", "Alice", "0", "8M"], Some(&input))
+        .status
+        .success());
+    data[..8 << 20].copy_from_slice(&new);
+    c.restart(2);
+    assert!(read_all(&c, 2, "48M") == data, "stale bytes served");
+    c.wait_members(5);
+    wait_recovered(&c, 3);
+    for i in 0..5 {
+        assert!(read_all(&c, i, "48M") == data, "node {i}");
+    }
+
+    // The whole cluster stops and comes back with every byte.
+    c.dog_ok(0, &["cluster", "shutdown"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..5 {
+        let child = c.nodes[i].child.as_mut().expect("child");
+        while child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "node {i} did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.nodes[i].child = None;
+    }
+    for i in 0..5 {
+        c.restart(i);
+    }
+    c.wait_members(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = c.dog(3, &["vdi", "read", "Alice", "0", "48M"]);
+        if o.status.success() {
+            assert!(o.stdout == data, "bytes changed across restart");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no read after restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vdi_check_repairs_missing_and_differing_copies() {
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
+    let data = pattern(12 << 20, 9);
+    let input = write_file(&c, "data", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    let obj = |i: usize, idx: u32| {
+        c.nodes[i].dir.join("obj").join(format!(
+            "{:016x}",
+            proto::Oid::data(proto::Vid(0x15d167), idx).0
+        ))
+    };
+    std::fs::remove_file(obj(1, 0)).unwrap();
+    let mut bad = std::fs::read(obj(2, 1)).unwrap();
+    bad[100] ^= 0xff;
+    std::fs::write(obj(2, 1), &bad).unwrap();
+    let out = c.dog_ok(0, &["vdi", "check", "Alice"]);
+    assert!(out.contains("fixed missing 15d16700000000"), "{out}");
+    assert!(out.contains("fixed replica 15d16700000001"), "{out}");
+    assert!(out.contains("finish check&repair Alice"), "{out}");
+    for idx in 0..3 {
+        let a = std::fs::read(obj(0, idx)).unwrap();
+        for i in 1..3 {
+            assert!(
+                std::fs::read(obj(i, idx)).unwrap() == a,
+                "node {i} idx {idx}"
+            );
+        }
+    }
+    let again = c.dog_ok(0, &["cluster", "check"]);
+    assert!(!again.contains("fixed"), "{again}");
+}
+
+#[test]
+fn fewer_zones_than_copies_and_switching_recovery() {
+    // Two zones for three copies: two copies each, visible in cluster info.
+    let mut c = Cluster::start(0);
+    c.add(0);
+    c.add(0);
+    c.add(1);
+    c.wait_members(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3", "-f"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
+    let data = pattern(8 << 20, 3);
+    let input = write_file(&c, "data", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    assert!(c
+        .dog_ok(0, &["cluster", "info"])
+        .contains("Degraded: 2 zones for 3 copies"));
+    wait_recovered(&c, 2);
+
+    // With automatic recovery off, a third zone gets nothing until it is switched on.
+    c.dog_ok(0, &["cluster", "recover", "disable"]);
+    c.add(2);
+    c.wait_members(4);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        copies(&c).values().all(|&n| n == 2),
+        "recovered while disabled"
+    );
+    assert!(read_all(&c, 3, "8M") == data, "reads work meanwhile");
+    c.dog_ok(0, &["cluster", "recover", "enable"]);
+    wait_recovered(&c, 3);
+    drop(c);
+
+    // Formatted strict, the same cluster refuses writes instead.
+    let mut c = Cluster::start(0);
+    c.add(0);
+    c.add(1);
+    c.wait_members(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=3", "-t", "-f"]);
+    // Even the new VDI's inode cannot get its three copies.
+    let o = c.dog(0, &["vdi", "create", "Alice", "1G"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("halt"), "{err}");
+}
