@@ -251,3 +251,95 @@ fn fewer_zones_than_copies_and_switching_recovery() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("halt"), "{err}");
 }
+
+#[test]
+fn io_never_stops_while_nodes_die_and_join() {
+    let mut c = Cluster::start(4);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "256M"]);
+    // Recovery throttled to a few objects at a time: I/O and recovery share the nodes.
+    c.dog_ok(0, &["cluster", "recover", "throttle", "2", "5"]);
+    let uri = c.nbd_uri(0, "Bob");
+    let fio = std::process::Command::new("fio")
+        .current_dir(c.tmp.path())
+        .args([
+            "--name=churn",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=64k",
+            "--size=64m",
+            "--iodepth=8",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fio is installed by scripts/test.sh");
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill(2);
+    std::thread::sleep(Duration::from_millis(500));
+    c.add(4);
+    let out = fio.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("err= 0"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_members(4);
+    wait_recovered(&c, 3);
+}
+
+#[test]
+fn a_cluster_short_of_nodes_starts_with_recover_force() {
+    let mut c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
+    let data = pattern(8 << 20, 4);
+    let input = write_file(&c, "data", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    c.dog_ok(0, &["cluster", "shutdown"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..3 {
+        let child = c.nodes[i].child.as_mut().expect("child");
+        while child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "node {i} did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.nodes[i].child = None;
+    }
+    // Node 2 never comes back: the others wait for it, then are told to go on.
+    c.restart(0);
+    c.restart(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let info = c.dog(0, &["cluster", "info"]);
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("Waiting for other nodes to join"),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+    c.dog_ok(0, &["cluster", "recover", "force", "-f"]);
+    c.wait_members(2);
+    wait_recovered(&c, 2);
+    assert!(read_all(&c, 1, "8M") == data);
+    // `dog node kill` stops a node as the original's.
+    let list = c.dog_ok(0, &["node", "list", "-r"]);
+    let idx = list
+        .lines()
+        .find(|l| l.contains(&format!(":{} ", c.port(1))))
+        .and_then(|l| l.split(' ').next())
+        .expect("node 1 listed")
+        .to_string();
+    c.dog_ok(0, &["node", "kill", &idx]);
+    let child = c.nodes[1].child.as_mut().expect("child");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "node 1 was not killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
