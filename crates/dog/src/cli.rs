@@ -39,6 +39,10 @@ pub struct Opts {
     pub snapshot: Snap,
     pub writeback: bool,
     pub oid: Option<u64>,
+    /// `-x`: setattr only if the attribute does not exist.
+    pub exclusive: bool,
+    /// `-d`: setattr deletes the attribute.
+    pub delete: bool,
 }
 
 impl Default for Opts {
@@ -64,6 +68,8 @@ impl Default for Opts {
             snapshot: Snap::default(),
             writeback: false,
             oid: None,
+            exclusive: false,
+            delete: false,
         }
     }
 }
@@ -241,6 +247,8 @@ fn apply(opts: &mut Opts, ch: char, val: Option<String>) -> Result<(), (i32, Str
             Ok(oid) => opts.oid = Some(oid),
             Err(_) => return Err((EXIT_FAILURE, "object id must be a hex integer\n".into())),
         },
+        'x' => opts.exclusive = true,
+        'd' => opts.delete = true,
         _ => {}
     }
     Ok(())

@@ -44,6 +44,7 @@ mod conn;
 mod error;
 mod fmt;
 mod inflight;
+mod lifecycle;
 mod lookup;
 mod node;
 mod nodelist;
@@ -177,5 +178,12 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::ClusterRecover => recover::cluster_recover(&ctx).await,
         Action::ClusterCheck => check::cluster_check(&ctx).await,
         Action::VdiCheck => check::vdi_check(&ctx).await,
+        Action::VdiSnapshot => lifecycle::snapshot(&ctx).await,
+        Action::VdiClone => lifecycle::clone(&ctx).await,
+        Action::VdiRollback => lifecycle::rollback(&ctx).await,
+        Action::VdiResize => lifecycle::resize(&ctx).await,
+        Action::VdiTree => lifecycle::tree(&ctx).await,
+        Action::VdiSetattr => lifecycle::setattr(&ctx).await,
+        Action::VdiGetattr => lifecycle::getattr(&ctx).await,
     }
 }

@@ -170,6 +170,31 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
             node.recovery.set_throttle(max, interval);
             Ok(Vec::new())
         }
+        opcode::GET_VDI_ATTR => {
+            node.gate(false)?;
+            let mode = crate::attr::Mode {
+                create: req.has_flag(flags::CMD_CREAT),
+                exclusive: req.has_flag(flags::CMD_EXCL),
+                delete: req.has_flag(flags::CMD_DEL),
+            };
+            let (r, vid, id) = match crate::attr::get(node, req.snapid(), &data, mode).await {
+                Ok((vid, id)) => (SdResult::SUCCESS, vid, id),
+                Err((e, id)) => (e, 0, id),
+            };
+            let vid = if vid == 0 {
+                vdi::parse_name_tag(&data)
+                    .map(|(n, _)| proto::hash::sd_hash_vdi(&n))
+                    .unwrap_or(0)
+            } else {
+                vid
+            };
+            rsp.set_rsp_vdi_id(vid).set_rsp_attr_id(id);
+            if r.is_ok() {
+                Ok(Vec::new())
+            } else {
+                Err(r)
+            }
+        }
         opcode::GET_HASH => {
             node.gate(false)?;
             let oid = Oid(req.oid());

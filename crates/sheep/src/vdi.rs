@@ -145,7 +145,9 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         store_policy: hdr.store_policy(),
         nr_copies: copies,
         block_size_shift: bss,
-        snap_id: 1,
+        // After the snapshots of the same name (a rollback continues the chain); 1 for a new
+        // name, which makes a VDI on a snapshot's objects a clone.
+        snap_id: found.iter().map(|h| h.snap_id).max().unwrap_or(0) + 1,
         vdi_id: vid,
         ..Default::default()
     };
@@ -176,7 +178,7 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         new.nr_copies = b.nr_copies;
         new.block_size_shift = b.block_size_shift;
         new.copy_policy = b.copy_policy;
-        if hdr.snapid() != 0 || b.name == name {
+        if hdr.snapid() != 0 {
             // Snapshot: freeze the base, which must be this name's working VDI.
             if working.as_ref().map(|w| w.vdi_id) != Some(base) {
                 return Err(SdResult::NO_BASE_VDI);
@@ -199,6 +201,8 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
             new.snap_id = b.snap_id + 1;
             old = Some(base);
         } else {
+            // A clone (new name), or a rollback (the name's working VDI was deleted first):
+            // a new working VDI on a snapshot's objects.
             if !b.is_snapshot() {
                 return Err(SdResult::INVALID_PARMS);
             }
@@ -242,24 +246,29 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     Ok(new)
 }
 
-/// Data objects that `vid` owns and that no other live VDI's table still points at.
+/// Data objects the deleted VDI points at that no live VDI's table still points at: its own,
+/// and those of deleted VDIs it kept alive (a snapshot deleted before its child).
 async fn reclaimable(
     node: &Arc<Node>,
     view: &View,
     vid: u32,
     table: &[u8],
-) -> Result<Vec<u32>, SdResult> {
-    let mut owned: Vec<u32> = (0..proto::SD_INODE_DATA_INDEX as u32)
-        .filter(|&i| inode::data_vdi_id(table, i) == vid)
+) -> Result<Vec<Oid>, SdResult> {
+    let gone = |owner: u32| owner == vid || view.state.vdis.get(&owner).is_some_and(|v| v.deleted);
+    let mut candidates: Vec<Oid> = (0..proto::SD_INODE_DATA_INDEX as u32)
+        .filter_map(|i| {
+            let owner = inode::data_vdi_id(table, i);
+            (owner != 0 && gone(owner)).then(|| Oid::data(Vid(owner), i))
+        })
         .collect();
     for (&other, info) in &view.state.vdis {
-        if other == vid || info.deleted || owned.is_empty() {
+        if other == vid || info.deleted || candidates.is_empty() {
             continue;
         }
         let t = gateway::read(node, Oid::inode(Vid(other)), 0, SD_INODE_DATA_SIZE, 0).await?;
-        owned.retain(|&i| inode::data_vdi_id(&t, i) != vid);
+        candidates.retain(|o| inode::data_vdi_id(&t, o.index()) != o.vid().0);
     }
-    Ok(owned)
+    Ok(candidates)
 }
 
 /// DEL_VDI: removes the VDI's objects that nobody else references, then blanks its inode.
@@ -269,9 +278,13 @@ pub async fn delete(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<(), S
     let view = node.gate(false)?;
     let h = find(node, &view, &name, &tag, hdr.snapid()).await?;
     let vid = h.vdi_id;
+    if view.state.locks.contains_key(&vid) {
+        // Open for writing (`dog vm list` says by whom).
+        return Err(SdResult::VDI_LOCKED);
+    }
     let table = gateway::read(node, Oid::inode(Vid(vid)), 0, SD_INODE_DATA_SIZE, 0).await?;
-    for idx in reclaimable(node, &view, vid, &table).await? {
-        gateway::remove(node, Oid::data(Vid(vid), idx)).await?;
+    for oid in reclaimable(node, &view, vid, &table).await? {
+        gateway::remove(node, oid).await?;
     }
     // The inode stays (its id stays used, as the original) with name, size and table cleared.
     let mut blank = vec![0u8; SD_INODE_DATA_SIZE];

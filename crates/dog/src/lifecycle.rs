@@ -1,0 +1,466 @@
+//! `dog vdi snapshot / clone / rollback / resize / tree / setattr / getattr`: the life of a
+//! VDI after its creation, with the original's requests, messages and exit codes.
+//! Owns: these commands. Never: option parsing, bulk data transfer.
+
+use crate::cluster::confirm;
+use crate::error::{
+    failed, Fail, Res, EXIT_EXISTS, EXIT_FAILURE, EXIT_MISSING, EXIT_SYSFAIL, EXIT_USAGE,
+};
+use crate::lookup::{self, Inode};
+use crate::{fmt, Ctx};
+use proto::inode::SD_INODE_HEADER_SIZE;
+use proto::{flags, opcode, Header, Oid, SdResult, Vid};
+use std::io::{Read, Write};
+
+/// Offsets in the inode and in `struct sheepdog_vdi_attr`.
+const INODE_TAG: u64 = 256;
+const ATTR_SNAP_ID: usize = 520;
+const ATTR_VALUE_LEN: usize = 524;
+const ATTR_KEY: usize = 528;
+const ATTR_VALUE: usize = 784;
+const ATTR_MAX_VALUE: usize = 65536;
+
+fn name_arg<'a>(ctx: &'a Ctx<'_>) -> Res<&'a str> {
+    ctx.arg(0).ok_or_else(|| Fail::usage(""))
+}
+
+fn has_snapshot(ctx: &Ctx<'_>) -> bool {
+    ctx.opts.snapshot.id != 0 || !ctx.opts.snapshot.tag.is_empty()
+}
+
+/// NEW_VDI: a snapshot of `base` (`snapshot`), or a new working VDI on `base`'s objects.
+async fn new_vdi(ctx: &Ctx<'_>, name: &str, ino: &Inode, base: u32, snapshot: bool) -> Res<u32> {
+    let mut h = Header::request(opcode::NEW_VDI);
+    h.set_vdi_size(ino.hdr.vdi_size)
+        .set_base_vdi_id(base)
+        .set_snapid(snapshot as u32)
+        .set_vdi_copies(ctx.opts.copies.map(|c| c.0).unwrap_or(ino.hdr.nr_copies))
+        .set_vdi_copy_policy(ino.hdr.copy_policy)
+        .set_store_policy(ino.hdr.store_policy)
+        .set_vdi_block_size_shift(ino.hdr.block_size_shift);
+    let r = ctx
+        .sheep
+        .write(h, lookup::name_payload(name)?.into())
+        .await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            &format!("Failed to create VDI {name}"),
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    Ok(r.header.rsp_vdi_id())
+}
+
+pub async fn snapshot(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    if ctx.opts.snapshot.id != 0 {
+        return Err(Fail::new(
+            EXIT_USAGE,
+            "Please specify a non-integer value for a snapshot tag name",
+        ));
+    }
+    let none = crate::cli::Snap::default();
+    let ino = lookup::open(&ctx.sheep, name, &none, false).await?;
+    let vid = ino.vid();
+    let tag = &ctx.opts.snapshot.tag;
+    let field = proto::padded(tag.as_bytes(), proto::SD_MAX_VDI_TAG_LEN)
+        .ok_or_else(|| Fail::new(EXIT_USAGE, format!("Tag '{tag}' is too long")))?;
+    let mut h = Header::request(opcode::WRITE_OBJ);
+    h.set_oid(Oid::inode(Vid(vid)).0)
+        .set_obj_offset(INODE_TAG)
+        .set_obj_copies(ino.hdr.nr_copies)
+        .add_flags(flags::CMD_WRITE);
+    let r = ctx.sheep.write(h, field.into()).await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            "Failed to write the snapshot tag",
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    let new = new_vdi(ctx, name, &ino, vid, true).await?;
+    if ctx.opts.verbose {
+        if ctx.opts.raw {
+            outln!("{new:x} {vid:x}");
+        } else {
+            outln!("new VDI ID: {new:x} (old VDI ID: {vid:x})");
+        }
+    }
+    Ok(())
+}
+
+pub async fn clone(ctx: &Ctx<'_>) -> Res<()> {
+    let src = name_arg(ctx)?;
+    let Some(dst) = ctx.arg(1) else {
+        return Err(Fail::new(
+            EXIT_USAGE,
+            "Destination VDI name must be specified",
+        ));
+    };
+    if !has_snapshot(ctx) {
+        return Err(Fail::new(
+            EXIT_USAGE,
+            "Only snapshot VDIs can be cloned\nPlease specify the '-s' option",
+        ));
+    }
+    let ino = lookup::open(&ctx.sheep, src, &ctx.opts.snapshot, false).await?;
+    if !ino.is_snapshot() {
+        return Err(Fail::new(EXIT_USAGE, "Only snapshot VDIs can be cloned"));
+    }
+    let new = new_vdi(ctx, dst, &ino, ino.vid(), false).await?;
+    if ctx.opts.verbose {
+        if ctx.opts.raw {
+            outln!("{new:x}");
+        } else {
+            outln!("new VDI ID: {new:x}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn rollback(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    if !has_snapshot(ctx) {
+        return Err(Fail::new(EXIT_USAGE, "Please specify the '-s' option"));
+    }
+    let ino = lookup::open(&ctx.sheep, name, &ctx.opts.snapshot, false).await?;
+    if !ctx.opts.force {
+        confirm(
+            "This operation dicards any changes made since the previous\n\
+             snapshot was taken.  Continue? [yes/no]: ",
+        )?;
+    }
+    let mut h = Header::request(opcode::DEL_VDI);
+    h.set_snapid(0);
+    let r = ctx
+        .sheep
+        .write(h, lookup::name_tag_payload(name, "")?.into())
+        .await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            "Failed to delete the current state",
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    let new = new_vdi(ctx, name, &ino, ino.vid(), false).await?;
+    if ctx.opts.verbose {
+        if ctx.opts.raw {
+            outln!("{new:x}");
+        } else {
+            outln!("New VDI ID of rollback VDI: {new:x}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn resize(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    let Some(arg) = ctx.arg(1) else {
+        return Err(Fail::new(
+            EXIT_USAGE,
+            "Please specify the new size for the VDI",
+        ));
+    };
+    let size = fmt::parse_size(arg).ok_or_else(|| Fail::usage(fmt::invalid_size(arg)))?;
+    let none = crate::cli::Snap::default();
+    let mut ino = lookup::open(&ctx.sheep, name, &none, false).await?;
+    let max = ino.object_size() * proto::SD_INODE_DATA_INDEX;
+    if size > max {
+        return Err(Fail::new(
+            EXIT_USAGE,
+            format!("New VDI size is too large. This volume's max bytes is {max}"),
+        ));
+    }
+    if size < ino.hdr.vdi_size {
+        return Err(Fail::new(EXIT_USAGE, "Shrinking VDIs is not implemented"));
+    }
+    ino.hdr.vdi_size = size;
+    let mut head = vec![0u8; SD_INODE_HEADER_SIZE];
+    ino.hdr.encode_into(&mut head);
+    let mut h = Header::request(opcode::WRITE_OBJ);
+    h.set_oid(Oid::inode(Vid(ino.vid())).0)
+        .set_obj_copies(ino.hdr.nr_copies)
+        .add_flags(flags::CMD_WRITE);
+    let r = ctx.sheep.write(h, head.into()).await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            "Failed to update an inode header",
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    Ok(())
+}
+
+/// One node of `vdi tree`.
+struct TreeNode {
+    label: String,
+    children: Vec<usize>,
+}
+
+/// Draws the trees as the original's treeview: `name---label-+-child` / `` `-child ``.
+struct Drawer<'a> {
+    nodes: &'a [TreeNode],
+    /// Label width and "a sibling follows" per level, for the lines of later children.
+    width: Vec<usize>,
+    more: Vec<bool>,
+    out: String,
+}
+
+impl Drawer<'_> {
+    fn walk(&mut self, i: usize, level: usize, first: bool, last: bool) {
+        if first {
+            self.out.push_str(if last { "---" } else { "-+-" });
+        } else {
+            for lvl in 0..level - 1 {
+                self.out.push_str(&" ".repeat(self.width[lvl] + 1));
+                self.out
+                    .push_str(if self.more[lvl + 1] { "| " } else { "  " });
+            }
+            self.out.push_str(&" ".repeat(self.width[level - 1] + 1));
+            self.out.push_str(if last { "`-" } else { "|-" });
+        }
+        let n = &self.nodes[i];
+        self.out.push_str(&n.label);
+        if n.children.is_empty() {
+            self.out.push('\n');
+            return;
+        }
+        if self.more.len() <= level {
+            self.more.resize(level + 1, false);
+            self.width.resize(level + 1, 0);
+        }
+        self.more[level] = !last;
+        self.width[level] = n.label.len();
+        let k = n.children.len();
+        for (j, &c) in n.children.iter().enumerate() {
+            self.walk(c, level + 1, j == 0, j + 1 == k);
+        }
+    }
+}
+
+fn render(nodes: &[TreeNode], roots: &[(String, usize)]) -> String {
+    let mut d = Drawer {
+        nodes,
+        width: Vec::new(),
+        more: Vec::new(),
+        out: String::new(),
+    };
+    for (name, i) in roots {
+        d.out.push_str(name);
+        d.width = vec![name.len()];
+        d.more = vec![false];
+        d.walk(*i, 1, true, true);
+    }
+    d.out
+}
+
+pub async fn tree(ctx: &Ctx<'_>) -> Res<()> {
+    let mut inodes = Vec::new();
+    lookup::walk(&ctx.sheep, false, |ino| {
+        if !ino.hdr.name.is_empty() {
+            inodes.push(ino);
+        }
+    })
+    .await?;
+    inodes.sort_by_key(|i| i.vid());
+    let index: std::collections::HashMap<u32, usize> = inodes
+        .iter()
+        .enumerate()
+        .map(|(k, i)| (i.vid(), k))
+        .collect();
+    let mut nodes: Vec<TreeNode> = inodes
+        .iter()
+        .map(|i| TreeNode {
+            label: if i.is_snapshot() {
+                fmt::local_time(i.hdr.create_time >> 32, "[%Y-%m-%d %H:%M]")
+            } else {
+                "(you are here)".to_string()
+            },
+            children: Vec::new(),
+        })
+        .collect();
+    let mut roots = Vec::new();
+    for (k, ino) in inodes.iter().enumerate() {
+        match index.get(&ino.hdr.parent_vdi_id) {
+            Some(&p) if p != k => {
+                // A clone hangs under its snapshot with its own name in front.
+                if inodes[p].hdr.name != ino.hdr.name {
+                    nodes[k].label = format!("{}---{}", ino.name(), nodes[k].label);
+                }
+                nodes[p].children.push(k);
+            }
+            _ => roots.push((ino.name(), k)),
+        }
+    }
+    out!("{}", render(&nodes, &roots));
+    Ok(())
+}
+
+/// GET_VDI_ATTR for `key` of the VDI (and `-s` snapshot); Ok((result, oid of the attribute)).
+async fn find_attr(
+    ctx: &Ctx<'_>,
+    name: &str,
+    key: &str,
+    value: &[u8],
+    flags_: u16,
+) -> Res<(SdResult, u64, u8)> {
+    let snap = &ctx.opts.snapshot;
+    let mut a = vec![0u8; ATTR_VALUE + value.len()];
+    let n = proto::padded(name.as_bytes(), proto::SD_MAX_VDI_LEN)
+        .ok_or_else(|| Fail::new(EXIT_USAGE, "VDI name is too long"))?;
+    a[..256].copy_from_slice(&n);
+    let t = proto::padded(snap.tag.as_bytes(), proto::SD_MAX_VDI_TAG_LEN)
+        .ok_or_else(|| Fail::new(EXIT_USAGE, "Tag is too long"))?;
+    a[256..512].copy_from_slice(&t);
+    a[ATTR_SNAP_ID..ATTR_SNAP_ID + 4].copy_from_slice(&snap.id.to_le_bytes());
+    a[ATTR_VALUE_LEN..ATTR_VALUE_LEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    let k = proto::padded(key.as_bytes(), 256)
+        .ok_or_else(|| Fail::new(EXIT_USAGE, "Key is too long"))?;
+    a[ATTR_KEY..ATTR_KEY + 256].copy_from_slice(&k);
+    a[ATTR_VALUE..].copy_from_slice(value);
+    let mut h = Header::request(opcode::GET_VDI_ATTR);
+    h.set_snapid(snap.id).add_flags(flags::CMD_WRITE | flags_);
+    let r = ctx.sheep.write(h, a.into()).await?;
+    let oid = Oid::attr(Vid(r.header.rsp_vdi_id()), r.header.rsp_attr_id()).0;
+    Ok((r.result(), oid, r.header.rsp_vdi_copies()))
+}
+
+pub async fn setattr(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    let Some(key) = ctx.arg(1) else {
+        return Err(Fail::new(EXIT_USAGE, "Please specify the attribute key"));
+    };
+    let o = ctx.opts;
+    let value: Vec<u8> = match ctx.args.get(2) {
+        Some(v) => v.as_bytes().to_vec(),
+        None if o.delete => Vec::new(),
+        None => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .take(ATTR_MAX_VALUE as u64 + 1)
+                .read_to_end(&mut v)
+                .map_err(|e| Fail::new(EXIT_SYSFAIL, format!("Failed to read the value: {e}")))?;
+            v
+        }
+    };
+    if value.len() > ATTR_MAX_VALUE {
+        return Err(Fail::new(EXIT_USAGE, "Too large attribute value"));
+    }
+    let mut fl = 0;
+    if o.delete {
+        fl |= flags::CMD_DEL;
+    } else {
+        fl |= flags::CMD_CREAT;
+    }
+    if o.exclusive {
+        fl |= flags::CMD_EXCL;
+    }
+    let (r, _, _) = find_attr(ctx, name, key, &value, fl).await?;
+    match r {
+        SdResult::SUCCESS => Ok(()),
+        SdResult::VDI_EXIST => Err(Fail::new(
+            EXIT_EXISTS,
+            format!("The attribute '{key}' already exists"),
+        )),
+        SdResult::NO_OBJ => Err(Fail::new(
+            EXIT_MISSING,
+            format!("Attribute '{key}' not found"),
+        )),
+        SdResult::NO_VDI => Err(Fail::new(EXIT_MISSING, "VDI not found")),
+        e => Err(Fail::new(
+            EXIT_FAILURE,
+            format!("Failed to set attribute: {}", e.text()),
+        )),
+    }
+}
+
+pub async fn getattr(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    let Some(key) = ctx.arg(1) else {
+        return Err(Fail::new(EXIT_USAGE, "Please specify the attribute key"));
+    };
+    let (r, oid, _) = find_attr(ctx, name, key, &[], 0).await?;
+    match r {
+        SdResult::SUCCESS => {}
+        SdResult::NO_OBJ => {
+            return Err(Fail::new(
+                EXIT_MISSING,
+                format!("Attribute '{key}' not found"),
+            ))
+        }
+        SdResult::NO_VDI => return Err(Fail::new(EXIT_MISSING, "VDI not found")),
+        e => {
+            return Err(Fail::new(
+                EXIT_MISSING,
+                format!("Failed to find attribute oid: {}", e.text()),
+            ))
+        }
+    }
+    let head = lookup::read_object(&ctx.sheep, oid, 0, ATTR_VALUE as u32, true)
+        .await?
+        .map_err(|line| {
+            Fail::new(
+                EXIT_SYSFAIL,
+                format!("{line}\nFailed to read attribute oid"),
+            )
+        })?;
+    let len = u32::from_le_bytes([
+        head[ATTR_VALUE_LEN],
+        head[ATTR_VALUE_LEN + 1],
+        head[ATTR_VALUE_LEN + 2],
+        head[ATTR_VALUE_LEN + 3],
+    ]) as usize;
+    let len = len.min(ATTR_MAX_VALUE);
+    let value = if len == 0 {
+        Vec::new()
+    } else {
+        lookup::read_object(&ctx.sheep, oid, ATTR_VALUE as u64, len as u32, true)
+            .await?
+            .map_err(|line| {
+                Fail::new(
+                    EXIT_SYSFAIL,
+                    format!("{line}\nFailed to read attribute oid"),
+                )
+            })?
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(&value)
+        .and_then(|_| out.flush())
+        .map_err(|e| Fail::new(EXIT_SYSFAIL, format!("Failed to write the value: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(label: &str, children: Vec<usize>) -> TreeNode {
+        TreeNode {
+            label: label.to_string(),
+            children,
+        }
+    }
+
+    #[test]
+    fn trees_as_the_original_draws_them() {
+        let nodes = vec![
+            node("[2026-11-22 21:23]", vec![1]),
+            node("(you are here)", vec![]),
+        ];
+        assert_eq!(
+            render(&nodes, &[("test".into(), 0)]),
+            "test---[2026-11-22 21:23]---(you are here)\n"
+        );
+        let nodes = vec![
+            node("[2026-11-23 01:50]", vec![1, 2]),
+            node("(you are here)", vec![]),
+            node("Charlie---(you are here)", vec![]),
+        ];
+        assert_eq!(
+            render(&nodes, &[("Alice".into(), 0)]),
+            "Alice---[2026-11-23 01:50]-+-(you are here)\n                           `-Charlie---(you are here)\n"
+        );
+    }
+}

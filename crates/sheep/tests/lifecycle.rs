@@ -1,0 +1,187 @@
+//! The life of a VDI with real sheep processes and `dog`: snapshot, copy-on-write, clone,
+//! tree, rollback, resize, attributes, delete with space coming back.
+
+mod common;
+
+use common::{pattern, Cluster};
+use std::path::Path;
+
+fn write_file(c: &Cluster, name: &str, data: &[u8]) -> std::path::PathBuf {
+    let p = c.tmp.path().join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+/// Data objects (not inodes, not attributes) in a store.
+fn data_objects(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("obj"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| u64::from_str_radix(n, 16).ok())
+                })
+                .filter(|oid| oid >> 56 == 0)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn row<'a>(list: &'a str, prefix: &str) -> &'a str {
+    list.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no row starting {prefix:?} in\n{list}"))
+}
+
+#[test]
+fn snapshot_clone_rollback_resize_attributes_delete() {
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
+    let data = pattern(8 << 20, 1);
+    let input = write_file(&c, "a8", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    c.dog_ok(0, &["vdi", "snapshot", "-s", "first", "Alice"]);
+    let list = c.dog_ok(1, &["vdi", "list", "-r"]);
+    assert!(row(&list, "s Alice 1 ").contains(" 8388608 0 "), "{list}");
+    assert!(row(&list, "= Alice 0 ").contains(" 0 8388608 "), "{list}");
+    assert!(row(&list, "s Alice 1 ").contains(" first "), "{list}");
+
+    // Copy-on-write: the snapshot keeps the old bytes, by tag and by id.
+    let new = write_file(&c, "new", b"new");
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice", "0"], Some(&new))
+        .status
+        .success());
+    assert_eq!(c.dog(2, &["vdi", "read", "Alice", "0", "3"]).stdout, b"new");
+    assert!(
+        c.dog(2, &["vdi", "read", "-s", "first", "Alice", "0", "3"])
+            .stdout
+            == data[..3]
+    );
+    assert!(c.dog(1, &["vdi", "read", "-s", "1", "Alice"]).stdout[..8 << 20] == data[..]);
+    let list = c.dog_ok(0, &["vdi", "list", "-r"]);
+    assert!(
+        row(&list, "= Alice 0 ").contains(" 4194304 4194304 "),
+        "{list}"
+    );
+
+    // Clones come from snapshots only.
+    c.dog_ok(0, &["vdi", "clone", "-s", "first", "Alice", "Charlie"]);
+    let o = c.dog(0, &["vdi", "clone", "Alice", "Dave"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Only snapshot VDIs can be cloned"));
+    let list = c.dog_ok(0, &["vdi", "list", "-r"]);
+    assert!(row(&list, "c Charlie 0 ").contains(" 0 8388608 "), "{list}");
+    assert!(c.dog(1, &["vdi", "read", "Charlie", "0", "8M"]).stdout == data);
+    let tree = c.dog_ok(0, &["vdi", "tree"]);
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.len(), 2, "{tree}");
+    assert!(lines[0].starts_with("Alice---[") && lines[0].ends_with("]-+-(you are here)"));
+    assert!(
+        lines[1]
+            .trim_start()
+            .starts_with("`-Charlie---(you are here)"),
+        "{tree}"
+    );
+
+    // Rollback: Alice is the snapshot's contents again, and stays a plain VDI.
+    c.dog_ok(0, &["vdi", "rollback", "-f", "-s", "first", "Alice"]);
+    assert!(c.dog(2, &["vdi", "read", "Alice", "0", "8M"]).stdout == data);
+    let list = c.dog_ok(0, &["vdi", "list", "-r"]);
+    assert!(list.lines().any(|l| l.starts_with("= Alice 0 ")), "{list}");
+
+    // Resize grows only.
+    c.dog_ok(0, &["vdi", "resize", "Alice", "2G"]);
+    let list = c.dog_ok(0, &["vdi", "list", "-r"]);
+    assert!(row(&list, "= Alice 0 ").contains(" 2147483648 "), "{list}");
+    let o = c.dog(0, &["vdi", "resize", "Alice", "1G"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Shrinking VDIs is not implemented"));
+
+    // Attributes: set, get, exclusive, delete.
+    c.dog_ok(0, &["vdi", "setattr", "Alice", "owner", "bob"]);
+    assert_eq!(c.dog_ok(1, &["vdi", "getattr", "Alice", "owner"]), "bob");
+    let o = c.dog(0, &["vdi", "setattr", "-x", "Alice", "owner", "eve"]);
+    assert_eq!(o.status.code(), Some(3));
+    c.dog_ok(0, &["vdi", "setattr", "Alice", "owner", "eve"]);
+    assert_eq!(c.dog_ok(2, &["vdi", "getattr", "Alice", "owner"]), "eve");
+    c.dog_ok(0, &["vdi", "setattr", "-d", "Alice", "owner"]);
+    assert_eq!(
+        c.dog(0, &["vdi", "getattr", "Alice", "owner"])
+            .status
+            .code(),
+        Some(5)
+    );
+    assert_eq!(
+        c.dog(0, &["vdi", "getattr", "Nobody", "owner"])
+            .status
+            .code(),
+        Some(5)
+    );
+
+    // Deletes in any order: objects stay while anyone uses them, then every one goes.
+    c.dog_ok(0, &["vdi", "delete", "-s", "first", "Alice"]);
+    assert!(c.dog(1, &["vdi", "read", "Charlie", "0", "8M"]).stdout == data);
+    assert!(c.dog(1, &["vdi", "read", "Alice", "0", "8M"]).stdout == data);
+    c.dog_ok(0, &["vdi", "delete", "Charlie"]);
+    assert!(c.dog(2, &["vdi", "read", "Alice", "0", "8M"]).stdout == data);
+    c.dog_ok(0, &["vdi", "delete", "Alice"]);
+    assert_eq!(c.dog_ok(0, &["vdi", "list", "-r"]), "");
+    for n in &c.nodes {
+        assert_eq!(
+            data_objects(&n.dir),
+            0,
+            "data objects left in {}",
+            n.dir.display()
+        );
+    }
+}
+
+#[test]
+fn an_open_vdi_cannot_be_deleted() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let mut io = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write 0 4k",
+            "-c",
+            "sleep 3000",
+            &c.nbd_uri(0, "Bob"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-io is installed by scripts/test.sh");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.dog_ok(1, &["vm", "list", "-r"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = c.dog(1, &["vdi", "delete", "Bob"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("locked"),
+        "{o:?}"
+    );
+    io.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !c.dog_ok(1, &["vm", "list", "-r"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock outlived its writer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    c.dog_ok(1, &["vdi", "delete", "Bob"]);
+}
