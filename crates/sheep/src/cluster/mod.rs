@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod state;
+pub mod zookeeper;
 
 use state::{Event, JoinInfo, Message};
 use std::future::Future;
@@ -67,9 +68,15 @@ pub fn driver_from_option(opt: &str) -> Result<Arc<dyn Driver>, String> {
             let path = arg.filter(|a| !a.is_empty()).unwrap_or(local::DEFAULT_PATH);
             Ok(Arc::new(local::LocalDriver::new(path.into())))
         }
-        "zookeeper" | "corosync" | "shepherd" => Err(format!(
-            "cluster driver '{name}' is not supported yet; use 'local'"
+        "zookeeper" => {
+            let o = zookeeper::parse_options(arg.unwrap_or(""))?;
+            Ok(Arc::new(zookeeper::ZkDriver::new(o)))
+        }
+        "corosync" | "shepherd" => Err(format!(
+            "cluster driver '{name}' is not supported yet; use 'local' or 'zookeeper'"
         )),
-        other => Err(format!("unknown cluster driver '{other}' (known: local)")),
+        other => Err(format!(
+            "unknown cluster driver '{other}' (known: local, zookeeper)"
+        )),
     }
 }

@@ -52,12 +52,25 @@ pub struct Cluster {
     pub nodes: Vec<Sheep>,
     /// Options given to every sheep started from now on.
     pub args: Vec<String>,
+    /// `-c` option; the cluster's own local-driver file when `None`.
+    pub driver: Option<String>,
 }
 
 impl Cluster {
     /// Starts `n` sheep (zones 0..n) and waits until all are members.
     pub fn start(n: usize) -> Cluster {
         Cluster::start_with(n, &[])
+    }
+
+    /// Starts `n` sheep with the cluster driver option `driver` (`-c`).
+    pub fn start_driver(n: usize, driver: &str) -> Cluster {
+        let mut c = Cluster::start_with(0, &[]);
+        c.driver = Some(driver.to_string());
+        for i in 0..n {
+            c.add(i as u32);
+        }
+        c.wait_members(n);
+        c
     }
 
     /// Starts `n` sheep with extra options.
@@ -69,6 +82,7 @@ impl Cluster {
             shm,
             nodes: Vec::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            driver: None,
         };
         for i in 0..n {
             c.add(i as u32);
@@ -99,7 +113,11 @@ impl Cluster {
         let child = Command::new(bin("sheep"))
             .arg("-f")
             .arg("-c")
-            .arg(format!("local:{}", self.shm.display()))
+            .arg(
+                self.driver
+                    .clone()
+                    .unwrap_or_else(|| format!("local:{}", self.shm.display())),
+            )
             .arg("-p")
             .arg(n.port.to_string())
             .arg("-z")
@@ -118,7 +136,24 @@ impl Cluster {
             .spawn()
             .expect("spawn sheep");
         self.nodes[i].child = Some(child);
-        wait_port(self.nodes[i].port);
+        let port = self.nodes[i].port;
+        let err = self.tmp.path().join(format!("sheep{i}.err"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = self.nodes[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(&err).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "sheep {i} on port {port} did not start listening ({exited:?}):\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// kill -9 node `i`.

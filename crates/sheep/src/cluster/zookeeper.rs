@@ -1,0 +1,497 @@
+//! The `zookeeper` cluster driver: sheep on many machines coordinated through a ZooKeeper
+//! ensemble (`-c zookeeper:HOST:PORT[,HOST:PORT...][/CLUSTER_ID][,timeout=MS]`).
+//!
+//! Layout under `/sheepdog[/CLUSTER_ID]`: `member/<address:port>` ephemeral nodes (who is
+//! alive), `queue/e<seq>` persistent sequential nodes holding the events (JSON) in the
+//! cluster's total order, and `lock/` for the cluster-wide mutex (ZooKeeper's lock recipe).
+//! Like the local driver, a joiner reads the queue from its start and so rebuilds the same
+//! state; the history is cleared when a node starts and no member is alive. A member whose
+//! ephemeral node vanishes (killed, session expired) gets a leave event from the live member
+//! with the lowest address. A node whose own session expires stops serving at once (it starts
+//! itself again and rejoins as a new member): never a split brain.
+//!
+//! The client is `zookeeper-client`: async on tokio, maintained, with session-state watchers
+//! and the lock recipe built in. Owns: that layout. Never: object data.
+
+use super::state::{Event, JoinInfo, Message};
+use super::{BoxFut, ClusterError, Delivery, Driver, LockGuard};
+use proto::SdNode;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, OnceCell};
+use zookeeper_client as zk;
+
+/// Session timeout when the option does not give one (the original's default).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often membership and the queue are looked at even without a watch firing.
+const TICK: Duration = Duration::from_millis(500);
+/// Set in the environment of a sheep restarted after its session expired: it waits for
+/// ZooKeeper to come back instead of failing at once.
+const REJOIN_ENV: &str = "SHEEP_ZK_REJOIN";
+
+fn zerr(what: &str) -> impl FnOnce(zk::Error) -> ClusterError + '_ {
+    move |e| ClusterError::Other(format!("zookeeper: {what}: {e}"))
+}
+
+/// `HOST:PORT[,HOST:PORT...][/CLUSTER_ID][,timeout=MS]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub hosts: String,
+    pub base: String,
+    pub timeout: Duration,
+}
+
+pub fn parse_options(arg: &str) -> Result<Options, String> {
+    let mut hosts = Vec::new();
+    let mut timeout = DEFAULT_TIMEOUT;
+    let mut id = None;
+    for part in arg.split(',').filter(|p| !p.is_empty()) {
+        if let Some(ms) = part.strip_prefix("timeout=") {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| format!("bad zookeeper timeout '{ms}' (milliseconds)"))?;
+            timeout = Duration::from_millis(ms.max(1000));
+            continue;
+        }
+        let (host, cluster) = match part.split_once('/') {
+            Some((h, c)) => (h, Some(c)),
+            None => (part, None),
+        };
+        if let Some(c) = cluster {
+            if c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(format!("bad zookeeper cluster id '{c}'"));
+            }
+            id = Some(c.to_string());
+        }
+        if !host.contains(':') {
+            return Err(format!("zookeeper server '{host}' needs HOST:PORT"));
+        }
+        hosts.push(host.to_string());
+    }
+    if hosts.is_empty() {
+        return Err(
+            "zookeeper needs at least one server: -c zookeeper:HOST:PORT[,HOST:PORT...]".into(),
+        );
+    }
+    let base = match id {
+        Some(id) => format!("/sheepdog/{id}"),
+        None => "/sheepdog".to_string(),
+    };
+    Ok(Options {
+        hosts: hosts.join(","),
+        base,
+        timeout,
+    })
+}
+
+/// Sequence number of a queue node name (`e0000000042` -> 42).
+fn seq_of(name: &str) -> Option<u64> {
+    name.strip_prefix('e')?.parse().ok()
+}
+
+pub struct ZkDriver {
+    opts: Options,
+    client: OnceCell<zk::Client>,
+    me: Mutex<Option<SdNode>>,
+}
+
+impl ZkDriver {
+    pub fn new(opts: Options) -> ZkDriver {
+        ZkDriver {
+            opts,
+            client: OnceCell::new(),
+            me: Mutex::new(None),
+        }
+    }
+
+    fn path(&self, sub: &str) -> String {
+        format!("{}/{sub}", self.opts.base)
+    }
+
+    fn client(&self) -> Result<&zk::Client, ClusterError> {
+        self.client
+            .get()
+            .ok_or_else(|| ClusterError::Other("zookeeper: not connected".into()))
+    }
+
+    /// Connects, trying for up to one session timeout (for ever when rejoining).
+    async fn connect(&self) -> Result<zk::Client, ClusterError> {
+        let rejoin = std::env::var_os(REJOIN_ENV).is_some();
+        let give_up = tokio::time::Instant::now() + self.opts.timeout;
+        loop {
+            let r = zk::Client::connector()
+                .with_session_timeout(self.opts.timeout)
+                .with_connection_timeout(self.opts.timeout.min(Duration::from_secs(5)))
+                .with_fail_eagerly()
+                .connect(&self.opts.hosts)
+                .await;
+            match r {
+                Ok(c) => return Ok(c),
+                Err(e) if rejoin || tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(
+                        "zookeeper {} not reachable ({e}); retrying",
+                        self.opts.hosts
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(ClusterError::Other(format!(
+                        "cannot reach ZooKeeper at {}: {e}",
+                        self.opts.hosts
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Appends an event to the queue; returns its position.
+    async fn append(&self, ev: &Event) -> Result<u64, ClusterError> {
+        let c = self.client()?;
+        let data = serde_json::to_vec(ev).map_err(|e| ClusterError::Other(e.to_string()))?;
+        let opts = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        let (_, seq) = c
+            .create(&self.path("queue/e"), &data, &opts)
+            .await
+            .map_err(zerr("appending an event"))?;
+        Ok(seq.into_i64() as u64 + 1)
+    }
+
+    async fn take_lock(&self) -> Result<zk::OwnedLockClient, ClusterError> {
+        let c = self.client()?;
+        let dir = self.path("lock");
+        let prefix = zk::LockPrefix::new_curator(&dir, "lock-").map_err(zerr("lock path"))?;
+        let lock = c
+            .lock(prefix, b"", zk::LockOptions::new(zk::Acls::anyone_all()))
+            .await
+            .map_err(zerr("taking the cluster lock"))?;
+        Ok(lock.into_owned())
+    }
+}
+
+/// Members as the delivered events say (address -> node).
+type Tracked = Arc<Mutex<BTreeMap<String, SdNode>>>;
+
+/// Delivers every queue event after `last`, in order; returns the newest position.
+async fn deliver_new(
+    c: &zk::Client,
+    queue: &str,
+    last: u64,
+    tx: &mpsc::UnboundedSender<Delivery>,
+    tracked: &Tracked,
+) -> Result<u64, zk::Error> {
+    let mut names: Vec<(u64, String)> = c
+        .list_children(queue)
+        .await?
+        .into_iter()
+        .filter_map(|n| seq_of(&n).map(|s| (s + 1, n)))
+        .filter(|(s, _)| *s > last)
+        .collect();
+    names.sort();
+    let mut last = last;
+    for (seq, name) in names {
+        let data = match c.get_data(&format!("{queue}/{name}")).await {
+            Ok((d, _)) => d,
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => return Err(e),
+        };
+        let ev: Event = match serde_json::from_slice(&data) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::error!("zookeeper: unreadable event {name}: {e}");
+                last = seq;
+                continue;
+            }
+        };
+        {
+            let mut t = tracked.lock().unwrap_or_else(|e| e.into_inner());
+            match &ev {
+                Event::Join { node, .. } => {
+                    t.insert(node.nid.to_string(), *node);
+                }
+                Event::Leave { node } => {
+                    t.remove(&node.nid.to_string());
+                }
+                Event::Notify { .. } => {}
+            }
+        }
+        if tx.send((seq, ev)).is_err() {
+            return Ok(seq);
+        }
+        last = seq;
+    }
+    Ok(last)
+}
+
+impl Driver for ZkDriver {
+    fn start(
+        self: Arc<Self>,
+        me: SdNode,
+        info: JoinInfo,
+        tx: mpsc::UnboundedSender<Delivery>,
+    ) -> BoxFut<'static, Result<(), ClusterError>> {
+        Box::pin(async move {
+            let client = self.connect().await?;
+            let _ = self.client.set(client.clone());
+            *self.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+            let dir_opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+            for sub in ["queue", "member", "lock"] {
+                client
+                    .mkdir(&self.path(sub), &dir_opts)
+                    .await
+                    .map_err(zerr("creating the cluster's nodes"))?;
+            }
+            let me_path = self.path(&format!("member/{}", me.nid));
+            {
+                let _lock = self.take_lock().await?;
+                // A node of ours from a session that has not expired yet (a quick restart
+                // after kill -9) goes away by itself; another live sheep with our address
+                // does not.
+                let deadline =
+                    tokio::time::Instant::now() + self.opts.timeout + Duration::from_secs(2);
+                while client
+                    .check_stat(&me_path)
+                    .await
+                    .map_err(zerr("looking at members"))?
+                    .is_some()
+                {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(ClusterError::Other(format!(
+                            "a sheep with address {} is already a member of the cluster",
+                            me.nid
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let members = client
+                    .list_children(&self.path("member"))
+                    .await
+                    .map_err(zerr("listing members"))?;
+                if members.is_empty() {
+                    // Nobody alive: the history ends here, this node starts a new one.
+                    let queue = self.path("queue");
+                    for n in client
+                        .list_children(&queue)
+                        .await
+                        .map_err(zerr("listing events"))?
+                    {
+                        let _ = client.delete(&format!("{queue}/{n}"), None).await;
+                    }
+                }
+                let eph = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+                client
+                    .create(&me_path, &me.to_bytes(), &eph)
+                    .await
+                    .map_err(zerr("registering as a member"))?;
+                self.append(&Event::Join { node: me, info }).await?;
+            }
+            let tracked: Tracked = Arc::new(Mutex::new(BTreeMap::new()));
+            tokio::spawn(read_queue(
+                client.clone(),
+                self.path("queue"),
+                tx,
+                tracked.clone(),
+            ));
+            tokio::spawn(watch_members(self.clone(), me, tracked));
+            tokio::spawn(watch_session(client));
+            Ok(())
+        })
+    }
+
+    fn notify(&self, msg: Message) -> BoxFut<'_, Result<u64, ClusterError>> {
+        Box::pin(async move {
+            let from = self
+                .me
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ok_or_else(|| ClusterError::Other("zookeeper: not started".into()))?;
+            self.append(&Event::Notify { from, msg }).await
+        })
+    }
+
+    fn lock(&self) -> BoxFut<'_, Result<LockGuard, ClusterError>> {
+        Box::pin(async move {
+            let guard = self.take_lock().await?;
+            let seq = self.sync().await?;
+            Ok(LockGuard {
+                _inner: Box::new(guard),
+                seq,
+            })
+        })
+    }
+
+    fn sync(&self) -> BoxFut<'_, Result<u64, ClusterError>> {
+        Box::pin(async move {
+            let c = self.client()?;
+            let queue = self.path("queue");
+            c.sync(&queue).await.map_err(zerr("sync"))?;
+            let names = c
+                .list_children(&queue)
+                .await
+                .map_err(zerr("listing events"))?;
+            Ok(names
+                .iter()
+                .filter_map(|n| seq_of(n))
+                .map(|s| s + 1)
+                .max()
+                .unwrap_or(0))
+        })
+    }
+
+    fn leave(&self) -> BoxFut<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            let me = *self.me.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(me) = me {
+                self.append(&Event::Leave { node: me }).await?;
+                let c = self.client()?;
+                let _ = c
+                    .delete(&self.path(&format!("member/{}", me.nid)), None)
+                    .await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Delivers the queue, from its start, then every new event, in order.
+async fn read_queue(
+    c: zk::Client,
+    queue: String,
+    tx: mpsc::UnboundedSender<Delivery>,
+    tracked: Tracked,
+) {
+    let mut last = 0u64;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let watcher = match c.list_and_watch_children(&queue).await {
+            Ok((_, w)) => Some(w),
+            Err(e) => {
+                tracing::warn!("zookeeper: watching events: {e}");
+                None
+            }
+        };
+        match deliver_new(&c, &queue, last, &tx, &tracked).await {
+            Ok(l) => last = l,
+            Err(e) => tracing::warn!("zookeeper: reading events: {e}"),
+        }
+        match watcher {
+            Some(w) => {
+                let _ = tokio::time::timeout(TICK, w.changed()).await;
+            }
+            None => tokio::time::sleep(TICK).await,
+        }
+    }
+}
+
+/// Appends a leave for members whose ephemeral node vanished; the live member with the lowest
+/// address does it, so each loss is announced once.
+async fn watch_members(d: Arc<ZkDriver>, me: SdNode, tracked: Tracked) {
+    let members = d.path("member");
+    let mut announced: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let Ok(c) = d.client() else { return };
+        let (live, watcher) = match c.list_and_watch_children(&members).await {
+            Ok((l, w)) => (l, Some(w)),
+            Err(e) => {
+                tracing::warn!("zookeeper: watching members: {e}");
+                (Vec::new(), None)
+            }
+        };
+        if watcher.is_some() {
+            let live: BTreeSet<String> = live.into_iter().collect();
+            let lowest = live.iter().next().cloned();
+            let vanished: Vec<SdNode> = tracked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(k, _)| !live.contains(*k))
+                .map(|(_, n)| *n)
+                .collect();
+            announced.retain(|k| !live.contains(k));
+            if lowest.as_deref() == Some(&me.nid.to_string()) {
+                for node in vanished {
+                    let key = node.nid.to_string();
+                    if announced.insert(key.clone()) {
+                        tracing::info!("zookeeper: {key} is gone");
+                        if let Err(e) = d.append(&Event::Leave { node }).await {
+                            tracing::warn!("announcing that {key} left: {e}");
+                            announced.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        match watcher {
+            Some(w) => {
+                let _ = tokio::time::timeout(TICK, w.changed()).await;
+            }
+            None => tokio::time::sleep(TICK).await,
+        }
+    }
+}
+
+/// A node cut off from ZooKeeper for longer than its session timeout may have been declared
+/// dead by the others: it stops serving at once and starts again as a new member.
+async fn watch_session(c: zk::Client) {
+    // The timeout the server granted, which may differ from the one asked for.
+    let timeout = c.session_timeout();
+    let mut states = c.state_watcher();
+    loop {
+        let state = states.changed().await;
+        match state {
+            zk::SessionState::Disconnected => {
+                tracing::warn!("zookeeper: connection lost; the session expires in {timeout:?}");
+                match tokio::time::timeout(timeout, states.changed()).await {
+                    Ok(zk::SessionState::SyncConnected) => {
+                        tracing::info!("zookeeper: connection back");
+                        continue;
+                    }
+                    Ok(zk::SessionState::Expired) | Err(_) => restart("session expired"),
+                    Ok(other) => tracing::warn!("zookeeper: session {other:?}"),
+                }
+            }
+            zk::SessionState::Expired | zk::SessionState::Closed => restart("session expired"),
+            other => tracing::info!("zookeeper: session {other:?}"),
+        }
+    }
+}
+
+/// Stops serving by replacing this process with a fresh start of the same sheep.
+fn restart(why: &str) -> ! {
+    tracing::error!("zookeeper {why}: this node stops serving I/O and rejoins as a new member");
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new("/proc/self/exe")
+            .args(args)
+            .env(REJOIN_ENV, "1"),
+    );
+    tracing::error!("cannot restart sheep: {err}");
+    std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_as_the_original() {
+        let o = parse_options("10.0.0.1:2181,10.0.0.2:2181/prod,timeout=5000").unwrap();
+        assert_eq!(o.hosts, "10.0.0.1:2181,10.0.0.2:2181");
+        assert_eq!(o.base, "/sheepdog/prod");
+        assert_eq!(o.timeout, Duration::from_millis(5000));
+        let o = parse_options("127.0.0.1:2181").unwrap();
+        assert_eq!((o.base.as_str(), o.timeout), ("/sheepdog", DEFAULT_TIMEOUT));
+        assert!(parse_options("").is_err());
+        assert!(parse_options("localhost").is_err());
+        assert!(parse_options("h:1,timeout=x").is_err());
+        assert!(parse_options("h:1/bad id").is_err());
+        assert_eq!(seq_of("e0000000042"), Some(42));
+        assert_eq!(seq_of("lock"), None);
+    }
+}
