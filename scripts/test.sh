@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Real clients the tests drive: qemu-img/qemu-io (qemu-utils), nbdinfo/nbdcopy (libnbd-bin),
-# fio with its nbd engine, a standalone ZooKeeper (Debian's zookeeper package).
+# fio with its nbd engine, a standalone ZooKeeper (Debian's zookeeper package), corosync.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v cc >/dev/null || need+=(gcc)
@@ -12,6 +12,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v nbdinfo >/dev/null || need+=(libnbd-bin)
   command -v fio >/dev/null || need+=(fio)
   [ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+  command -v corosync >/dev/null || need+=(corosync)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

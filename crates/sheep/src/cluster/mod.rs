@@ -4,6 +4,7 @@
 //! cluster-wide mutex, and notices dead members. `state` turns the events into membership,
 //! epochs and configuration. Owns: ordering and membership. Never: object data.
 
+pub mod corosync;
 pub mod local;
 pub mod state;
 pub mod zookeeper;
@@ -57,6 +58,30 @@ pub trait Driver: Send + Sync + 'static {
     fn leave(&self) -> BoxFut<'_, Result<(), ClusterError>>;
 }
 
+/// Set in the environment of a sheep that restarted itself after losing the cluster engine:
+/// it waits for the engine to come back instead of failing at once.
+const REJOIN_ENV: &str = "SHEEP_REJOIN";
+
+/// Whether this process is such a restart.
+pub(crate) fn rejoining() -> bool {
+    std::env::var_os(REJOIN_ENV).is_some()
+}
+
+/// A node that may have been declared dead by the others (session expired, quorum lost) stops
+/// serving at once: this process is replaced by a fresh start of the same sheep, which rejoins
+/// as a new member once the engine is back. Never a split brain.
+pub(crate) fn restart_self(why: &str) -> ! {
+    tracing::error!("{why}: this node stops serving I/O and rejoins as a new member");
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new("/proc/self/exe")
+            .args(args)
+            .env(REJOIN_ENV, "1"),
+    );
+    tracing::error!("cannot restart sheep: {err}");
+    std::process::exit(1)
+}
+
 /// Builds the driver named by `-c DRIVER[:OPTIONS]`.
 pub fn driver_from_option(opt: &str) -> Result<Arc<dyn Driver>, String> {
     let (name, arg) = match opt.split_once(':') {
@@ -72,11 +97,12 @@ pub fn driver_from_option(opt: &str) -> Result<Arc<dyn Driver>, String> {
             let o = zookeeper::parse_options(arg.unwrap_or(""))?;
             Ok(Arc::new(zookeeper::ZkDriver::new(o)))
         }
-        "corosync" | "shepherd" => Err(format!(
-            "cluster driver '{name}' is not supported yet; use 'local' or 'zookeeper'"
+        "corosync" => Ok(Arc::new(corosync::CorosyncDriver::new(arg)?)),
+        "shepherd" => Err(format!(
+            "cluster driver '{name}' is not supported; use 'local', 'zookeeper' or 'corosync'"
         )),
         other => Err(format!(
-            "unknown cluster driver '{other}' (known: local, zookeeper)"
+            "unknown cluster driver '{other}' (known: local, zookeeper, corosync)"
         )),
     }
 }

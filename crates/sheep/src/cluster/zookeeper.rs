@@ -26,9 +26,6 @@ use zookeeper_client as zk;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often membership and the queue are looked at even without a watch firing.
 const TICK: Duration = Duration::from_millis(500);
-/// Set in the environment of a sheep restarted after its session expired: it waits for
-/// ZooKeeper to come back instead of failing at once.
-const REJOIN_ENV: &str = "SHEEP_ZK_REJOIN";
 
 fn zerr(what: &str) -> impl FnOnce(zk::Error) -> ClusterError + '_ {
     move |e| ClusterError::Other(format!("zookeeper: {what}: {e}"))
@@ -121,7 +118,7 @@ impl ZkDriver {
 
     /// Connects, trying for up to one session timeout (for ever when rejoining).
     async fn connect(&self) -> Result<zk::Client, ClusterError> {
-        let rejoin = std::env::var_os(REJOIN_ENV).is_some();
+        let rejoin = super::rejoining();
         let give_up = tokio::time::Instant::now() + self.opts.timeout;
         loop {
             let r = zk::Client::connector()
@@ -452,27 +449,18 @@ async fn watch_session(c: zk::Client) {
                         tracing::info!("zookeeper: connection back");
                         continue;
                     }
-                    Ok(zk::SessionState::Expired) | Err(_) => restart("session expired"),
+                    Ok(zk::SessionState::Expired) | Err(_) => {
+                        super::restart_self("zookeeper session expired")
+                    }
                     Ok(other) => tracing::warn!("zookeeper: session {other:?}"),
                 }
             }
-            zk::SessionState::Expired | zk::SessionState::Closed => restart("session expired"),
+            zk::SessionState::Expired | zk::SessionState::Closed => {
+                super::restart_self("zookeeper session expired")
+            }
             other => tracing::info!("zookeeper: session {other:?}"),
         }
     }
-}
-
-/// Stops serving by replacing this process with a fresh start of the same sheep.
-fn restart(why: &str) -> ! {
-    tracing::error!("zookeeper {why}: this node stops serving I/O and rejoins as a new member");
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let err = std::os::unix::process::CommandExt::exec(
-        std::process::Command::new("/proc/self/exe")
-            .args(args)
-            .env(REJOIN_ENV, "1"),
-    );
-    tracing::error!("cannot restart sheep: {err}");
-    std::process::exit(1)
 }
 
 #[cfg(test)]

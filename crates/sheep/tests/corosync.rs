@@ -1,0 +1,126 @@
+//! The `corosync` cluster driver with one real corosync daemon on loopback (Debian's corosync
+//! package) and three sheep processes in its CPG group: format, write, read, kill, recovery.
+
+mod common;
+
+use common::{pattern, Cluster};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONF: &str = "totem {
+  version: 2
+  cluster_name: sheepdog-test
+  transport: knet
+  crypto_cipher: none
+  crypto_hash: none
+}
+nodelist {
+  node {
+    ring0_addr: 127.0.0.1
+    nodeid: 1
+  }
+}
+quorum {
+  provider: corosync_votequorum
+}
+logging {
+  to_stderr: yes
+  to_syslog: no
+  to_logfile: no
+}
+";
+
+/// A corosync daemon owned by the test, killed by PID at the end.
+struct Corosync(Child);
+
+impl Corosync {
+    fn start(dir: &Path) -> Corosync {
+        let corosync = ["/usr/sbin/corosync", "/usr/bin/corosync"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("corosync is not installed: scripts/test.sh installs Debian's corosync");
+        let running = Command::new("pgrep").args(["-x", "corosync"]).output();
+        assert!(
+            !running.is_ok_and(|o| o.status.success()),
+            "a corosync daemon already runs on this machine; the test needs its own"
+        );
+        let conf = dir.join("corosync.conf");
+        std::fs::write(&conf, CONF).unwrap();
+        let log = std::fs::File::create(dir.join("corosync.log")).unwrap();
+        let child = Command::new(corosync)
+            .arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start corosync");
+        let cs = Corosync(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let q = Command::new("corosync-quorumtool").arg("-s").output();
+            if q.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Quorate:          Yes"))
+            {
+                return cs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corosync did not become quorate: {}",
+                std::fs::read_to_string(dir.join("corosync.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Corosync {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn three_sheep_in_one_cpg_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cs = Corosync::start(dir.path());
+    let group = format!("corosync:sheepdog-{}", std::process::id());
+    let mut c = Cluster::start_driver(3, &group);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(1, &["vdi", "create", "Alice", "1G"]);
+    let data = pattern(16 << 20, 4);
+    let input = c.tmp.path().join("data");
+    std::fs::write(&input, &data).unwrap();
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    assert!(c.dog(2, &["vdi", "read", "Alice", "0", "16M"]).stdout == data);
+
+    // A sheep killed with -9 leaves the group at once; the others recover without it.
+    c.kill(2);
+    c.wait_members(2);
+    assert!(c.dog(1, &["vdi", "read", "Alice", "0", "16M"]).stdout == data);
+    let info = c.dog_ok(0, &["cluster", "info"]);
+    assert!(info.contains("Cluster status: running"), "{info}");
+
+    // It comes back: the group hands it the history, it catches up.
+    c.restart(2);
+    c.wait_members(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = c.dog(2, &["vdi", "read", "Alice", "0", "16M"]);
+        if o.status.success() {
+            assert!(o.stdout == data);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no read through the returned node"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.dog_ok(0, &["vdi", "list", "-r"]).lines().count(), 1);
+}
