@@ -85,6 +85,29 @@ impl Drop for Corosync {
 #[test]
 fn three_sheep_in_one_cpg_group() {
     let dir = tempfile::tempdir().unwrap();
+    // Without corosync: a clear error, a non-zero exit, nothing written.
+    let st = dir.path().join("lonely");
+    let out = Command::new(common::bin("sheep"))
+        .args([
+            "-f",
+            "-c",
+            "corosync",
+            "-p",
+            &common::free_port().to_string(),
+        ])
+        .args(["--nbd-port", "0"])
+        .arg(&st)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach corosync"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(st.join("obj"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
     let _cs = Corosync::start(dir.path());
     let group = format!("corosync:sheepdog-{}", std::process::id());
     let mut c = Cluster::start_driver(3, &group);
