@@ -12,13 +12,13 @@ use proto::inode::SD_INODE_HEADER_SIZE;
 use proto::{flags, opcode, Header, Oid, SdResult, Vid};
 use std::io::{Read, Write};
 
-/// Offsets in the inode and in `struct sheepdog_vdi_attr`.
+use proto::attr::{
+    KEY as ATTR_KEY, MAX_VALUE as ATTR_MAX_VALUE, SNAP_ID as ATTR_SNAP_ID, VALUE as ATTR_VALUE,
+    VALUE_LEN as ATTR_VALUE_LEN,
+};
+
+/// Offset of the tag in the inode.
 const INODE_TAG: u64 = 256;
-const ATTR_SNAP_ID: usize = 520;
-const ATTR_VALUE_LEN: usize = 524;
-const ATTR_KEY: usize = 528;
-const ATTR_VALUE: usize = 784;
-const ATTR_MAX_VALUE: usize = 65536;
 
 fn name_arg<'a>(ctx: &'a Ctx<'_>) -> Res<&'a str> {
     ctx.arg(0).ok_or_else(|| Fail::usage(""))

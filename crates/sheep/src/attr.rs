@@ -13,13 +13,7 @@ use proto::hash::{fnv64a, sd_hash_vdi, FNV1A_64_INIT};
 use proto::{Oid, SdResult, Vid};
 use std::sync::Arc;
 
-const NAME: usize = 0;
-const TAG: usize = 256;
-const CTIME: usize = 512;
-const SNAP_ID: usize = 520;
-const KEY: usize = 528;
-const KEY_LEN: usize = 256;
-const HEADER: usize = 784;
+use proto::attr::{CTIME, KEY, KEY_LEN, NAME, SNAP_ID, TAG, VALUE as HEADER};
 
 /// What the request asks: find, create (or overwrite), create only if absent, delete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
