@@ -51,7 +51,14 @@ pub async fn local(
     if matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. }) && !node.store.exists(oid) {
         match crate::recovery::fetch_now(node, view, oid).await {
             Ok(()) | Err(SdResult::NO_OBJ) => {}
-            Err(e) => tracing::warn!("recovering {oid} for a request: {e}"),
+            Err(e) => {
+                tracing::debug!("recovering {oid} for a request: {e}");
+                // Membership is moving: a write is tried again at the newest epoch; a read
+                // goes on to another copy.
+                if matches!(op, StoreOp::Write { .. }) {
+                    return Err(SdResult::NEW_NODE_VER);
+                }
+            }
         }
     }
     let store = node.store.clone();
@@ -128,6 +135,11 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
     }
     match local(node, &view, oid, op).await {
         Ok(d) => (SdResult::SUCCESS, d),
+        // The epoch changed under the request (its object may have moved aside): the gateway
+        // retries at the new one rather than reporting a missing object.
+        Err(SdResult::NO_OBJ) if node.epoch() != view.state.epoch => {
+            (SdResult::OLD_NODE_VER, Vec::new())
+        }
         Err(e) => (e, Vec::new()),
     }
 }

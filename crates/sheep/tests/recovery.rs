@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{pattern, Cluster};
+use common::{pattern, rt, Cluster};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -72,6 +72,36 @@ fn wait_recovered(c: &Cluster, want: usize) {
     }
 }
 
+/// Every live node holds exactly the copies the ring gives it (its share; the ring's balance
+/// is checked by the unit tests).
+fn assert_placement(c: &Cluster, copies: usize) {
+    let nodes: Vec<proto::SdNode> = rt().block_on(async {
+        let conn = c.conn(0).await;
+        let r = conn
+            .read(
+                proto::Header::request(proto::opcode::GET_NODE_LIST),
+                80 * 64,
+            )
+            .await
+            .unwrap();
+        proto::SdNode::decode_list(&r.data)
+    });
+    let ring = sheep::ring::Ring::new(&nodes);
+    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+        let mine: Vec<String> = objects(&n.dir);
+        for o in &mine {
+            let oid = proto::Oid(u64::from_str_radix(o, 16).unwrap());
+            assert!(
+                ring.placement(oid, copies)
+                    .iter()
+                    .any(|p| p.nid.port == n.port),
+                "port {} holds {o}, which the ring gives to others",
+                n.port
+            );
+        }
+    }
+}
+
 fn read_all(c: &Cluster, i: usize, len: &str) -> Vec<u8> {
     let o = c.dog(i, &["vdi", "read", "Alice", "0", len]);
     assert!(
@@ -117,6 +147,7 @@ fn nodes_die_join_and_come_back_and_no_byte_is_lost() {
     let n4 = c.add(4);
     c.wait_members(4);
     wait_recovered(&c, 3);
+    assert_placement(&c, 3);
     assert!(
         !objects(&c.nodes[n4].dir).is_empty(),
         "nothing moved to the new node"
@@ -341,5 +372,34 @@ fn a_cluster_short_of_nodes_starts_with_recover_force() {
     while child.try_wait().expect("wait").is_none() {
         assert!(Instant::now() < deadline, "node 1 was not killed");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_nodes_killed_one_after_the_other_during_recovery() {
+    let mut c = Cluster::start(5);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
+    let data = pattern(48 << 20, 12);
+    let input = write_file(&c, "data", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    wait_recovered(&c, 3);
+    // Slow recovery down so that the second loss lands in the middle of it.
+    c.dog_ok(0, &["cluster", "recover", "throttle", "1", "200"]);
+    c.kill(1);
+    c.wait_members(4);
+    c.kill(3);
+    c.wait_members(3);
+    for i in [0, 2, 4] {
+        assert!(read_all(&c, i, "48M") == data, "node {i} during recovery");
+    }
+    c.dog_ok(0, &["cluster", "recover", "throttle", "8", "0"]);
+    wait_recovered(&c, 3);
+    assert_placement(&c, 3);
+    for i in [0, 2, 4] {
+        assert!(read_all(&c, i, "48M") == data, "node {i}");
     }
 }
