@@ -33,6 +33,7 @@ pub enum Action {
     VdiTree,
     VdiSetattr,
     VdiGetattr,
+    VdiLockUnlock,
 }
 
 pub struct OptDef {
@@ -194,7 +195,38 @@ static VDI_OBJECT_SUBS: &[Sub] = &[
     ),
 ];
 
+static VDI_LOCK_SUBS: &[Sub] = &[
+    sub(
+        "list",
+        None,
+        "aprhTJ",
+        "list the locked VDIs and their holders",
+        false,
+        false,
+        Action::VmList,
+    ),
+    sub(
+        "unlock",
+        None,
+        "aphT",
+        "unlock a VDI whose holder is gone",
+        true,
+        false,
+        Action::VdiLockUnlock,
+    ),
+];
+
 static VDI_SUBS: &[Sub] = &[
+    Sub {
+        name: "lock",
+        arg: Some("<vdiname>"),
+        opts: "saprhTJ",
+        desc: "show or release the locks of images",
+        need_arg: false,
+        need_nodelist: false,
+        action: None,
+        subs: VDI_LOCK_SUBS,
+    },
     sub(
         "create",
         Some("<vdiname> <size>"),

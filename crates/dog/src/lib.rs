@@ -173,6 +173,7 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiRead => vdi_rw::read(&ctx).await,
         Action::VdiWrite => vdi_rw::write(&ctx).await,
         Action::VmList => vm::list(&ctx).await,
+        Action::VdiLockUnlock => vm::unlock(&ctx).await,
         Action::NodeRecovery => recover::node_recovery(&ctx).await,
         Action::NodeKill => recover::node_kill(&ctx).await,
         Action::ClusterRecover => recover::cluster_recover(&ctx).await,

@@ -1,9 +1,13 @@
-//! `dog vm list`: the VDIs open for writing (their lock), by which client, through which
-//! node. Owns: that command's request (GET_VDI_LOCKS) and output. Never: taking locks.
+//! `dog vm list` and `dog vdi lock list / unlock`: the VDIs open (locked), by which client,
+//! through which node; and dropping a lock whose holder is gone for good.
+//! Owns: these commands' requests (GET_VDI_LOCKS, RELEASE_VDI) and output. Never: taking locks.
 
-use crate::error::{failed, Res, EXIT_SYSFAIL};
+use crate::error::{failed, Fail, Res, EXIT_FAILURE, EXIT_SYSFAIL};
 use crate::lookup;
-use crate::Ctx;
+use crate::{fmt, Ctx};
+
+/// RELEASE_VDI flag of this implementation: drop every holder (see sheep's ops).
+const FLAG_FORCE_RELEASE: u16 = 0x800;
 use proto::vdi_lock::{LockRecord, LOCK_RECORD_SIZE};
 use proto::{opcode, Header};
 use serde_json::json;
@@ -28,20 +32,22 @@ pub async fn list(ctx: &Ctx<'_>) -> Res<()> {
     }
     let mut rows = Vec::new();
     for l in LockRecord::decode_list(&r.data) {
-        let name = match lookup::read_inode(&ctx.sheep, l.vid, false).await? {
-            Ok(i) => i.name(),
-            Err(_) => String::new(),
+        let (name, size, used) = match lookup::read_inode(&ctx.sheep, l.vid, true).await? {
+            Ok(i) => (i.name(), i.hdr.vdi_size, i.stat().0 * i.object_size()),
+            Err(_) => (String::new(), 0, 0),
         };
-        rows.push((name, l));
+        rows.push((name, size, used, l));
     }
-    rows.sort_by(|a, b| (&a.0, a.1.vid, &a.1.client).cmp(&(&b.0, b.1.vid, &b.1.client)));
+    rows.sort_by(|a, b| (&a.0, a.3.vid, &a.3.client).cmp(&(&b.0, b.3.vid, &b.3.client)));
     let o = ctx.opts;
     if o.json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(name, l)| {
+            .map(|(name, size, used, l)| {
                 json!({
                     "name": name,
+                    "size": size,
+                    "used": used,
                     "vdi_id": format!("{:x}", l.vid),
                     "mode": mode(l),
                     "client": l.client,
@@ -54,18 +60,20 @@ pub async fn list(ctx: &Ctx<'_>) -> Res<()> {
     }
     if !o.raw {
         outln!(
-            "  {:<16} {:>8}  {:<9}  {:<24} {}",
+            "  {:<16} {:>8} {:>7} {:>7}  {:<9}  {:<28} {}",
             "Name",
             "VDI id",
+            "Size",
+            "Used",
             "Mode",
             "Client",
             "Node"
         );
     }
-    for (name, l) in &rows {
+    for (name, size, used, l) in &rows {
         if o.raw {
             outln!(
-                "{name} {:x} {} {} {}",
+                "{name} {:x} {size} {used} {} {} {}",
                 l.vid,
                 mode(l),
                 l.client.replace(' ', "_"),
@@ -73,14 +81,35 @@ pub async fn list(ctx: &Ctx<'_>) -> Res<()> {
             );
         } else {
             outln!(
-                "  {:<16} {:>8x}  {:<9}  {:<24} {}",
+                "  {:<16} {:>8x} {:>7} {:>7}  {:<9}  {:<28} {}",
                 name,
                 l.vid,
+                fmt::size(*size, false),
+                fmt::size(*used, false),
                 mode(l),
                 l.client,
                 l.node
             );
         }
+    }
+    Ok(())
+}
+
+/// `dog vdi lock unlock NAME`: drops every holder of the VDI's lock.
+pub async fn unlock(ctx: &Ctx<'_>) -> Res<()> {
+    let name = ctx.arg(0).ok_or_else(|| Fail::usage(""))?;
+    let vid = lookup::find_vid(&ctx.sheep, name, &ctx.opts.snapshot)
+        .await?
+        .map_err(|e| failed(&format!("Failed to open VDI {name}"), e, EXIT_FAILURE))?;
+    let mut h = Header::request(opcode::RELEASE_VDI);
+    h.set_base_vdi_id(vid).add_flags(FLAG_FORCE_RELEASE);
+    let r = ctx.sheep.call(h).await?;
+    if !r.result().is_ok() {
+        return Err(failed(
+            &format!("Failed to unlock {name}"),
+            r.result(),
+            EXIT_FAILURE,
+        ));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! namespace, the cluster driver or this node's own state. Owns: per-opcode argument checks
 //! and response fields. Never: socket I/O (the server hands requests in and answers out).
 
-use crate::cluster::state::{Format, Message, Status};
+use crate::cluster::state::{Format, LockHolder, Message, Status};
 use crate::node::{now_secs, Node};
 use crate::{gateway, peer, vdi};
 use bytes::Bytes;
@@ -19,10 +19,106 @@ pub struct Reply {
     pub data: Vec<u8>,
 }
 
+/// The client of one connection, as VDI locks know it.
+pub struct Client {
+    name: String,
+    /// VDIs this connection locked (LOCK_VDI on a cluster formatted with `--lock`).
+    locks: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+impl Client {
+    pub fn new(name: String) -> Client {
+        Client {
+            name,
+            locks: Default::default(),
+        }
+    }
+
+    fn holder(&self, node: &Node) -> LockHolder {
+        LockHolder {
+            node: node.me.nid.to_string(),
+            client: self.name.clone(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u32>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Releases every VDI lock `client` holds (its connection closed).
+pub async fn release_all(node: &Arc<Node>, client: &Client) {
+    let vids: Vec<u32> = std::mem::take(&mut *client.held()).into_iter().collect();
+    for vid in vids {
+        let holder = client.holder(node);
+        if let Err(e) = node.notify(Message::Unlock { vid, holder }).await {
+            tracing::warn!("releasing the lock of {vid:x}: {e}");
+        }
+    }
+}
+
+/// Request flag (an extension of this implementation) of `dog vdi lock unlock`: RELEASE_VDI
+/// drops every holder of the VDI.
+pub const FLAG_FORCE_RELEASE: u16 = 0x800;
+
+/// LOCK_VDI: with the cluster formatted `--lock`, the VDI is locked for this client, cluster
+/// wide; a second opener gets VDI_LOCKED (shared locks, `vdi.type` 1, may stack).
+async fn lock_vdi(
+    node: &Arc<Node>,
+    client: &Client,
+    req: &Header,
+    vid: u32,
+) -> Result<(), SdResult> {
+    let view = node.view();
+    if view.state.format.flags & cluster_flags::USE_LOCK == 0 || client.held().contains(&vid) {
+        return Ok(());
+    }
+    let holder = client.holder(node);
+    let msg = Message::Lock {
+        vid,
+        holder: holder.clone(),
+        shared: req.lock_type() == 1,
+    };
+    node.notify(msg)
+        .await
+        .map_err(|_| SdResult::CLUSTER_ERROR)?;
+    let got = node
+        .view()
+        .state
+        .locks
+        .get(&vid)
+        .is_some_and(|l| l.holders.contains(&holder));
+    if !got {
+        return Err(SdResult::VDI_LOCKED);
+    }
+    client.held().insert(vid);
+    Ok(())
+}
+
+/// RELEASE_VDI: lets go of this client's lock of `vdi.base_vdi_id`; with the force flag, of
+/// every holder's (`dog vdi lock unlock`).
+async fn release_vdi(node: &Arc<Node>, client: &Client, req: &Header) -> Result<(), SdResult> {
+    let vid = req.base_vdi_id();
+    let msg = if req.has_flag(FLAG_FORCE_RELEASE) {
+        if !node.view().state.locks.contains_key(&vid) {
+            return Err(SdResult::VDI_NOT_LOCKED);
+        }
+        Message::ForceUnlock { vid }
+    } else if client.held().remove(&vid) {
+        Message::Unlock {
+            vid,
+            holder: client.holder(node),
+        }
+    } else {
+        return Ok(());
+    };
+    node.notify(msg).await.map_err(|_| SdResult::CLUSTER_ERROR)
+}
+
 /// Runs one request. `data` is the request payload (empty unless WRITE was set).
-pub async fn handle(node: &Arc<Node>, req: &Header, data: Bytes) -> Reply {
+pub async fn handle(node: &Arc<Node>, client: &Client, req: &Header, data: Bytes) -> Reply {
     let mut rsp = Header::response_to(req, node.epoch(), SdResult::SUCCESS);
-    let out = run(node, req, data, &mut rsp).await;
+    let out = run(node, client, req, data, &mut rsp).await;
     let data = match out {
         Ok(d) => d,
         Err(e) => {
@@ -36,7 +132,13 @@ pub async fn handle(node: &Arc<Node>, req: &Header, data: Bytes) -> Reply {
 
 type Out = Result<Vec<u8>, SdResult>;
 
-async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> Out {
+async fn run(
+    node: &Arc<Node>,
+    client: &Client,
+    req: &Header,
+    data: Bytes,
+    rsp: &mut Header,
+) -> Out {
     // Catch up with the cluster before answering "not formatted" or "waiting".
     let _ = node.gate_synced(true).await;
     match req.opcode() {
@@ -80,6 +182,9 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
             let view = node.gate(false)?;
             let (name, tag) = vdi::parse_name_tag(&data)?;
             let h = vdi::find(node, &view, &name, &tag, req.snapid()).await?;
+            if req.opcode() == opcode::LOCK_VDI {
+                lock_vdi(node, client, req, h.vdi_id).await?;
+            }
             rsp.set_rsp_vdi_id(h.vdi_id)
                 .set_rsp_vdi_copies(h.nr_copies)
                 .set_rsp_vdi_block_size_shift(h.block_size_shift);
@@ -87,7 +192,7 @@ async fn run(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> O
         }
         opcode::RELEASE_VDI => {
             node.gate(false)?;
-            Ok(Vec::new())
+            release_vdi(node, client, req).await.map(|_| Vec::new())
         }
         opcode::DEL_VDI => {
             node.gate(false)?;

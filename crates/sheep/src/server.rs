@@ -12,13 +12,17 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, Semaphore};
 
+/// Numbers the unix-socket connections, which have no address to tell them apart.
+static CONN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Requests one connection may have in flight; more wait for a slot (back-pressure).
 const MAX_INFLIGHT: usize = 128;
 /// Serves one client connection until it closes.
-pub async fn serve_conn<S>(node: Arc<Node>, stream: S)
+pub async fn serve_conn<S>(node: Arc<Node>, stream: S, client: String)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let client = Arc::new(ops::Client::new(client));
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<ops::Reply>(MAX_INFLIGHT);
     let writer = tokio::spawn(async move {
@@ -73,8 +77,9 @@ where
         };
         let node = node.clone();
         let tx = tx.clone();
+        let client = client.clone();
         tokio::spawn(async move {
-            let mut reply = ops::handle(&node, &req, data).await;
+            let mut reply = ops::handle(&node, &client, &req, data).await;
             // Never more payload than asked for, and none for writes (QEMU's reading rules).
             if req.has_flag(flags::CMD_WRITE) {
                 reply.data.clear();
@@ -88,6 +93,9 @@ where
     }
     drop(tx);
     let _ = writer.await;
+    // A client that goes away lets its VDIs go.
+    let _ = slots.acquire_many(MAX_INFLIGHT as u32).await;
+    ops::release_all(&node, &client).await;
 }
 
 /// Accepts TCP connections until the node stops.
@@ -95,9 +103,9 @@ pub async fn listen_tcp(node: Arc<Node>, listener: tokio::net::TcpListener) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => {
+                Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
-                    tokio::spawn(serve_conn(node.clone(), s));
+                    tokio::spawn(serve_conn(node.clone(), s, format!("sheepdog {peer}")));
                 }
                 Err(e) => {
                     tracing::warn!("accept: {e}");
@@ -114,7 +122,10 @@ pub async fn listen_unix(node: Arc<Node>, listener: tokio::net::UnixListener) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => { tokio::spawn(serve_conn(node.clone(), s)); }
+                Ok((s, _)) => {
+                    let n = CONN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::spawn(serve_conn(node.clone(), s, format!("sheepdog unix #{n}")));
+                }
                 Err(e) => {
                     tracing::warn!("accept (unix): {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

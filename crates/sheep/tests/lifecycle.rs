@@ -185,3 +185,39 @@ fn an_open_vdi_cannot_be_deleted() {
     }
     c.dog_ok(1, &["vdi", "delete", "Bob"]);
 }
+
+#[test]
+fn sheepdog_protocol_locks_on_a_cluster_formatted_with_lock() {
+    use proto::{opcode, Header, SdResult};
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2", "-l"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
+    async fn lock(conn: &client::Connection) -> SdResult {
+        let h = Header::request(opcode::LOCK_VDI);
+        let payload = proto::padded(b"Alice", 256).unwrap();
+        conn.write(h, payload.into()).await.unwrap().result()
+    }
+    common::rt().block_on(async {
+        let first = c.conn(0).await;
+        let second = c.conn(1).await;
+        assert_eq!(lock(&first).await, SdResult::SUCCESS);
+        assert_eq!(lock(&second).await, SdResult::VDI_LOCKED, "a second opener");
+        let list = c.dog_ok(1, &["vdi", "lock", "list", "-r"]);
+        assert!(list.starts_with("Alice 15d167 "), "{list}");
+        // The holder goes away: its lock goes with it.
+        drop(first);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while lock(&second).await != SdResult::SUCCESS {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock outlived its client"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // dog vdi lock unlock drops a lock whose holder is gone for good.
+        c.dog_ok(0, &["vdi", "lock", "unlock", "Alice"]);
+        assert_eq!(c.dog_ok(0, &["vdi", "lock", "list", "-r"]), "");
+        let o = c.dog(0, &["vdi", "lock", "unlock", "Alice"]);
+        assert!(!o.status.success(), "nothing left to unlock");
+    });
+}

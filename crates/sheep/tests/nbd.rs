@@ -439,7 +439,10 @@ fn one_writer_per_vdi_unless_shared() {
         let vm = c.dog_ok(1, &["vm", "list", "-r"]);
         assert_eq!(
             vm.trim(),
-            format!("Bob 316b4 exclusive nbd_127.0.0.1 127.0.0.1:{}", c.port(0))
+            format!(
+                "Bob 316b4 67108864 4194304 exclusive nbd_127.0.0.1 127.0.0.1:{}",
+                c.port(0)
+            )
         );
         let info = tool("qemu-img")
             .args(["info", &c.nbd_uri(1, "Bob")])

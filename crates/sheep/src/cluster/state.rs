@@ -101,6 +101,10 @@ pub enum Message {
         vid: u32,
         holder: LockHolder,
     },
+    /// Every holder of a VDI's lock is dropped (`dog vdi lock unlock`).
+    ForceUnlock {
+        vid: u32,
+    },
     /// `node` (address:port) holds every object the ring gives it at `epoch`.
     RecoveryDone {
         epoch: u32,
@@ -399,6 +403,9 @@ impl ClusterState {
                 if *enabled && !was && self.status == Status::Ok {
                     fx.push(Effect::StartRecovery { epoch: self.epoch });
                 }
+            }
+            Message::ForceUnlock { vid } => {
+                self.locks.remove(vid);
             }
             Message::Unlock { vid, holder } => {
                 // The lock may have moved to a descendant by snapshots since it was taken.
