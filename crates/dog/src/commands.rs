@@ -217,16 +217,6 @@ static VDI_LOCK_SUBS: &[Sub] = &[
 ];
 
 static VDI_SUBS: &[Sub] = &[
-    Sub {
-        name: "lock",
-        arg: Some("<vdiname>"),
-        opts: "saprhTJ",
-        desc: "show or release the locks of images",
-        need_arg: false,
-        need_nodelist: false,
-        action: None,
-        subs: VDI_LOCK_SUBS,
-    },
     sub(
         "create",
         Some("<vdiname> <size>"),
@@ -354,6 +344,16 @@ static VDI_SUBS: &[Sub] = &[
         false,
         Action::VdiWrite,
     ),
+    Sub {
+        name: "lock",
+        arg: Some("<vdiname>"),
+        opts: "saprhTJ",
+        desc: "show or release the locks of images",
+        need_arg: false,
+        need_nodelist: false,
+        action: None,
+        subs: VDI_LOCK_SUBS,
+    },
 ];
 
 static NODE_SUBS: &[Sub] = &[
