@@ -30,6 +30,7 @@ $B/dog vdi create Bench "${SIZE_MB}M" -p $PORT
 truncate -s "${SIZE_MB}M" "$W/limit.raw"
 qemu-nbd -f raw --cache=none --aio=native -x Bench -p $QNBD -t "$W/limit.raw" &
 pids+=($!)
+disown
 sleep 1
 
 rows=(
