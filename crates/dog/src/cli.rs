@@ -43,6 +43,8 @@ pub struct Opts {
     pub exclusive: bool,
     /// `-d`: setattr deletes the attribute.
     pub delete: bool,
+    /// `-F`: the snapshot an incremental backup starts from.
+    pub from: Option<Snap>,
 }
 
 impl Default for Opts {
@@ -70,6 +72,7 @@ impl Default for Opts {
             oid: None,
             exclusive: false,
             delete: false,
+            from: None,
         }
     }
 }
@@ -185,6 +188,17 @@ fn apply(opts: &mut Opts, ch: char, val: Option<String>) -> Result<(), (i32, Str
             None => return Err((EXIT_FAILURE, invalid_copies(&v))),
         },
         'f' => opts.force = true,
+        // `vdi backup -F SNAP` takes a value; `cluster format -F` does not.
+        'F' if !v.is_empty() => {
+            let whole = v.bytes().all(|b| b.is_ascii_digit());
+            opts.from = Some(match v.parse::<u32>() {
+                Ok(id) if whole => Snap {
+                    id,
+                    tag: String::new(),
+                },
+                _ => Snap { id: 0, tag: v },
+            });
+        }
         'F' => opts.avoid_diskfull = true,
         'l' => opts.lock = true,
         'R' => opts.recycle_vid = true,

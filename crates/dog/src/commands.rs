@@ -34,6 +34,8 @@ pub enum Action {
     VdiSetattr,
     VdiGetattr,
     VdiLockUnlock,
+    VdiBackup,
+    VdiRestore,
 }
 
 pub struct OptDef {
@@ -134,6 +136,12 @@ static VDI_OPTS: &[OptDef] = &[
     o('f', "force", false, "do not prompt for confirmation"),
     o('x', "exclusive", false, "write in an exclusive mode"),
     o('d', "delete", false, "delete a key"),
+    o(
+        'F',
+        "from",
+        true,
+        "create a differential backup from the snapshot",
+    ),
 ];
 
 pub struct Sub {
@@ -316,6 +324,24 @@ static VDI_SUBS: &[Sub] = &[
         true,
         false,
         Action::VdiGetattr,
+    ),
+    sub(
+        "backup",
+        Some("<vdiname>"),
+        "sFaphT",
+        "create an incremental backup between two snapshots",
+        true,
+        false,
+        Action::VdiBackup,
+    ),
+    sub(
+        "restore",
+        Some("<vdiname>"),
+        "saphT",
+        "restore snapshot images from a backup",
+        true,
+        false,
+        Action::VdiRestore,
     ),
     sub(
         "check",

@@ -36,6 +36,7 @@ macro_rules! errln {
     }};
 }
 
+mod backup;
 mod check;
 mod cli;
 mod cluster;
@@ -174,6 +175,8 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiWrite => vdi_rw::write(&ctx).await,
         Action::VmList => vm::list(&ctx).await,
         Action::VdiLockUnlock => vm::unlock(&ctx).await,
+        Action::VdiBackup => backup::backup(&ctx).await,
+        Action::VdiRestore => backup::restore(&ctx).await,
         Action::NodeRecovery => recover::node_recovery(&ctx).await,
         Action::NodeKill => recover::node_kill(&ctx).await,
         Action::ClusterRecover => recover::cluster_recover(&ctx).await,

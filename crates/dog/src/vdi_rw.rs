@@ -202,6 +202,33 @@ async fn create_data(
     Ok(())
 }
 
+/// Writes `data` at `offset` of object `idx` of the VDI whose table names `owner` there:
+/// in place when the VDI owns it, else by creating its own object (copy-on-write from the
+/// owner's) and recording it in the inode.
+pub async fn write_object_range(
+    s: &Sheep,
+    ino: &InodeHeader,
+    owner: u32,
+    idx: u32,
+    offset: u64,
+    data: Bytes,
+) -> Res<()> {
+    if owner == ino.vdi_id {
+        let oid = Oid::data(Vid(ino.vdi_id), idx).0;
+        let h = object_header(opcode::WRITE_OBJ, ino, oid, offset, 0);
+        let r = s.write(h, data).await?;
+        if r.result() != SdResult::SUCCESS {
+            return Err(Fail::new(
+                EXIT_FAILURE,
+                format!("Failed to write object {oid:x}: {}", r.result().text()),
+            ));
+        }
+        return Ok(());
+    }
+    create_data(s, ino, idx, data, offset, owner, 0).await?;
+    set_owner(s, ino, idx, 0).await
+}
+
 /// Creates our (empty) object `idx` and records it in the inode (`vdi create -P`).
 pub async fn create_object(s: Sheep, ino: InodeHeader, idx: u32) -> Res<()> {
     create_data(&s, &ino, idx, Bytes::new(), 0, 0, 0).await?;

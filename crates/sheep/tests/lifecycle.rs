@@ -265,3 +265,64 @@ fn names_with_blanks_and_colliding_ids() {
     c.dog_ok(0, &["vdi", "delete", &a]);
     assert!(c.dog(1, &["vdi", "read", &b, "0", "1M"]).status.success());
 }
+
+#[test]
+fn incremental_backup_between_snapshots_and_restore() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
+    let mut data = pattern(8 << 20, 50);
+    let input = write_file(&c, "a", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    c.dog_ok(0, &["vdi", "snapshot", "-s", "s1", "Alice"]);
+    let change = pattern(4 << 20, 51);
+    let input = write_file(&c, "b", &change);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice", "2M"], Some(&input))
+        .status
+        .success());
+    data[2 << 20..6 << 20].copy_from_slice(&change);
+    c.dog_ok(0, &["vdi", "snapshot", "-s", "s2", "Alice"]);
+
+    let diff = c.dog(1, &["vdi", "backup", "-F", "s1", "-s", "s2", "Alice"]);
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let full = c.dog(1, &["vdi", "backup", "-s", "s2", "Alice"]);
+    assert!(full.status.success());
+    assert!(
+        diff.stdout.len() < (4 << 20) + 100,
+        "only the change: {}",
+        diff.stdout.len()
+    );
+    assert!(
+        full.stdout.len() >= 8 << 20,
+        "everything: {}",
+        full.stdout.len()
+    );
+
+    // The working VDI wanders off; restoring the diff on s1 gives s2's contents back.
+    let junk = write_file(&c, "junk", &pattern(8 << 20, 52));
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&junk))
+        .status
+        .success());
+    let diff_file = write_file(&c, "diff", &diff.stdout);
+    let o = c.dog_stdin(
+        0,
+        &["vdi", "restore", "-s", "s1", "Alice"],
+        Some(&diff_file),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(c.dog(1, &["vdi", "read", "Alice", "0", "8M"]).stdout == data);
+    // A stream that is not a backup is refused and changes nothing.
+    let bad = write_file(&c, "bad", b"not a backup at all");
+    let o = c.dog_stdin(0, &["vdi", "restore", "-s", "s1", "Alice"], Some(&bad));
+    assert!(!o.status.success());
+    assert!(c.dog(1, &["vdi", "read", "Alice", "0", "8M"]).stdout == data);
+}
