@@ -9,7 +9,7 @@ use bytes::Bytes;
 use proto::node::{EpochLog, SdNode};
 use proto::oid::OidKind;
 use proto::vdi_lock::LockRecord;
-use proto::{cluster_flags, flags, opcode, Header, Oid, SdResult, Vid};
+use proto::{cluster_flags, flags, opcode, Header, Oid, SdResult};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,8 +159,25 @@ async fn run(
             let view = node.gate(false)?;
             let oid = Oid(req.oid());
             writable(&view, oid)?;
+            let slots = table_slots(oid, req.obj_offset(), data.len());
+            let before = match &slots {
+                Some((first, n)) => Some(read_slots(node, oid, *first, *n).await?),
+                None => None,
+            };
             gateway::write(node, oid, req.obj_offset(), data, false, req.obj_copies()).await?;
             rsp.set_rsp_obj_copies(node.copies_of(&view, oid, req.obj_copies()) as u8);
+            // Entries of the inode's table that changed may leave an object without users.
+            if let (Some((first, n)), Some(before)) = (slots, before) {
+                let after = read_slots(node, oid, first, n).await?;
+                for (k, (&old, &new)) in before.iter().zip(&after).enumerate() {
+                    if old != new {
+                        let idx = first + k as u32;
+                        if let Err(e) = vdi::unlinked(node, oid.vid().0, idx, old).await {
+                            tracing::warn!("reclaiming object {idx} of {old:x}: {e}");
+                        }
+                    }
+                }
+            }
             Ok(Vec::new())
         }
         opcode::REMOVE_OBJ => {
@@ -424,6 +441,30 @@ async fn run(
     }
 }
 
+/// The data_vdi_id entries (first index, count) a write to an inode covers.
+fn table_slots(oid: Oid, offset: u64, len: usize) -> Option<(u32, u32)> {
+    if oid.kind() != OidKind::Inode || len == 0 {
+        return None;
+    }
+    let start = proto::inode::DATA_VDI_ID_OFFSET as u64;
+    let end = start + 4 * proto::SD_INODE_DATA_INDEX;
+    let (a, b) = (offset.max(start), (offset + len as u64).min(end));
+    if a >= b {
+        return None;
+    }
+    let first = (a - start) / 4;
+    let last = (b - start).div_ceil(4);
+    Some((first as u32, (last - first) as u32))
+}
+
+async fn read_slots(node: &Arc<Node>, oid: Oid, first: u32, n: u32) -> Result<Vec<u32>, SdResult> {
+    let off = proto::inode::data_vdi_id_offset(first) as u64;
+    let b = gateway::read(node, oid, off, n as usize * 4, 0).await?;
+    Ok(b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
 /// Data objects of a snapshot are read-only.
 fn writable(view: &crate::node::View, oid: Oid) -> Result<(), SdResult> {
     match oid.kind() {
@@ -476,10 +517,9 @@ async fn discard(node: &Arc<Node>, req: &Header) -> Out {
     let cur = gateway::read(node, ioid, off, 4, 0).await?;
     if cur != [0u8; 4] {
         gateway::write(node, ioid, off, Bytes::from_static(&[0u8; 4]), false, 0).await?;
-        if u32::from_le_bytes([cur[0], cur[1], cur[2], cur[3]]) == vid.0 {
-            if let Err(e) = gateway::remove(node, Oid::data(Vid(vid.0), idx)).await {
-                tracing::warn!("discard {oid}: {e}");
-            }
+        let old = u32::from_le_bytes([cur[0], cur[1], cur[2], cur[3]]);
+        if let Err(e) = vdi::unlinked(node, vid.0, idx, old).await {
+            tracing::warn!("discard {oid}: {e}");
         }
     }
     Ok(Vec::new())

@@ -300,6 +300,33 @@ pub async fn delete(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<(), S
     Ok(())
 }
 
+/// After `vid`'s table stopped pointing at object `idx` of `old` (it copied the object away
+/// from a deleted parent, or discarded its own), removes that object when no live VDI points
+/// at it any more, so that no object outlives its last user.
+pub async fn unlinked(node: &Arc<Node>, vid: u32, idx: u32, old: u32) -> Result<(), SdResult> {
+    let view = node.view();
+    let own = old == vid && view.state.vdis.get(&vid).is_some_and(|v| !v.snapshot);
+    let orphan = old != 0 && (own || view.state.vdis.get(&old).is_some_and(|v| v.deleted));
+    if !orphan {
+        return Ok(());
+    }
+    if own {
+        // A working VDI's own objects have no other user (snapshots own theirs).
+        return gateway::remove(node, Oid::data(Vid(old), idx)).await;
+    }
+    let slot = inode::data_vdi_id_offset(idx) as u64;
+    for (&other, info) in &view.state.vdis {
+        if info.deleted || other == vid {
+            continue;
+        }
+        let b = gateway::read(node, Oid::inode(Vid(other)), slot, 4, 0).await?;
+        if u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == old {
+            return Ok(());
+        }
+    }
+    gateway::remove(node, Oid::data(Vid(old), idx)).await
+}
+
 /// READ_VDIS (every id in use) or READ_DEL_VDIS (`deleted`: the ids of deleted VDIs): bit v
 /// in byte v/8, least significant bit first.
 pub fn bitmap(view: &View, deleted: bool) -> Vec<u8> {

@@ -273,6 +273,12 @@ impl Volume {
         }
         self.set_slot(cur, p.idx, cur.vid, sync).await?;
         slot.store(cur.vid, Ordering::Release);
+        if owner != 0 {
+            // Copied away from a parent: a deleted parent's object may now have no user.
+            if let Err(e) = vdi::unlinked(&self.node, cur.vid, p.idx, owner).await {
+                tracing::warn!("reclaiming object {} of {owner:x}: {e}", p.idx);
+            }
+        }
         Ok(())
     }
 
@@ -324,10 +330,8 @@ impl Volume {
                 }
                 self.set_slot(&cur, p.idx, 0, sync).await?;
                 slot.store(0, Ordering::Release);
-                if owner == cur.vid {
-                    // Only this VDI points at its own objects (snapshots own theirs).
-                    gateway::remove(&self.node, Oid::data(Vid(owner), p.idx)).await?;
-                }
+                // Its own object goes; a parent's goes when it was its last user.
+                vdi::unlinked(&self.node, cur.vid, p.idx, owner).await?;
                 continue;
             }
             let zeros = Bytes::from(vec![0u8; p.len as usize]);
