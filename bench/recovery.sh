@@ -41,7 +41,7 @@ run() {
       [ -n "$($B/dog node recovery -r -p $((port + i)) 2>/dev/null)" ] && busy=1
       [ -n "$(ls -A "$d/st$i/obj/.stale" 2>/dev/null)" ] && busy=1
     done
-    epoch=$($B/dog cluster info -r -p $port 2>/dev/null | grep -c '^20' || true)
+    epoch=$($B/dog cluster info -p $port 2>/dev/null | grep -c "^20" || true)
     [ "$busy" = 0 ] && [ "$epoch" -ge 2 ] && break
     sleep 0.05
   done
@@ -51,5 +51,5 @@ run() {
     'BEGIN { mb = o * 4; s = b - a; printf "%-24s %6d objects %7.0f MB %6.2f s %7.1f MB/s\n", n, o, mb, s, mb / s }'
   for i in 0 1 2; do kill -9 "$(cat "$d/st$i/sheep.pid")" 2>/dev/null || true; done
 }
-run "no client" 0
-run "with a reading client" 1
+run no-client 0
+run with-a-reading-client 1
