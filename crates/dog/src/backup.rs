@@ -6,12 +6,12 @@
 //! the snapshot the backup started from and applies the records.
 //! Owns: the stream format. Never: the cluster side (plain reads and writes of objects).
 
-use crate::error::{failed, Fail, Res, EXIT_FAILURE, EXIT_SYSFAIL, EXIT_USAGE};
+use crate::error::{Fail, Res, EXIT_FAILURE, EXIT_SYSFAIL, EXIT_USAGE};
 use crate::lookup::{self, Inode};
-use crate::vdi_rw;
 use crate::Ctx;
+use crate::{lifecycle, vdi_rw};
 use bytes::Bytes;
-use proto::{opcode, Header, Oid, SdResult, Vid};
+use proto::{Oid, Vid};
 use std::io::{Read, Write};
 
 const VERSION: u32 = 1;
@@ -123,36 +123,7 @@ pub async fn restore(ctx: &Ctx<'_>) -> Res<()> {
     }
     // Back to the snapshot, as `vdi rollback` does, then the records on top.
     let base = lookup::open(&ctx.sheep, name, &o.snapshot, false).await?;
-    let mut h = Header::request(opcode::DEL_VDI);
-    h.set_snapid(0);
-    let r = ctx
-        .sheep
-        .write(h, lookup::name_tag_payload(name, "")?.into())
-        .await?;
-    if r.result() != SdResult::SUCCESS && r.result() != SdResult::NO_VDI {
-        return Err(failed(
-            "Failed to delete the current state",
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
-    let mut h = Header::request(opcode::NEW_VDI);
-    h.set_vdi_size(base.hdr.vdi_size)
-        .set_base_vdi_id(base.vid())
-        .set_vdi_copies(base.hdr.nr_copies)
-        .set_vdi_copy_policy(base.hdr.copy_policy)
-        .set_vdi_block_size_shift(base.hdr.block_size_shift);
-    let r = ctx
-        .sheep
-        .write(h, lookup::name_payload(name)?.into())
-        .await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            &format!("Failed to create VDI {name}"),
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
+    lifecycle::back_to(ctx, name, &base, true).await?;
     let none = crate::cli::Snap::default();
     let mut ino = lookup::open(&ctx.sheep, name, &none, true).await?;
     let obj = ino.object_size();

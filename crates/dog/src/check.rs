@@ -6,8 +6,8 @@
 use crate::conn::Sheep;
 use crate::error::{failed, Fail, Res, EXIT_FAILURE};
 use crate::lookup::{self, Inode};
-use crate::placement::Ring;
 use crate::Ctx;
+use proto::ring::Ring;
 use proto::{opcode, Header, Oid, SdNode, SdResult, Vid};
 use std::collections::HashMap;
 
@@ -52,7 +52,7 @@ async fn repair(to: &SdNode, from: &SdNode, oid: u64) -> Res<()> {
 
 /// Checks one object's copies and repairs the bad ones; false if no good copy exists.
 async fn check_object(ring: &Ring, oid: u64, copies: usize) -> Res<bool> {
-    let holders: Vec<SdNode> = ring.locate(oid, copies).into_iter().copied().collect();
+    let holders: Vec<SdNode> = ring.placement(Oid(oid), copies);
     let mut seen = Vec::new();
     for n in &holders {
         seen.push((n, digest(n, oid).await?));

@@ -49,7 +49,6 @@ mod lifecycle;
 mod lookup;
 mod node;
 mod nodelist;
-mod placement;
 mod progress;
 mod recover;
 mod vdi;

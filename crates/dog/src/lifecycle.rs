@@ -29,7 +29,13 @@ fn has_snapshot(ctx: &Ctx<'_>) -> bool {
 }
 
 /// NEW_VDI: a snapshot of `base` (`snapshot`), or a new working VDI on `base`'s objects.
-async fn new_vdi(ctx: &Ctx<'_>, name: &str, ino: &Inode, base: u32, snapshot: bool) -> Res<u32> {
+pub(crate) async fn new_vdi(
+    ctx: &Ctx<'_>,
+    name: &str,
+    ino: &Inode,
+    base: u32,
+    snapshot: bool,
+) -> Res<u32> {
     let mut h = Header::request(opcode::NEW_VDI);
     h.set_vdi_size(ino.hdr.vdi_size)
         .set_base_vdi_id(base)
@@ -131,20 +137,7 @@ pub async fn rollback(ctx: &Ctx<'_>) -> Res<()> {
              snapshot was taken.  Continue? [yes/no]: ",
         )?;
     }
-    let mut h = Header::request(opcode::DEL_VDI);
-    h.set_snapid(0);
-    let r = ctx
-        .sheep
-        .write(h, lookup::name_tag_payload(name, "")?.into())
-        .await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            "Failed to delete the current state",
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
-    let new = new_vdi(ctx, name, &ino, ino.vid(), false).await?;
+    let new = back_to(ctx, name, &ino, false).await?;
     if ctx.opts.verbose {
         if ctx.opts.raw {
             outln!("{new:x}");
@@ -153,6 +146,27 @@ pub async fn rollback(ctx: &Ctx<'_>) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// Replaces the working VDI `name` by a new one on snapshot `snap`'s objects, as `vdi
+/// rollback` and `vdi restore` do (`missing_ok`: there may be no working VDI); returns the new
+/// VDI id.
+pub(crate) async fn back_to(ctx: &Ctx<'_>, name: &str, snap: &Inode, missing_ok: bool) -> Res<u32> {
+    let mut h = Header::request(opcode::DEL_VDI);
+    h.set_snapid(0);
+    let r = ctx
+        .sheep
+        .write(h, lookup::name_tag_payload(name, "")?.into())
+        .await?;
+    let gone = missing_ok && r.result() == SdResult::NO_VDI;
+    if r.result() != SdResult::SUCCESS && !gone {
+        return Err(failed(
+            "Failed to delete the current state",
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    new_vdi(ctx, name, snap, snap.vid(), false).await
 }
 
 pub async fn resize(ctx: &Ctx<'_>) -> Res<()> {

@@ -7,10 +7,10 @@ use crate::conn::Sheep;
 use crate::error::{failed, Fail, Res, EXIT_FAILURE};
 use crate::inflight::Window;
 use crate::lookup::{self, Inode};
-use crate::placement::Ring;
 use crate::progress::Progress;
 use crate::vdi_rw::{self, IN_FLIGHT};
 use crate::{fmt, Ctx};
+use proto::ring::Ring;
 use proto::{opcode, Header, Oid, SdResult, Vid};
 use serde_json::json;
 
@@ -302,7 +302,7 @@ async fn print_holders(ctx: &Ctx<'_>, oid: u64) -> Res<()> {
 fn print_expected(ctx: &Ctx<'_>, oid: u64, copies: u8) -> Res<()> {
     let ring = Ring::new(&ctx.nodes()?.nodes);
     let at: Vec<String> = ring
-        .locate(oid, usize::from(copies))
+        .placement(Oid(oid), usize::from(copies))
         .iter()
         .map(|n| fmt::addr(&n.nid.addr, n.nid.port))
         .collect();

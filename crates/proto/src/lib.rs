@@ -19,6 +19,7 @@ pub mod node;
 pub mod oid;
 pub mod opcode;
 pub mod result;
+pub mod ring;
 pub mod vdi_lock;
 
 pub use consts::*;
