@@ -57,20 +57,8 @@ fn readme_walkthrough_on_three_nodes() {
     // Shutdown stops every node.
     c.dog_ok(0, &["cluster", "shutdown"]);
     let mut c = c;
-    let deadline = Instant::now() + Duration::from_secs(10);
     for i in 0..3 {
-        let child = c.nodes[i].child.as_mut().expect("child");
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} did not stop on shutdown"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c.nodes[i].child = None;
+        c.wait_exit(i);
     }
 
     // The whole cluster comes back with every byte.

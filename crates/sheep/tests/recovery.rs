@@ -172,14 +172,8 @@ fn nodes_die_join_and_come_back_and_no_byte_is_lost() {
 
     // The whole cluster stops and comes back with every byte.
     c.dog_ok(0, &["cluster", "shutdown"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
     for i in 0..5 {
-        let child = c.nodes[i].child.as_mut().expect("child");
-        while child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "node {i} did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c.nodes[i].child = None;
+        c.wait_exit(i);
     }
     for i in 0..5 {
         c.restart(i);
@@ -335,14 +329,8 @@ fn a_cluster_short_of_nodes_starts_with_recover_force() {
         .status
         .success());
     c.dog_ok(0, &["cluster", "shutdown"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
     for i in 0..3 {
-        let child = c.nodes[i].child.as_mut().expect("child");
-        while child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "node {i} did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c.nodes[i].child = None;
+        c.wait_exit(i);
     }
     // Node 2 never comes back: the others wait for it, then are told to go on.
     c.restart(0);
@@ -367,12 +355,7 @@ fn a_cluster_short_of_nodes_starts_with_recover_force() {
         .expect("node 1 listed")
         .to_string();
     c.dog_ok(0, &["node", "kill", &idx]);
-    let child = c.nodes[1].child.as_mut().expect("child");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "node 1 was not killed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_exit(1);
 }
 
 #[test]

@@ -156,6 +156,18 @@ impl Cluster {
         }
     }
 
+    /// Waits until node `i` exits by itself (shutdown, kill request); panics after 10 s.
+    pub fn wait_exit(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if let Some(child) = self.nodes[i].child.as_mut() {
+            while child.try_wait().expect("wait").is_none() {
+                assert!(Instant::now() < deadline, "node {i} did not stop");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.nodes[i].child = None;
+    }
+
     /// kill -9 node `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
