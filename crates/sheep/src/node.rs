@@ -168,8 +168,9 @@ impl Node {
         }
     }
 
-    async fn core_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(u64, Event)>) {
-        while let Some((seq, ev)) = rx.recv().await {
+    async fn core_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<crate::cluster::Delivery>) {
+        while let Some((seq, time, ev)) = rx.recv().await {
+            let time = if time == 0 { now_secs() } else { time };
             if let Event::Join { node, info } = &ev {
                 if node.nid == self.me.nid && info.incarnation == self.incarnation {
                     self.joined.store(true, Ordering::SeqCst);
@@ -188,7 +189,7 @@ impl Node {
                 (fx, v.clone(), prev)
             };
             for fx in effects {
-                if let Err(e) = self.carry_out(fx, &view, &prev).await {
+                if let Err(e) = self.carry_out(fx, &view, &prev, time).await {
                     tracing::error!("cluster event {ev:?}: {e}");
                 }
             }
@@ -201,6 +202,7 @@ impl Node {
         fx: Effect,
         view: &View,
         prev: &ClusterState,
+        time: u64,
     ) -> anyhow::Result<()> {
         let store = self.store.clone();
         // Events from before this node's own join are history it replays to rebuild the
@@ -230,7 +232,8 @@ impl Node {
                     }
                     crate::recovery::new_epoch(self, prev, view).await?;
                 }
-                tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, now_secs()))
+                // The time of the event that made the epoch, also when replaying history.
+                tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, time))
                     .await??;
             }
             Effect::Formatted(f) => {

@@ -139,7 +139,7 @@ enum Wire {
     /// The history and mutex queue, for the member `to` that just joined.
     History {
         to: Member,
-        events: Vec<Event>,
+        events: Vec<(u64, Event)>,
         /// Members that joined, oldest first, with their 80-byte node records.
         joined: Vec<(Member, Vec<u8>)>,
         locks: Vec<(Member, u64)>,
@@ -157,10 +157,10 @@ struct Shared {
     me: Option<Member>,
     /// Members that sent their join, oldest first.
     joined: Vec<(Member, SdNode)>,
-    /// Every event delivered so far (what a joiner needs).
-    history: Vec<Event>,
+    /// Every event delivered so far with its time (what a joiner needs).
+    history: Vec<(u64, Event)>,
     /// Events received before this node's own history arrived.
-    pending: Vec<Event>,
+    pending: Vec<(u64, Event)>,
     ready: bool,
     seq: u64,
     tx: Option<mpsc::UnboundedSender<Delivery>>,
@@ -170,19 +170,21 @@ struct Shared {
 }
 
 impl Shared {
-    fn deliver(&mut self, ev: Event) {
+    fn deliver(&mut self, time: u64, ev: Event) {
         self.seq += 1;
-        self.history.push(ev.clone());
+        self.history.push((time, ev.clone()));
         if let Some(tx) = &self.tx {
-            let _ = tx.send((self.seq, ev));
+            let _ = tx.send((self.seq, time, ev));
         }
     }
 
+    /// An event delivered now, in order.
     fn event(&mut self, ev: Event) {
+        let time = crate::node::now_secs();
         if self.ready {
-            self.deliver(ev);
+            self.deliver(time, ev);
         } else {
-            self.pending.push(ev);
+            self.pending.push((time, ev));
         }
     }
 
@@ -283,7 +285,7 @@ unsafe extern "C" fn on_deliver(
             let mut pending = std::mem::take(&mut s.pending);
             let after = pending
                 .iter()
-                .position(|e| matches!(e, Event::Join { .. }))
+                .position(|(_, e)| matches!(e, Event::Join { .. }))
                 .map(|p| p + 1)
                 .unwrap_or(0);
             let rest = pending.split_off(after.min(pending.len()));
@@ -302,11 +304,8 @@ unsafe extern "C" fn on_deliver(
             q.extend(s.locks.drain(..));
             s.locks = q;
             s.ready = true;
-            for ev in events {
-                s.deliver(ev);
-            }
-            for ev in rest {
-                s.deliver(ev);
+            for (t, ev) in events.into_iter().chain(rest) {
+                s.deliver(t, ev);
             }
             s.grant();
         }
@@ -347,8 +346,8 @@ unsafe extern "C" fn on_confchg(
     if !s.ready && members.len() == 1 && s.me == Some((members[0].nodeid, members[0].pid)) {
         s.ready = true;
         let pending = std::mem::take(&mut s.pending);
-        for ev in pending {
-            s.deliver(ev);
+        for (t, ev) in pending {
+            s.deliver(t, ev);
         }
     }
     for a in left {

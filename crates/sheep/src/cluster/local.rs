@@ -30,6 +30,9 @@ const LIVENESS_EVERY: u32 = 20; // polls: 100 ms
 struct Record {
     pid: u32,
     start: u64,
+    /// When it was appended (seconds since the epoch).
+    #[serde(default)]
+    time: u64,
     ev: Event,
 }
 
@@ -167,9 +170,14 @@ impl LocalDriver {
 
     /// Appends one record under the log's flock; returns the offset past it.
     fn append_locked(&self, f: &mut File, ev: Event) -> Result<u64, ClusterError> {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let mut line = serde_json::to_vec(&Record {
             pid: self.myself.pid,
             start: self.myself.start,
+            time,
             ev,
         })
         .map_err(|e| ClusterError::Other(e.to_string()))?;
@@ -264,7 +272,7 @@ impl LocalDriver {
                     offset += used as u64;
                     for (seq, r) in recs {
                         tracker.see(&r);
-                        if tx.send((seq, r.ev)).is_err() {
+                        if tx.send((seq, r.time, r.ev)).is_err() {
                             return;
                         }
                     }

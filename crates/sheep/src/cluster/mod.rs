@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A delivered event and its position in the cluster's total order.
-pub type Delivery = (u64, Event);
+/// A delivered event: its position in the cluster's total order, when it was sent (seconds
+/// since the epoch; 0 when unknown), and the event.
+pub type Delivery = (u64, u64, Event);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

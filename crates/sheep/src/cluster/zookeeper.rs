@@ -191,8 +191,8 @@ async fn deliver_new(
     names.sort();
     let mut last = last;
     for (seq, name) in names {
-        let data = match c.get_data(&format!("{queue}/{name}")).await {
-            Ok((d, _)) => d,
+        let (data, stat) = match c.get_data(&format!("{queue}/{name}")).await {
+            Ok(r) => r,
             Err(zk::Error::NoNode) => continue,
             Err(e) => return Err(e),
         };
@@ -216,7 +216,10 @@ async fn deliver_new(
                 Event::Notify { .. } => {}
             }
         }
-        if tx.send((seq, ev)).is_err() {
+        if tx
+            .send((seq, (stat.ctime / 1000).max(0) as u64, ev))
+            .is_err()
+        {
             return Ok(seq);
         }
         last = seq;
