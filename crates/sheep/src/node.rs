@@ -367,11 +367,17 @@ impl Node {
     /// a request may arrive here just after another node saw the format.
     pub async fn gate_synced(&self, force: bool) -> Result<View, SdResult> {
         if self.view().state.status != Status::Ok {
-            if let Ok(seq) = self.driver.sync().await {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.wait_applied(seq)).await;
-            }
+            self.catch_up().await;
         }
         self.gate(force)
+    }
+
+    /// Applies every event the cluster has ordered so far (bounded wait), so that this node
+    /// answers with what another node has just done.
+    pub async fn catch_up(&self) {
+        if let Ok(seq) = self.driver.sync().await {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wait_applied(seq)).await;
+        }
     }
 
     /// Size of an object, from the kind of object and its VDI's block size.

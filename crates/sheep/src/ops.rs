@@ -100,6 +100,7 @@ async fn lock_vdi(
 async fn release_vdi(node: &Arc<Node>, client: &Client, req: &Header) -> Result<(), SdResult> {
     let vid = req.base_vdi_id();
     let msg = if req.has_flag(FLAG_FORCE_RELEASE) {
+        node.catch_up().await;
         if !node.view().state.locks.contains_key(&vid) {
             return Err(SdResult::VDI_NOT_LOCKED);
         }
@@ -403,6 +404,7 @@ async fn run(
             Ok(Vec::new())
         }
         opcode::GET_VDI_LOCKS => {
+            node.catch_up().await;
             let view = node.gate(true)?;
             let records: Vec<LockRecord> = view
                 .state
