@@ -165,11 +165,22 @@ async fn run(
                 Some((first, n)) => Some(read_slots(node, oid, *first, *n).await?),
                 None => None,
             };
-            gateway::write(node, oid, req.obj_offset(), data, false, req.obj_copies()).await?;
+            let offset = req.obj_offset();
+            let written = data.clone();
+            gateway::write(node, oid, offset, data, false, req.obj_copies()).await?;
             rsp.set_rsp_obj_copies(node.copies_of(&view, oid, req.obj_copies()) as u8);
             // Entries of the inode's table that changed may leave an object without users.
             if let (Some((first, n)), Some(before)) = (slots, before) {
-                let after = read_slots(node, oid, first, n).await?;
+                let at = proto::inode::data_vdi_id_offset(first) as u64;
+                let after = if at == offset && written.len() == n as usize * 4 {
+                    // The whole entries were written: their new values are the payload.
+                    written
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect()
+                } else {
+                    read_slots(node, oid, first, n).await?
+                };
                 for (k, (&old, &new)) in before.iter().zip(&after).enumerate() {
                     if old != new {
                         let idx = first + k as u32;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 /// One store operation, the same whether it came over the network or from the local gateway.
 /// `sync`: durable before the answer; otherwise durable at the next flush (FLUSH_PEER).
+#[derive(Clone)]
 pub enum StoreOp {
     Create {
         offset: u64,
@@ -39,28 +40,38 @@ fn err(e: StoreError) -> SdResult {
     e.result()
 }
 
-/// Runs `op` on the local store (in a blocking thread); reads return the bytes.
+/// Runs `op` on the local store (in a blocking thread); reads return the bytes. An object
+/// this node should hold but lacks (recovery has not reached it yet) is fetched first.
 pub async fn local(
     node: &Arc<Node>,
     view: &View,
     oid: Oid,
     op: StoreOp,
 ) -> Result<Vec<u8>, SdResult> {
-    // An object this node should hold but lacks (recovery has not reached it yet): fetch it
-    // before the request touches it.
-    if matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. }) && !node.store.exists(oid) {
-        match crate::recovery::fetch_now(node, view, oid).await {
-            Ok(()) | Err(SdResult::NO_OBJ) => {}
-            Err(e) => {
-                tracing::debug!("recovering {oid} for a request: {e}");
-                // Membership is moving: a write is tried again at the newest epoch; a read
-                // goes on to another copy.
-                if matches!(op, StoreOp::Write { .. }) {
-                    return Err(SdResult::NEW_NODE_VER);
+    let fetchable = matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. });
+    let retry = if fetchable { Some(op.clone()) } else { None };
+    match (run(node, view, oid, op).await, retry) {
+        (Err(SdResult::NO_OBJ), Some(op)) => {
+            match crate::recovery::fetch_now(node, view, oid).await {
+                Ok(()) => run(node, view, oid, op).await,
+                Err(SdResult::NO_OBJ) => Err(SdResult::NO_OBJ),
+                Err(e) => {
+                    tracing::debug!("recovering {oid} for a request: {e}");
+                    // Membership is moving: a write is tried again at the newest epoch; a
+                    // read goes on to another copy.
+                    if matches!(op, StoreOp::Write { .. }) {
+                        Err(SdResult::NEW_NODE_VER)
+                    } else {
+                        Err(SdResult::NO_OBJ)
+                    }
                 }
             }
         }
+        (r, _) => r,
     }
+}
+
+async fn run(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Vec<u8>, SdResult> {
     let store = node.store.clone();
     let size = node.object_size(view, oid);
     let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StoreError> {
