@@ -25,8 +25,9 @@ pub const SD_MAX_VDI_ATTR_VALUE_LEN: usize = 65536;
 pub const SD_ATTR_OBJ_SIZE: u64 = 256 + 256 + 8 + 4 + 4 + 256 + 65536;
 pub const STORE_LEN: usize = 16;
 pub const SD_MAX_NODES: usize = 6144;
-/// Largest payload a request may carry: the inode object, the biggest object there is.
-pub const SD_MAX_PAYLOAD: u32 = crate::inode::SD_INODE_SIZE as u32;
+/// Largest payload a request may carry: a whole object of the largest object size (a VDI
+/// may be created with any block_size_shift up to the maximum, and QEMU writes whole objects).
+pub const SD_MAX_PAYLOAD: u32 = 1 << SD_MAX_BLOCK_SIZE_SHIFT;
 
 pub mod flags {
     pub const CMD_WRITE: u16 = 0x01;

@@ -125,7 +125,32 @@ where
 }
 
 /// Reads `len` bytes at `offset` of `oid` from one copy: the local one if this node holds it.
+/// Above `PEER_CHUNK` (copy-on-write of objects larger than that) the read goes out in pieces
+/// of that size, as no peer answers a bigger read.
 pub async fn read(
+    node: &Arc<Node>,
+    oid: Oid,
+    offset: u64,
+    len: usize,
+    copies: u8,
+) -> Result<Vec<u8>, SdResult> {
+    if len <= PEER_CHUNK {
+        return read_one(node, oid, offset, len, copies).await;
+    }
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let n = (len - out.len()).min(PEER_CHUNK);
+        let piece = read_one(node, oid, offset + out.len() as u64, n, copies).await?;
+        let short = piece.len() < n;
+        out.extend_from_slice(&piece);
+        if short {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+async fn read_one(
     node: &Arc<Node>,
     oid: Oid,
     offset: u64,
