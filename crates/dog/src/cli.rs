@@ -578,7 +578,7 @@ mod tests {
         assert_eq!(c, 0);
         assert!(
             out.starts_with(
-                "Usage: dog vdi object {location|map} [-i index] [-s snapshot] [-a address] \
+                "Usage: dog vdi object {location|map|dump-inode} [-i index] [-s snapshot] [-a address] \
                  [-p port] [-h] [-T] <vdiname>\nAvailable subcommands:\n  location"
             ),
             "{out}"

@@ -20,6 +20,7 @@ pub enum Action {
     VdiWrite,
     VdiObjectLocation,
     VdiObjectMap,
+    VdiObjectDumpInode,
     VmList,
     NodeRecovery,
     NodeKill,
@@ -200,6 +201,15 @@ static VDI_OBJECT_SUBS: &[Sub] = &[
         true,
         false,
         Action::VdiObjectMap,
+    ),
+    sub(
+        "dump-inode",
+        None,
+        "",
+        "dump inode information",
+        true,
+        false,
+        Action::VdiObjectDumpInode,
     ),
 ];
 

@@ -170,6 +170,7 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiList => vdi::list(&ctx).await,
         Action::VdiObjectLocation => vdi::object_location(&ctx).await,
         Action::VdiObjectMap => vdi::object_map(&ctx).await,
+        Action::VdiObjectDumpInode => vdi::object_dump_inode(&ctx).await,
         Action::VdiRead => vdi_rw::read(&ctx).await,
         Action::VdiWrite => vdi_rw::write(&ctx).await,
         Action::VmList => vm::list(&ctx).await,

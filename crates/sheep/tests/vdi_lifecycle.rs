@@ -118,3 +118,150 @@ fn objects_larger_than_the_inode_are_created_and_copied_on_write() {
     let row = list.lines().find(|l| l.starts_with("= Big 0 ")).unwrap();
     assert!(row.contains(&format!(" {} 0 ", 2 * obj)), "{list}");
 }
+
+/// A writer that behaves as QEMU's driver: it caches the inode's table, writes objects it owns
+/// with WRITE_OBJ, creates (copy-on-write from the owner) the others and records them in the
+/// inode, and on READONLY (its VDI became a snapshot) reloads the working VDI and writes again.
+struct QemuWriter {
+    conn: client::Connection,
+    name: String,
+    vid: u32,
+    table: Vec<u32>,
+}
+
+impl QemuWriter {
+    async fn open(conn: client::Connection, name: &str, objects: usize) -> QemuWriter {
+        let mut w = QemuWriter {
+            conn,
+            name: name.to_string(),
+            vid: 0,
+            table: Vec::new(),
+        };
+        w.reload(objects).await;
+        w
+    }
+
+    async fn reload(&mut self, objects: usize) {
+        self.vid = vid_of(&self.conn, &self.name, "", 0).await.unwrap();
+        let mut h = Header::request(opcode::READ_OBJ);
+        h.set_oid(Oid::inode(Vid(self.vid)).0)
+            .set_obj_offset(proto::inode::data_vdi_id_offset(0) as u64);
+        let r = self.conn.read(h, objects as u32 * 4).await.unwrap();
+        assert_eq!(r.result(), SdResult::SUCCESS);
+        self.table = r
+            .data
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+    }
+
+    async fn write(&mut self, idx: u32, offset: u64, data: &[u8]) {
+        for _ in 0..10 {
+            let owner = self.table[idx as usize];
+            let r = if owner == self.vid {
+                let mut h = Header::request(opcode::WRITE_OBJ);
+                h.set_oid(Oid::data(Vid(self.vid), idx).0)
+                    .set_obj_offset(offset);
+                self.conn
+                    .write(h, Bytes::copy_from_slice(data))
+                    .await
+                    .unwrap()
+                    .result()
+            } else {
+                let data = Bytes::copy_from_slice(data);
+                let r = qemu_write_object(&self.conn, self.vid, idx, offset, data, owner).await;
+                if r == SdResult::SUCCESS {
+                    self.table[idx as usize] = self.vid;
+                }
+                r
+            };
+            match r {
+                SdResult::SUCCESS => return,
+                SdResult::READONLY => self.reload(self.table.len()).await,
+                e => panic!("write to object {idx}: {e:?}"),
+            }
+        }
+        panic!("object {idx} stayed read-only");
+    }
+}
+
+#[test]
+fn online_snapshot_holds_the_writes_acknowledged_before_it_and_none_after() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Live", "64M"]);
+    const OBJECTS: usize = 4;
+    const BLOCK: usize = 4096;
+    const WRITES: usize = 600;
+    let obj = 4usize << 20;
+    let base = pattern(OBJECTS * obj, 11);
+    let input = c.tmp.path().join("base");
+    std::fs::write(&input, &base).unwrap();
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Live"], Some(&input))
+        .status
+        .success());
+    // Write k goes to its own block: object k % 4, block k / 4 inside it.
+    let place = |k: usize| ((k % OBJECTS) as u32, ((k / OBJECTS) * BLOCK) as u64);
+    let block = |k: usize| vec![(k % 251) as u8 + 1; BLOCK];
+    let done = Arc::new(AtomicUsize::new(0));
+    let port = c.port(1);
+    let counter = done.clone();
+    // Writes go through node 1, the snapshot through node 0.
+    let writer = std::thread::spawn(move || {
+        rt().block_on(async {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let conn = client::Connection::connect(addr).await.unwrap();
+            let mut w = QemuWriter::open(conn, "Live", OBJECTS).await;
+            let mut times = Vec::with_capacity(WRITES);
+            for k in 0..WRITES {
+                let (idx, off) = place(k);
+                let sent = Instant::now();
+                w.write(idx, off, &block(k)).await;
+                times.push((sent, Instant::now()));
+                counter.store(k + 1, Ordering::Release);
+            }
+            times
+        })
+    });
+    while done.load(Ordering::Acquire) < WRITES / 4 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let start = Instant::now();
+    c.dog_ok(0, &["vdi", "snapshot", "-s", "online", "Live"]);
+    let end = Instant::now();
+    let times = writer.join().unwrap();
+    let snap = c
+        .dog(2, &["vdi", "read", "-s", "online", "Live", "0", "16M"])
+        .stdout;
+    let live = c.dog(2, &["vdi", "read", "Live", "0", "16M"]).stdout;
+    assert_eq!(snap.len(), OBJECTS * obj);
+    let (mut before, mut after) = (0, 0);
+    for (k, &(sent, acked)) in times.iter().enumerate() {
+        let (idx, off) = place(k);
+        let at = idx as usize * obj + off as usize;
+        let range = at..at + BLOCK;
+        if acked < start {
+            before += 1;
+            assert!(
+                snap[range.clone()] == block(k)[..],
+                "write {k} acknowledged before the snapshot is not in it"
+            );
+            assert!(live[range] == block(k)[..], "write {k} lost");
+        } else if sent > end {
+            after += 1;
+            assert!(
+                snap[range.clone()] == base[range.clone()],
+                "write {k} sent after the snapshot is in it"
+            );
+            assert!(live[range] == block(k)[..], "write {k} lost");
+        }
+    }
+    assert!(
+        before >= WRITES / 4 && after > 0,
+        "before {before}, after {after}"
+    );
+}
