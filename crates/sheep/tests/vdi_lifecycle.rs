@@ -265,3 +265,216 @@ fn online_snapshot_holds_the_writes_acknowledged_before_it_and_none_after() {
         "before {before}, after {after}"
     );
 }
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `dog` that must fail with `code` and say `text`.
+fn refused(c: &Cluster, args: &[&str], code: i32, text: &str) {
+    let o = c.dog(0, args);
+    assert_eq!(o.status.code(), Some(code), "dog {args:?}: {}", stderr(&o));
+    assert!(stderr(&o).contains(text), "dog {args:?}: {}", stderr(&o));
+}
+
+#[test]
+fn snapshots_chosen_by_id_or_tag_and_refusals_that_change_nothing() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
+    let v1 = pattern(8 << 20, 21);
+    let input = c.tmp.path().join("v1");
+    std::fs::write(&input, &v1).unwrap();
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    c.dog_ok(0, &["vdi", "snapshot", "-s", "first", "Alice"]);
+    let small = c.tmp.path().join("new");
+    std::fs::write(&small, b"new").unwrap();
+    assert!(c
+        .dog_stdin(1, &["vdi", "write", "Alice", "0"], Some(&small))
+        .status
+        .success());
+    c.dog_ok(1, &["vdi", "snapshot", "Alice"]);
+    let mut v2 = v1.clone();
+    v2[..3].copy_from_slice(b"new");
+
+    // Every command with -s takes the id or the tag.
+    let read = |args: &[&str]| {
+        let mut a = vec!["vdi", "read"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["Alice", "0", "8M"]);
+        c.dog(1, &a).stdout
+    };
+    assert!(read(&["-s", "first"]) == v1);
+    assert!(read(&["-s", "1"]) == v1);
+    assert!(read(&["-s", "2"]) == v2);
+    assert!(read(&[]) == v2);
+    let (s1, s2, cur) = rt().block_on(async {
+        let conn = c.conn(0).await;
+        (
+            vid_of(&conn, "Alice", "first", 0).await.unwrap(),
+            vid_of(&conn, "Alice", "", 2).await.unwrap(),
+            vid_of(&conn, "Alice", "", 0).await.unwrap(),
+        )
+    });
+    assert_eq!(
+        c.dog_ok(0, &["vdi", "object", "map", "-s", "first", "Alice"]),
+        format!("Index       VID\n00000000 {s1:8x}\n00000001 {s1:8x}\n")
+    );
+    assert_eq!(
+        c.dog_ok(0, &["vdi", "object", "map", "-s", "2", "Alice"]),
+        format!("Index       VID\n00000000 {s2:8x}\n00000001 {s1:8x}\n")
+    );
+    let dump = c.dog_ok(1, &["vdi", "object", "dump-inode", "-s", "2", "Alice"]);
+    assert!(dump.starts_with("name: Alice\ntag: \n"), "{dump}");
+    for line in [
+        "snap_id: 2\n".to_string(),
+        format!("vdi_id: {s2:x}\n"),
+        format!("parent_vdi_id: {s1:x}\n"),
+        format!("data_vdi_id:\n0: {s2:x}\n1: {s1:x}\ngref:\n"),
+    ] {
+        assert!(dump.contains(&line), "{line:?} in\n{dump}");
+    }
+    let dump = c.dog_ok(1, &["vdi", "object", "dump-inode", "Alice"]);
+    assert!(
+        dump.contains(&format!("vdi_id: {cur:x}\nparent_vdi_id: {s2:x}\n")),
+        "{dump}"
+    );
+    let loc = c.dog_ok(
+        0,
+        &["vdi", "object", "location", "-i", "1", "-s", "1", "Alice"],
+    );
+    assert!(
+        loc.starts_with(&format!(
+            "Looking for the object {:016x} (vid {s1:#x} idx 1, 2 copies) with 2 nodes\n",
+            Oid::data(Vid(s1), 1).0
+        )),
+        "{loc}"
+    );
+
+    // The listing as the original prints it: header, one row per snapshot and the VDI.
+    let list = c.dog_ok(0, &["vdi", "list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(
+        lines[0],
+        "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift"
+    );
+    assert_eq!(lines.len(), 4, "{list}");
+    assert!(
+        lines[1].starts_with("s Alice        1   64 MB  8.0 MB  0.0 MB "),
+        "{list}"
+    );
+    assert!(
+        lines[1].ends_with(&format!("   {s1:x}      2         first  22")),
+        "{list}"
+    );
+    assert!(
+        lines[2].starts_with("s Alice        2   64 MB  4.0 MB  4.0 MB "),
+        "{list}"
+    );
+    assert!(
+        lines[3].starts_with("  Alice        0   64 MB  0.0 MB  8.0 MB "),
+        "{list}"
+    );
+    assert!(
+        lines[3].ends_with(&format!("   {cur:x}      2                22")),
+        "{list}"
+    );
+
+    // Refusals: each says why and leaves every VDI as it was.
+    let before = c.dog_ok(0, &["vdi", "list", "-r"]);
+    refused(
+        &c,
+        &["vdi", "clone", "Alice", "Bob"],
+        64,
+        "Only snapshot VDIs can be cloned",
+    );
+    refused(
+        &c,
+        &["vdi", "clone", "-s", "9", "Alice", "Bob"],
+        5,
+        "Failed to open VDI Alice",
+    );
+    refused(
+        &c,
+        &["vdi", "clone", "-s", "first", "Alice", "Alice"],
+        3,
+        "Failed to create VDI Alice",
+    );
+    refused(
+        &c,
+        &["vdi", "resize", "Alice", "32M"],
+        64,
+        "Shrinking VDIs is not implemented",
+    );
+    refused(
+        &c,
+        &["vdi", "resize", "Alice", "5T"],
+        64,
+        "New VDI size is too large",
+    );
+    refused(
+        &c,
+        &["vdi", "snapshot", "-s", "5", "Alice"],
+        64,
+        "non-integer value",
+    );
+    refused(
+        &c,
+        &["vdi", "rollback", "-f", "Alice"],
+        64,
+        "Please specify the '-s' option",
+    );
+    refused(
+        &c,
+        &["vdi", "rollback", "-f", "-s", "nope", "Alice"],
+        5,
+        "Failed to open VDI Alice",
+    );
+    refused(
+        &c,
+        &["vdi", "delete", "-s", "7", "Alice"],
+        5,
+        "Failed to delete Alice",
+    );
+    refused(
+        &c,
+        &["vdi", "delete", "Nobody"],
+        5,
+        "Failed to delete Nobody",
+    );
+    refused(
+        &c,
+        &["vdi", "write", "-s", "1", "Alice"],
+        64,
+        "invalid option",
+    );
+    // Snapshot objects are read-only through the protocol as well.
+    rt().block_on(async {
+        let conn = c.conn(1).await;
+        let mut h = Header::request(opcode::WRITE_OBJ);
+        h.set_oid(Oid::data(Vid(s1), 0).0);
+        let r = conn.write(h, Bytes::from_static(b"zzz")).await.unwrap();
+        assert_eq!(r.result(), SdResult::READONLY);
+        let r = qemu_write_object(&conn, s1, 5, 0, Bytes::from_static(b"zzz"), 0).await;
+        assert_eq!(r, SdResult::READONLY);
+    });
+    assert_eq!(c.dog_ok(1, &["vdi", "list", "-r"]), before);
+    assert!(read(&["-s", "1"]) == v1);
+    assert!(read(&[]) == v2);
+
+    // Deleting the first snapshot by id keeps what the others still use.
+    c.dog_ok(0, &["vdi", "delete", "-s", "1", "Alice"]);
+    let list = c.dog_ok(0, &["vdi", "list", "-r"]);
+    assert!(!list.contains("s Alice 1 "), "{list}");
+    assert!(read(&["-s", "2"]) == v2);
+    assert!(read(&[]) == v2);
+    refused(
+        &c,
+        &["vdi", "read", "-s", "first", "Alice"],
+        5,
+        "Failed to open VDI Alice",
+    );
+}
