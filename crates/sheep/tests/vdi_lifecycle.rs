@@ -478,3 +478,165 @@ fn snapshots_chosen_by_id_or_tag_and_refusals_that_change_nothing() {
         "Failed to open VDI Alice",
     );
 }
+
+/// A `sheepdog_vdi_attr` request payload: header (name, tag, snap_id, value_len, key), value.
+fn attr_payload(name: &str, tag: &str, snapid: u32, key: &str, value: &[u8]) -> Vec<u8> {
+    use proto::attr;
+    let mut a = vec![0u8; attr::VALUE + value.len()];
+    a[attr::NAME..attr::NAME + name.len()].copy_from_slice(name.as_bytes());
+    a[attr::TAG..attr::TAG + tag.len()].copy_from_slice(tag.as_bytes());
+    a[attr::SNAP_ID..attr::SNAP_ID + 4].copy_from_slice(&snapid.to_le_bytes());
+    a[attr::VALUE_LEN..attr::VALUE_LEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    a[attr::KEY..attr::KEY + key.len()].copy_from_slice(key.as_bytes());
+    a[attr::VALUE..].copy_from_slice(value);
+    a
+}
+
+/// The original's first probe for an attribute: FNV-1a over name[256], tag[256], snap_id and
+/// key[256] of the request, low 32 bits.
+fn first_attr_id(a: &[u8]) -> u32 {
+    use proto::attr;
+    use proto::hash::{fnv64a, FNV1A_64_INIT};
+    let mut h = fnv64a(&a[attr::NAME..attr::NAME + 256], FNV1A_64_INIT);
+    h = fnv64a(&a[attr::TAG..attr::TAG + 256], h);
+    h = fnv64a(&a[attr::SNAP_ID..attr::SNAP_ID + 4], h);
+    h = fnv64a(&a[attr::KEY..attr::KEY + 256], h);
+    h as u32
+}
+
+/// GET_VDI_ATTR with `fl` (CREAT / EXCL / DEL): (result, vdi id, attribute id).
+async fn get_attr(
+    conn: &client::Connection,
+    snapid: u32,
+    payload: Vec<u8>,
+    fl: u16,
+) -> (SdResult, u32, u32) {
+    let mut h = Header::request(opcode::GET_VDI_ATTR);
+    h.set_snapid(snapid).add_flags(fl);
+    let r = conn.write(h, payload.into()).await.unwrap();
+    (r.result(), r.header.rsp_vdi_id(), r.header.rsp_attr_id())
+}
+
+#[test]
+fn attributes_through_the_protocol_and_dog() {
+    use proto::flags::{CMD_CREAT, CMD_DEL, CMD_EXCL};
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
+    let name_vid = proto::hash::sd_hash_vdi(b"Alice");
+    let owner = attr_payload("Alice", "", 0, "owner", b"bob");
+    let id = first_attr_id(&owner);
+    let file = Oid::attr(Vid(name_vid), id).file_name();
+    rt().block_on(async {
+        let conn = c.conn(0).await;
+        // Not there yet: a plain lookup finds nothing.
+        let r = get_attr(&conn, 0, owner.clone(), 0).await;
+        assert_eq!(r.0, SdResult::NO_OBJ);
+        // Created where the original puts it: under the name's hash, at the first probe.
+        assert_eq!(
+            get_attr(&conn, 0, owner.clone(), CMD_CREAT).await,
+            (SdResult::SUCCESS, name_vid, id)
+        );
+        for n in &c.nodes {
+            let meta = std::fs::metadata(n.dir.join("obj").join(&file)).expect("on both nodes");
+            assert!(meta.len() >= proto::attr::VALUE as u64 + 3);
+        }
+        // Exclusive creation of an existing attribute is refused and changes nothing.
+        let eve = attr_payload("Alice", "", 0, "owner", b"eve");
+        let r = get_attr(&conn, 0, eve.clone(), CMD_CREAT | CMD_EXCL).await;
+        assert_eq!(r.0, SdResult::VDI_EXIST);
+    });
+    assert_eq!(c.dog_ok(1, &["vdi", "getattr", "Alice", "owner"]), "bob");
+    // A snapshot keeps the name, so the attribute stays reachable by the working VDI.
+    c.dog_ok(0, &["vdi", "snapshot", "-s", "snap", "Alice"]);
+    assert_eq!(c.dog_ok(0, &["vdi", "getattr", "Alice", "owner"]), "bob");
+    rt().block_on(async {
+        let conn = c.conn(1).await;
+        // The snapshot's own attributes are apart from the working VDI's.
+        let snap_attr = attr_payload("Alice", "snap", 0, "owner", b"carol");
+        let sid = first_attr_id(&snap_attr);
+        assert_ne!(sid, id);
+        assert_eq!(
+            get_attr(&conn, 0, snap_attr, CMD_CREAT).await,
+            (SdResult::SUCCESS, name_vid, sid)
+        );
+        // Deleted, then created again: the old slot stays taken, the next one is used.
+        let del = attr_payload("Alice", "", 0, "owner", b"");
+        assert_eq!(
+            get_attr(&conn, 0, del.clone(), CMD_DEL).await.0,
+            SdResult::SUCCESS
+        );
+        assert_eq!(get_attr(&conn, 0, del.clone(), 0).await.0, SdResult::NO_OBJ);
+        assert_eq!(get_attr(&conn, 0, del, CMD_DEL).await.0, SdResult::NO_OBJ);
+        let again = attr_payload("Alice", "", 0, "owner", b"dave");
+        assert_eq!(
+            get_attr(&conn, 0, again, CMD_CREAT | CMD_EXCL).await,
+            (SdResult::SUCCESS, name_vid, id.wrapping_add(1))
+        );
+        // Malformed requests: short payload, no name, no key, unknown VDI.
+        let r = get_attr(&conn, 0, vec![0u8; 100], CMD_CREAT).await;
+        assert_eq!(r.0, SdResult::INVALID_PARMS);
+        let r = get_attr(&conn, 0, attr_payload("", "", 0, "k", b"v"), CMD_CREAT).await;
+        assert_eq!(r.0, SdResult::INVALID_PARMS);
+        let r = get_attr(&conn, 0, attr_payload("Alice", "", 0, "", b"v"), CMD_CREAT).await;
+        assert_eq!(r.0, SdResult::INVALID_PARMS);
+        let r = get_attr(
+            &conn,
+            0,
+            attr_payload("Nobody", "", 0, "k", b"v"),
+            CMD_CREAT,
+        )
+        .await;
+        assert_eq!(r.0, SdResult::NO_VDI);
+    });
+    assert_eq!(c.dog_ok(0, &["vdi", "getattr", "Alice", "owner"]), "dave");
+
+    // dog: value from stdin, overwrite, exclusive refusal, delete, missing VDI, too large.
+    let value = c.tmp.path().join("value");
+    std::fs::write(&value, b"line one\nline two\n").unwrap();
+    let o = c.dog_stdin(0, &["vdi", "setattr", "Alice", "notes"], Some(&value));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        c.dog_ok(1, &["vdi", "getattr", "Alice", "notes"]),
+        "line one\nline two\n"
+    );
+    refused(
+        &c,
+        &["vdi", "setattr", "-x", "Alice", "notes", "x"],
+        3,
+        "already exists",
+    );
+    assert_eq!(
+        c.dog_ok(1, &["vdi", "getattr", "Alice", "notes"]),
+        "line one\nline two\n"
+    );
+    c.dog_ok(0, &["vdi", "setattr", "Alice", "notes", "short"]);
+    assert_eq!(c.dog_ok(1, &["vdi", "getattr", "Alice", "notes"]), "short");
+    c.dog_ok(0, &["vdi", "setattr", "-d", "Alice", "notes"]);
+    refused(&c, &["vdi", "getattr", "Alice", "notes"], 5, "not found");
+    refused(
+        &c,
+        &["vdi", "setattr", "-d", "Alice", "notes"],
+        5,
+        "not found",
+    );
+    refused(
+        &c,
+        &["vdi", "setattr", "Nobody", "k", "v"],
+        5,
+        "VDI not found",
+    );
+    let big = c.tmp.path().join("big");
+    std::fs::write(&big, vec![b'x'; proto::attr::MAX_VALUE + 1]).unwrap();
+    let o = c.dog_stdin(0, &["vdi", "setattr", "Alice", "big"], Some(&big));
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    refused(&c, &["vdi", "getattr", "Alice", "big"], 5, "not found");
+    // The largest value there is fits.
+    std::fs::write(&big, vec![b'y'; proto::attr::MAX_VALUE]).unwrap();
+    let o = c.dog_stdin(0, &["vdi", "setattr", "Alice", "big"], Some(&big));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        c.dog_ok(1, &["vdi", "getattr", "Alice", "big"]).len(),
+        proto::attr::MAX_VALUE
+    );
+}
