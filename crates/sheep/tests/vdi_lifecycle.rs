@@ -640,3 +640,34 @@ fn attributes_through_the_protocol_and_dog() {
         proto::attr::MAX_VALUE
     );
 }
+
+#[test]
+fn payload_claims_up_to_the_largest_object_and_no_further() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(1);
+    c.dog_ok(0, &["cluster", "format", "--copies=1"]);
+    let send = |len: u32, body: &[u8]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port(0))).unwrap();
+        let mut h = Header::request(opcode::WRITE_OBJ);
+        h.add_flags(flags::CMD_WRITE)
+            .set_oid(Oid::data(Vid(1), 0).0)
+            .set_data_length(len);
+        s.write_all(h.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        s
+    };
+    // Past the largest object: refused at once and the connection closed.
+    let mut s = send((1u32 << proto::SD_MAX_BLOCK_SIZE_SHIFT) + 1, &[]);
+    let mut rsp = [0u8; proto::HEADER_SIZE];
+    s.read_exact(&mut rsp).unwrap();
+    assert_eq!(
+        Header::from_bytes(&rsp).sd_result(),
+        SdResult::INVALID_PARMS
+    );
+    assert_eq!(s.read(&mut rsp).unwrap_or(0), 0, "closed after the refusal");
+    // A whole largest object announced, a little sent, then the client goes away: the node
+    // carries on serving.
+    drop(send(1u32 << proto::SD_MAX_BLOCK_SIZE_SHIFT, &[7u8; 4096]));
+    c.dog_ok(0, &["vdi", "create", "After", "4M"]);
+    assert!(c.dog_ok(0, &["vdi", "list", "-r"]).contains(" After 0 "));
+}
