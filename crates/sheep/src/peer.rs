@@ -51,6 +51,11 @@ pub async fn local(
     let fetchable = matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. });
     let retry = if fetchable { Some(op.clone()) } else { None };
     match (run(node, view, oid, op).await, retry) {
+        // The request's epoch is gone: whether this node should hold the object is decided
+        // at the new one (the gateway retries there).
+        (Err(SdResult::NO_OBJ), Some(_)) if node.epoch() != view.state.epoch => {
+            Err(SdResult::OLD_NODE_VER)
+        }
         (Err(SdResult::NO_OBJ), Some(op)) => {
             match crate::recovery::fetch_now(node, view, oid).await {
                 Ok(()) => run(node, view, oid, op).await,

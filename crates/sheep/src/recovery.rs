@@ -55,6 +55,9 @@ impl Progress {
 
 pub struct Recovery {
     progress: Mutex<Progress>,
+    /// Held by the running recovery: the next epoch's waits until the previous one's fetches
+    /// in flight are done, so none of them lands after the next one has swept.
+    running: tokio::sync::Mutex<()>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Objects fetched at once (`dog node recovery set-throttle`).
     max_exec: AtomicU32,
@@ -66,6 +69,7 @@ impl Default for Recovery {
     fn default() -> Self {
         Recovery {
             progress: Mutex::new(Progress::default()),
+            running: tokio::sync::Mutex::new(()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             max_exec: AtomicU32::new(DEFAULT_MAX_EXEC),
             interval_ms: AtomicU64::new(0),
@@ -247,6 +251,7 @@ fn decode_tagged(b: &[u8]) -> Vec<(Oid, u32)> {
 
 /// Recovers everything this node lacks at `epoch`; false when a newer epoch took over.
 async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
+    let _one_at_a_time = node.recovery.running.lock().await;
     let view = node.view();
     if view.state.epoch != epoch {
         return Ok(false);
@@ -284,6 +289,27 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
     }
     if failed > 0 {
         tracing::warn!("epoch {epoch}: {failed} objects could not be recovered");
+    }
+    if node.epoch() != epoch {
+        return Ok(false);
+    }
+    // A request of the previous epoch still in flight when the epoch changed (or a fetch that
+    // finished after it) can leave a copy the ring does not give this node: set it aside too.
+    let (n, v) = (node.clone(), node.view());
+    let swept = tokio::task::spawn_blocking(move || -> Result<usize, crate::store::StoreError> {
+        let mut moved = 0;
+        for oid in n.store.list()? {
+            if !placed_here(&n, &v, oid) && n.store.make_stale(oid, epoch - 1).is_ok() {
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    })
+    .await
+    .map_err(|_| SdResult::EIO)?
+    .map_err(|e| e.result())?;
+    if swept > 0 {
+        tracing::info!("epoch {epoch}: {swept} late copies set aside");
     }
     Ok(node.epoch() == epoch)
 }
@@ -323,6 +349,10 @@ async fn fetch(
     let _g = node.recovery.stripe(oid).lock().await;
     if node.store.exists(oid) {
         return Ok(());
+    }
+    // The epoch may have moved on since the caller looked: fetch only what is ours now.
+    if !placed_here(node, &node.view(), oid) {
+        return Err(SdResult::NO_OBJ);
     }
     // Best first: current copies, then stale ones by the epoch they were last current in;
     // among equals, another node's copy before a stale one of our own.

@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, Semaphore};
 /// Numbers the unix-socket connections, which have no address to tell them apart.
 static CONN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Payload bytes reserved before they arrive.
+const PREALLOC: usize = 4 << 20;
+
 /// Requests one connection may have in flight; more wait for a slot (back-pressure).
 const MAX_INFLIGHT: usize = 128;
 /// Serves one client connection until it closes.
@@ -64,9 +67,13 @@ where
             continue;
         }
         let data = if req.carries_payload() {
-            let mut buf = vec![0u8; req.data_length() as usize];
-            if rd.read_exact(&mut buf).await.is_err() {
-                break;
+            // Grown as the bytes arrive: a header that claims a large payload costs nothing
+            // until the payload is really sent.
+            let len = req.data_length() as usize;
+            let mut buf = Vec::with_capacity(len.min(PREALLOC));
+            match (&mut rd).take(len as u64).read_to_end(&mut buf).await {
+                Ok(n) if n == len => {}
+                _ => break,
             }
             Bytes::from(buf)
         } else {

@@ -154,14 +154,20 @@ impl Volume {
         let cur = self.cur.read().await;
         let ps = pieces(offset, len as u64, cur.obj_shift);
         let parts = try_join_all(ps.iter().map(|p| {
-            let owner = cur
+            let cached = cur
                 .table
                 .get(p.idx as usize)
                 .map(|a| a.load(Ordering::Acquire))
                 .unwrap_or(0);
             let node = &self.node;
             let copies = cur.copies;
+            let cur = &cur;
             async move {
+                // A hole here may have been written through another client since.
+                let owner = match cached {
+                    0 => self.fresh_slot(cur, p.idx).await?,
+                    o => o,
+                };
                 if owner == 0 {
                     return Ok(vec![0u8; p.len as usize]);
                 }
@@ -253,7 +259,8 @@ impl Volume {
                 .await;
         }
         let _g = self.stripes[p.idx as usize % STRIPES].lock().await;
-        let owner = slot.load(Ordering::Acquire);
+        // Decide from the inode, not the cache: another client may have written it.
+        let owner = self.fresh_slot(cur, p.idx).await?;
         let oid = Oid::data(Vid(cur.vid), p.idx);
         if owner == cur.vid {
             return gateway::write_with(&self.node, oid, p.off, data, false, cur.copies, sync)
@@ -277,6 +284,37 @@ impl Volume {
             // Copied away from a parent: a deleted parent's object may now have no user.
             if let Err(e) = vdi::unlinked(&self.node, cur.vid, p.idx, owner).await {
                 tracing::warn!("reclaiming object {} of {owner:x}: {e}", p.idx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Entry `idx` of the table as the inode has it now; the cache follows.
+    async fn fresh_slot(&self, cur: &Current, idx: u32) -> Result<u32, SdResult> {
+        self.fresh_slots(cur, idx, 1).await?;
+        Ok(cur
+            .table
+            .get(idx as usize)
+            .map(|a| a.load(Ordering::Acquire))
+            .unwrap_or(0))
+    }
+
+    /// Reloads `n` entries of the table from `first` from the inode.
+    async fn fresh_slots(&self, cur: &Current, first: u32, n: u32) -> Result<(), SdResult> {
+        let b = gateway::read(
+            &self.node,
+            Oid::inode(Vid(cur.vid)),
+            inode::data_vdi_id_offset(first) as u64,
+            n as usize * 4,
+            cur.copies,
+        )
+        .await?;
+        for (k, c) in b.chunks_exact(4).enumerate() {
+            if let Some(slot) = cur.table.get(first as usize + k) {
+                slot.store(
+                    u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    Ordering::Release,
+                );
             }
         }
         Ok(())
@@ -318,13 +356,16 @@ impl Volume {
                 .table
                 .get(p.idx as usize)
                 .ok_or(SdResult::INVALID_PARMS)?;
-            let owner = slot.load(Ordering::Acquire);
+            let mut owner = slot.load(Ordering::Acquire);
+            if owner == 0 {
+                owner = self.fresh_slot(&cur, p.idx).await?;
+            }
             if owner == 0 && !allocate {
                 continue;
             }
             if p.len == obj && !allocate {
                 let _g = self.stripes[p.idx as usize % STRIPES].lock().await;
-                let owner = slot.load(Ordering::Acquire);
+                let owner = self.fresh_slot(&cur, p.idx).await?;
                 if owner == 0 {
                     continue;
                 }
@@ -349,11 +390,21 @@ impl Volume {
     pub async fn extents(&self, offset: u64, len: u64, max: usize) -> Vec<(u64, bool)> {
         let cur = self.cur.read().await;
         let mut out: Vec<(u64, bool)> = Vec::new();
-        for p in pieces(
+        let ps = pieces(
             offset,
             len.min(self.size().saturating_sub(offset)),
             cur.obj_shift,
-        ) {
+        );
+        // From the inode as it is now: other clients may have written or discarded since.
+        if let (Some(first), Some(last)) = (ps.first(), ps.last()) {
+            if let Err(e) = self
+                .fresh_slots(&cur, first.idx, last.idx - first.idx + 1)
+                .await
+            {
+                tracing::debug!("refreshing the object table: {e}");
+            }
+        }
+        for p in ps {
             let allocated = cur
                 .table
                 .get(p.idx as usize)

@@ -605,3 +605,38 @@ fn fio_random_writes_verify_over_nbd() {
     ]));
     assert!(out.contains("err= 0"), "{out}");
 }
+
+#[test]
+fn open_exports_see_what_other_clients_wrote() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let p = c.nodes[0].nbd_port;
+    let data = pattern(1 << 20, 61);
+    let input = c.tmp.path().join("dogdata");
+    std::fs::write(&input, &data).unwrap();
+    rt().block_on(async {
+        let mut r = Client::open(None, p, "Bob").await.unwrap();
+        assert!(r
+            .read(8 << 20, 1 << 20)
+            .await
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
+        // Written through the Sheepdog protocol while the export is open.
+        let o = c.dog_stdin(1, &["vdi", "write", "Bob", "8M", "1M"], Some(&input));
+        assert!(o.status.success());
+        assert!(
+            r.read(8 << 20, 1 << 20).await.unwrap() == data,
+            "stale hole"
+        );
+        // Block status through the same node (the same open volume) sees it too.
+        let map = run(tool("qemu-img").args(["map", "--output=json", &c.nbd_uri(0, "Bob")]));
+        assert!(
+            map.lines()
+                .any(|l| l.contains("\"start\": 8388608") && l.contains("\"data\": true")),
+            "{map}"
+        );
+        r.disconnect().await;
+    });
+}
