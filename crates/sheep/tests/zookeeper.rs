@@ -4,9 +4,15 @@
 mod common;
 
 use common::{free_port, pattern, Cluster};
+use sheep::cluster::state::{ClusterState, Event, JoinInfo};
+use sheep::cluster::zookeeper::{parse_options, ZkDriver};
+use sheep::cluster::{Delivery, Driver};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use zookeeper_client as zkc;
 
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
 
@@ -106,6 +112,12 @@ fn read_until(c: &Cluster, i: usize, want: &[u8]) {
     }
 }
 
+/// Number of epochs in `dog cluster info` (one line per epoch, starting with its date).
+fn epoch_count(c: &Cluster) -> usize {
+    let info = c.dog_ok(0, &["cluster", "info"]);
+    info.lines().filter(|l| l.starts_with("20")).count()
+}
+
 #[test]
 fn three_sheep_on_zookeeper_survive_a_kill_and_a_zookeeper_restart() {
     let zdir = tempfile::tempdir().unwrap();
@@ -138,6 +150,15 @@ fn three_sheep_on_zookeeper_survive_a_kill_and_a_zookeeper_restart() {
     c.wait_members(3);
     read_until(&c, 2, &data);
 
+    // Killed and started again before its session ends: it waits for its former member node
+    // to go, then comes back as a new member (its former self leaves first).
+    let epochs = epoch_count(&c);
+    c.kill(1);
+    c.restart(1);
+    c.wait_members(3);
+    read_until(&c, 1, &data);
+    assert!(epoch_count(&c) >= epochs + 2, "no leave and join epochs");
+
     // A second cluster shares the ensemble under its own id.
     let other = Cluster::start_driver(1, &zk.option("two"));
     other.dog_ok(0, &["cluster", "format", "--copies=1"]);
@@ -164,4 +185,126 @@ fn an_unreachable_zookeeper_is_a_clear_error() {
     assert!(err.contains("cannot reach ZooKeeper"), "{err}");
     let objs = dir.path().join("st").join("obj");
     assert!(std::fs::read_dir(&objs).map(|d| d.count()).unwrap_or(0) == 0);
+}
+
+fn node(port: u16) -> proto::SdNode {
+    proto::SdNode {
+        nid: proto::node::NodeId::new("127.0.0.1".parse().unwrap(), port),
+        nr_vnodes: 128,
+        zone: u32::from(port),
+        space: 0,
+    }
+}
+
+fn info(incarnation: u64) -> JoinInfo {
+    JoinInfo {
+        incarnation,
+        ..JoinInfo::default()
+    }
+}
+
+/// Events delivered on `rx` until none comes for a second.
+async fn drain(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Vec<(u64, Event)> {
+    let mut out = Vec::new();
+    while let Ok(Some((seq, _, ev))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await
+    {
+        out.push((seq, ev));
+    }
+    out
+}
+
+/// The ordering rules of the driver, checked on the queue itself. A process registered by hand
+/// plays a sheep that died before anyone announced it (the only other member is stalled): its
+/// successor's join is preceded by its leave. A leave is never appended for an address that
+/// is registered, and a repeated leave changes nothing.
+#[test]
+fn a_replaced_member_leaves_before_its_successor_joins() {
+    let zdir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(zdir.path());
+    let hosts = format!("127.0.0.1:{}", zk.port);
+    let option = format!("{hosts}/replace,timeout=2000");
+    let (a, x) = (node(7001), node(7002));
+    common::rt().block_on(async {
+        // A stalled member `a` and a member `x`, each on its own session, as a driver would
+        // have registered them.
+        let raw = |hosts: String| async move {
+            zkc::Client::connector()
+                .with_session_timeout(Duration::from_secs(30))
+                .connect(&hosts)
+                .await
+                .expect("connect to ZooKeeper")
+        };
+        let (sa, sx) = (raw(hosts.clone()).await, raw(hosts.clone()).await);
+        let dir = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+        for sub in ["queue", "member", "lock"] {
+            sa.mkdir(&format!("/sheepdog/replace/{sub}"), &dir)
+                .await
+                .unwrap();
+        }
+        let eph = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+        let seqn = zkc::CreateMode::PersistentSequential.with_acls(zkc::Acls::anyone_all());
+        for (s, n) in [(&sa, a), (&sx, x)] {
+            s.create(&format!("/sheepdog/replace/member/{}", n.nid), b"", &eph)
+                .await
+                .unwrap();
+            let ev = serde_json::to_vec(&Event::Join {
+                node: n,
+                info: info(1),
+            })
+            .unwrap();
+            s.create("/sheepdog/replace/queue/e", &ev, &seqn)
+                .await
+                .unwrap();
+        }
+        // `x` dies (its member node goes with its session); nobody announces it.
+        drop(sx);
+        let d = Arc::new(ZkDriver::new(parse_options(&option).unwrap()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        d.clone().start(x, info(2), tx).await.expect("start");
+        let evs = drain(&mut rx).await;
+        let kinds: Vec<String> = evs
+            .iter()
+            .map(|(_, e)| match e {
+                Event::Join { node, info } => format!("join {} {}", node.nid, info.incarnation),
+                Event::Leave { node } => format!("leave {}", node.nid),
+                Event::Notify { .. } => "notify".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "join 127.0.0.1:7001 1",
+                "join 127.0.0.1:7002 1",
+                "leave 127.0.0.1:7002",
+                "join 127.0.0.1:7002 2"
+            ]
+        );
+        assert!(evs.windows(2).all(|w| w[0].0 < w[1].0), "positions rise");
+        let mut st = ClusterState::default();
+        for (_, e) in &evs {
+            st.apply(e);
+        }
+        assert!(st.is_member(&x) && st.is_member(&a));
+
+        // `x` is registered: no leave can be announced for it.
+        assert!(!d.announce_leave(x).await.unwrap());
+        // `a` goes: its leave is appended (twice, as two announcers might), and changes the
+        // membership once.
+        drop(sa);
+        assert!(d.announce_leave(a).await.unwrap());
+        assert!(d.announce_leave(a).await.unwrap());
+        let more = drain(&mut rx).await;
+        assert!(
+            more.iter()
+                .all(|(_, e)| matches!(e, Event::Leave { node } if node.nid == a.nid)),
+            "{more:?}"
+        );
+        assert!(more.len() >= 2, "{more:?}");
+        for (_, e) in &more {
+            st.apply(e);
+        }
+        assert!(st.is_member(&x) && !st.is_member(&a));
+        assert_eq!(d.sync().await.unwrap(), more.last().map(|m| m.0).unwrap());
+        d.leave().await.unwrap();
+    });
 }

@@ -7,7 +7,12 @@
 //! Like the local driver, a joiner reads the queue from its start and so rebuilds the same
 //! state; the history is cleared when a node starts and no member is alive. A member whose
 //! ephemeral node vanishes (killed, session expired) gets a leave event from the live member
-//! with the lowest address. A node whose own session expires stops serving at once (it starts
+//! with the lowest address. Membership changes are transactions (ZooKeeper `multi`): a joiner
+//! creates its member node together with a leave of any former process at its address and its
+//! join; a leave is appended together with a check that no process with that address is
+//! registered. So a leave never lands after the join of the process that replaced the one that
+//! died, and a repeated leave (the announcer changed midway) is the leave of a non-member,
+//! which changes nothing. A node whose own session expires stops serving at once (it starts
 //! itself again and rejoins as a new member): never a split brain.
 //!
 //! The client is `zookeeper-client`: async on tokio, maintained, with session-state watchers
@@ -91,6 +96,25 @@ fn seq_of(name: &str) -> Option<u64> {
     name.strip_prefix('e')?.parse().ok()
 }
 
+fn encode(ev: &Event) -> Result<Vec<u8>, ClusterError> {
+    serde_json::to_vec(ev).map_err(|e| ClusterError::Other(format!("encoding an event: {e}")))
+}
+
+/// Position of the last queue node a transaction created.
+fn last_seq(results: Vec<zk::MultiWriteResult>) -> Result<u64, ClusterError> {
+    results
+        .into_iter()
+        .rev()
+        .find_map(|r| match r {
+            zk::MultiWriteResult::Create { path, .. } => {
+                seq_of(path.rsplit('/').next().unwrap_or_default())
+            }
+            _ => None,
+        })
+        .map(|s| s + 1)
+        .ok_or_else(|| ClusterError::Other("zookeeper: transaction created no event".into()))
+}
+
 pub struct ZkDriver {
     opts: Options,
     client: OnceCell<zk::Client>,
@@ -149,13 +173,75 @@ impl ZkDriver {
     /// Appends an event to the queue; returns its position.
     async fn append(&self, ev: &Event) -> Result<u64, ClusterError> {
         let c = self.client()?;
-        let data = serde_json::to_vec(ev).map_err(|e| ClusterError::Other(e.to_string()))?;
+        let data = encode(ev)?;
         let opts = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
         let (_, seq) = c
             .create(&self.path("queue/e"), &data, &opts)
             .await
             .map_err(zerr("appending an event"))?;
         Ok(seq.into_i64() as u64 + 1)
+    }
+
+    /// Registers `me` as a live member and appends its join, in one transaction: nobody can
+    /// see the member node without the join being in the order, and a leave announced for a
+    /// former process with the same address can only land before it (see `announce_leave`).
+    /// Unless the history is new, the join is preceded by a leave of `me`: a former process
+    /// whose end nobody has announced yet (killed and restarted within its session timeout)
+    /// is then out of the membership before the new one comes in, as with the local driver's
+    /// reaping; the leave of a non-member changes nothing.
+    async fn register(
+        &self,
+        me: SdNode,
+        info: JoinInfo,
+        new_history: bool,
+    ) -> Result<u64, ClusterError> {
+        let c = self.client()?;
+        let me_path = self.path(&format!("member/{}", me.nid));
+        let eph = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let seqn = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        let queue = self.path("queue/e");
+        let mut w = c.new_multi_writer();
+        w.add_create(&me_path, &me.to_bytes(), &eph)
+            .map_err(zerr("registering as a member"))?;
+        if !new_history {
+            w.add_create(&queue, &encode(&Event::Leave { node: me })?, &seqn)
+                .map_err(zerr("registering as a member"))?;
+        }
+        w.add_create(&queue, &encode(&Event::Join { node: me, info })?, &seqn)
+            .map_err(zerr("registering as a member"))?;
+        let results = w
+            .commit()
+            .await
+            .map_err(|e| zerr("registering as a member")(e.into()))?;
+        last_seq(results)
+    }
+
+    /// Appends a leave for `node` if, at that point of the order, no process with its address
+    /// is registered: the check (creating and removing its member node) and the append are one
+    /// transaction, so a leave never lands after the join of a process that replaced it.
+    /// Returns whether the leave was appended.
+    pub async fn announce_leave(&self, node: SdNode) -> Result<bool, ClusterError> {
+        let c = self.client()?;
+        let path = self.path(&format!("member/{}", node.nid));
+        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        let seqn = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        let mut w = c.new_multi_writer();
+        let build = |w: &mut zk::MultiWriter<'_>| -> Result<(), zk::Error> {
+            w.add_create(&path, b"", &persistent)?;
+            w.add_delete(&path, None)?;
+            let ev = encode(&Event::Leave { node })
+                .map_err(|e| zk::Error::UnexpectedError(format!("encoding a leave event: {e}")))?;
+            w.add_create(&self.path("queue/e"), &ev, &seqn)
+        };
+        build(&mut w).map_err(zerr("announcing a leave"))?;
+        match w.commit().await {
+            Ok(_) => Ok(true),
+            Err(zk::MultiWriteError::OperationFailed {
+                index: 0,
+                source: zk::Error::NodeExists,
+            }) => Ok(false),
+            Err(e) => Err(zerr("announcing a leave")(e.into())),
+        }
     }
 
     async fn take_lock(&self) -> Result<zk::OwnedLockClient, ClusterError> {
@@ -271,7 +357,8 @@ impl Driver for ZkDriver {
                     .list_children(&self.path("member"))
                     .await
                     .map_err(zerr("listing members"))?;
-                if members.is_empty() {
+                let new_history = members.is_empty();
+                if new_history {
                     // Nobody alive: the history ends here, this node starts a new one.
                     let queue = self.path("queue");
                     for n in client
@@ -282,12 +369,7 @@ impl Driver for ZkDriver {
                         let _ = client.delete(&format!("{queue}/{n}"), None).await;
                     }
                 }
-                let eph = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-                client
-                    .create(&me_path, &me.to_bytes(), &eph)
-                    .await
-                    .map_err(zerr("registering as a member"))?;
-                self.append(&Event::Join { node: me, info }).await?;
+                self.register(me, info, new_history).await?;
             }
             let tracked: Tracked = Arc::new(Mutex::new(BTreeMap::new()));
             tokio::spawn(read_queue(
@@ -419,9 +501,14 @@ async fn watch_members(d: Arc<ZkDriver>, me: SdNode, tracked: Tracked) {
                     let key = node.nid.to_string();
                     if announced.insert(key.clone()) {
                         tracing::info!("zookeeper: {key} is gone");
-                        if let Err(e) = d.append(&Event::Leave { node }).await {
-                            tracing::warn!("announcing that {key} left: {e}");
-                            announced.remove(&key);
+                        match d.announce_leave(node).await {
+                            Ok(true) => {}
+                            // Back already: its own join came with a leave of the former one.
+                            Ok(false) => tracing::info!("zookeeper: {key} is back"),
+                            Err(e) => {
+                                tracing::warn!("announcing that {key} left: {e}");
+                                announced.remove(&key);
+                            }
                         }
                     }
                 }
