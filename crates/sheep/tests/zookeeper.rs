@@ -4,7 +4,7 @@
 mod common;
 
 use common::{free_port, pattern, Cluster};
-use sheep::cluster::state::{ClusterState, Event, JoinInfo};
+use sheep::cluster::state::{ClusterState, Event, JoinInfo, Message};
 use sheep::cluster::zookeeper::{parse_options, ZkDriver};
 use sheep::cluster::{Delivery, Driver};
 use std::path::{Path, PathBuf};
@@ -291,6 +291,17 @@ fn a_replaced_member_leaves_before_its_successor_joins() {
         // `a` goes: its leave is appended (twice, as two announcers might), and changes the
         // membership once.
         drop(sa);
+        let probe = raw(hosts.clone()).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probe
+            .check_stat(&format!("/sheepdog/replace/member/{}", a.nid))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(Instant::now() < deadline, "the closed session's node stays");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(d.announce_leave(a).await.unwrap());
         assert!(d.announce_leave(a).await.unwrap());
         let more = drain(&mut rx).await;
@@ -306,5 +317,72 @@ fn a_replaced_member_leaves_before_its_successor_joins() {
         assert!(st.is_member(&x) && !st.is_member(&a));
         assert_eq!(d.sync().await.unwrap(), more.last().map(|m| m.0).unwrap());
         d.leave().await.unwrap();
+    });
+}
+
+/// A node that starts a history marks where it starts and later nodes replay it from there
+/// (a long one read ahead in windows, every position once, in order); once every member has
+/// left, the next node clears it and starts a new one.
+#[test]
+fn a_history_is_replayed_from_its_start_and_cleared_when_nobody_is_left() {
+    let zdir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(zdir.path());
+    let hosts = format!("127.0.0.1:{}", zk.port);
+    let option = format!("{hosts}/history,timeout=2000");
+    let queue = "/sheepdog/history/queue";
+    let (a, x) = (node(7001), node(7002));
+    let raw = || async {
+        zkc::Client::connector()
+            .with_session_timeout(Duration::from_secs(30))
+            .connect(&hosts)
+            .await
+            .expect("connect to ZooKeeper")
+    };
+    let mark = |c: zkc::Client| async move {
+        let (data, _) = c.get_data(queue).await.unwrap();
+        String::from_utf8(data).unwrap().parse::<u64>().unwrap()
+    };
+    let start = |n: proto::SdNode| {
+        let option = option.clone();
+        async move {
+            let d = Arc::new(ZkDriver::new(parse_options(&option).unwrap()));
+            let (tx, rx) = mpsc::unbounded_channel();
+            d.clone().start(n, info(1), tx).await.expect("start");
+            (d, rx)
+        }
+    };
+
+    // The drivers' own tasks end with their runtime.
+    let first = common::rt().block_on(async {
+        let (d1, mut rx1) = start(a).await;
+        for vid in 0..600 {
+            d1.notify(Message::VdiDel { vid }).await.unwrap();
+        }
+        let evs1 = drain(&mut rx1).await;
+        assert_eq!(evs1.len(), 601);
+        assert!(matches!(evs1[0].1, Event::Join { node, .. } if node == a));
+        assert_eq!(evs1[0].0, mark(raw().await).await + 1);
+        assert!(evs1.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+
+        let (d2, mut rx2) = start(x).await;
+        let evs2 = drain(&mut rx2).await;
+        assert_eq!(evs2.len(), 603);
+        assert!(evs2[..601] == evs1[..], "the same history");
+        assert!(matches!(evs2[601].1, Event::Leave { node } if node == x));
+        assert!(matches!(evs2[602].1, Event::Join { node, .. } if node == x));
+        assert_eq!(d1.sync().await.unwrap(), evs2[602].0);
+        d2.leave().await.unwrap();
+        d1.leave().await.unwrap();
+        evs1[0].0
+    });
+
+    common::rt().block_on(async {
+        let (_d3, mut rx3) = start(a).await;
+        let evs3 = drain(&mut rx3).await;
+        assert_eq!(evs3.len(), 1, "{evs3:?}");
+        assert!(evs3[0].0 > first + 600);
+        let c = raw().await;
+        assert_eq!(c.list_children(queue).await.unwrap().len(), 1);
+        assert_eq!(evs3[0].0, mark(c).await + 1);
     });
 }

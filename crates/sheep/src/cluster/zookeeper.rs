@@ -5,7 +5,12 @@
 //! alive), `queue/e<seq>` persistent sequential nodes holding the events (JSON) in the
 //! cluster's total order, and `lock/` for the cluster-wide mutex (ZooKeeper's lock recipe).
 //! Like the local driver, a joiner reads the queue from its start and so rebuilds the same
-//! state; the history is cleared when a node starts and no member is alive. A member whose
+//! state; the history is cleared when a node starts and no member is alive, and the position
+//! of its first event is kept in the queue node's data. Events are read by position (the
+//! sequence number ZooKeeper gave them, which is the `seq` delivered), never by listing the
+//! queue, whose listing grows with the history and is bounded by ZooKeeper's packet size;
+//! catching up reads ahead in parallel, and once caught up the reader watches the next
+//! position. A member whose
 //! ephemeral node vanishes (killed, session expired) gets a leave event from the live member
 //! with the lowest address. Membership changes are transactions (ZooKeeper `multi`): a joiner
 //! creates its member node together with a leave of any former process at its address and its
@@ -22,6 +27,7 @@ use super::state::{Event, JoinInfo, Message};
 use super::{BoxFut, ClusterError, Delivery, Driver, LockGuard};
 use proto::SdNode;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, OnceCell};
@@ -31,6 +37,8 @@ use zookeeper_client as zk;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often membership and the queue are looked at even without a watch firing.
 const TICK: Duration = Duration::from_millis(500);
+/// Most queue positions read or deleted at once.
+const BATCH: u64 = 256;
 
 fn zerr(what: &str) -> impl FnOnce(zk::Error) -> ClusterError + '_ {
     move |e| ClusterError::Other(format!("zookeeper: {what}: {e}"))
@@ -119,6 +127,8 @@ pub struct ZkDriver {
     opts: Options,
     client: OnceCell<zk::Client>,
     me: Mutex<Option<SdNode>>,
+    /// Every event before this sequence number is known to be in the queue.
+    tip: AtomicU64,
 }
 
 impl ZkDriver {
@@ -127,6 +137,7 @@ impl ZkDriver {
             opts,
             client: OnceCell::new(),
             me: Mutex::new(None),
+            tip: AtomicU64::new(0),
         }
     }
 
@@ -185,7 +196,9 @@ impl ZkDriver {
     /// Registers `me` as a live member and appends its join, in one transaction: nobody can
     /// see the member node without the join being in the order, and a leave announced for a
     /// former process with the same address can only land before it (see `announce_leave`).
-    /// Unless the history is new, the join is preceded by a leave of `me`: a former process
+    /// In a new history the join is its first event, and its position is kept in the queue
+    /// node's data as the start of the history. Otherwise the join is preceded by a leave of
+    /// `me`: a former process
     /// whose end nobody has announced yet (killed and restarted within its session timeout)
     /// is then out of the membership before the new one comes in, as with the local driver's
     /// reaping; the leave of a non-member changes nothing.
@@ -213,7 +226,19 @@ impl ZkDriver {
             .commit()
             .await
             .map_err(|e| zerr("registering as a member")(e.into()))?;
-        last_seq(results)
+        let joined = last_seq(results)?;
+        if new_history {
+            // Not in the transaction (the position is known only after it); a mark lost here
+            // is found stale by `history_start`, which then looks for the oldest event.
+            c.set_data(
+                &self.path("queue"),
+                (joined - 1).to_string().as_bytes(),
+                None,
+            )
+            .await
+            .map_err(zerr("marking the start of the history"))?;
+        }
+        Ok(joined)
     }
 
     /// Appends a leave for `node` if, at that point of the order, no process with its address
@@ -259,58 +284,91 @@ impl ZkDriver {
 /// Members as the delivered events say (address -> node).
 type Tracked = Arc<Mutex<BTreeMap<String, SdNode>>>;
 
-/// Delivers every queue event after `last`, in order; returns the newest position.
-async fn deliver_new(
-    c: &zk::Client,
-    queue: &str,
-    last: u64,
-    tx: &mpsc::UnboundedSender<Delivery>,
-    tracked: &Tracked,
-) -> Result<u64, zk::Error> {
-    let mut names: Vec<(u64, String)> = c
-        .list_children(queue)
-        .await?
-        .into_iter()
-        .filter_map(|n| seq_of(&n).map(|s| (s + 1, n)))
-        .filter(|(s, _)| *s > last)
-        .collect();
-    names.sort();
-    let mut last = last;
-    for (seq, name) in names {
-        let (data, stat) = match c.get_data(&format!("{queue}/{name}")).await {
-            Ok(r) => r,
-            Err(zk::Error::NoNode) => continue,
-            Err(e) => return Err(e),
-        };
-        let ev: Event = match serde_json::from_slice(&data) {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::error!("zookeeper: unreadable event {name}: {e}");
-                last = seq;
-                continue;
-            }
-        };
-        {
-            let mut t = tracked.lock().unwrap_or_else(|e| e.into_inner());
-            match &ev {
-                Event::Join { node, .. } => {
-                    t.insert(node.nid.to_string(), *node);
-                }
-                Event::Leave { node } => {
-                    t.remove(&node.nid.to_string());
-                }
-                Event::Notify { .. } => {}
-            }
+/// Queue node of sequence number `n` (ZooKeeper's `%010d` suffix).
+fn event_path(queue: &str, n: u64) -> String {
+    format!("{queue}/e{n:010}")
+}
+
+/// Sequence number of the first event of the current history: kept in the queue node's data
+/// by the node that started the history; without it (or if no event is there), the oldest
+/// event in the queue.
+async fn history_start(c: &zk::Client, queue: &str) -> Result<u64, zk::Error> {
+    let (data, _) = c.get_data(queue).await?;
+    if let Some(n) = std::str::from_utf8(&data)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        if c.check_stat(&event_path(queue, n)).await?.is_some() {
+            return Ok(n);
         }
-        if tx
-            .send((seq, (stat.ctime / 1000).max(0) as u64, ev))
-            .is_err()
-        {
-            return Ok(seq);
-        }
-        last = seq;
     }
-    Ok(last)
+    oldest_after(c, queue, 0).await
+}
+
+/// Sequence number of the oldest event at or after `n`; without any, the one after the newest
+/// (lists the queue: only when the start of the history is unknown, or for a gap).
+async fn oldest_after(c: &zk::Client, queue: &str, n: u64) -> Result<u64, zk::Error> {
+    let names = c.list_children(queue).await?;
+    let seqs = names.iter().filter_map(|n| seq_of(n));
+    Ok(seqs
+        .clone()
+        .filter(|&s| s >= n)
+        .min()
+        .unwrap_or_else(|| seqs.max().map_or(n, |m| m.max(n))))
+}
+
+/// Deletes the events of the ended history: from its start on, in parallel batches, up to the
+/// first position with no event (a history has no holes), then whatever else is left.
+async fn clear_history(c: &zk::Client, queue: &str) -> Result<(), zk::Error> {
+    let mut n = history_start(c, queue).await?;
+    loop {
+        let batch = (n..n + BATCH).map(|k| {
+            let path = event_path(queue, k);
+            async move {
+                match c.delete(&path, None).await {
+                    Ok(()) => Ok(true),
+                    Err(zk::Error::NoNode) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        });
+        let deleted = futures::future::try_join_all(batch).await?;
+        if deleted.iter().any(|d| !d) {
+            break;
+        }
+        n += BATCH;
+    }
+    for name in c.list_children(queue).await? {
+        match c.delete(&format!("{queue}/{name}"), None).await {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What is at one position of the queue.
+enum Slot {
+    /// No node there (not yet, or never: a gap).
+    Missing,
+    /// A node that is not a sheep's event: no part of the order.
+    Unreadable,
+    /// An event and when it was appended (seconds since the epoch).
+    Event(Event, u64),
+}
+
+async fn read_event(c: &zk::Client, queue: &str, n: u64) -> Result<Slot, zk::Error> {
+    match c.get_data(&event_path(queue, n)).await {
+        Ok((data, stat)) => match serde_json::from_slice(&data) {
+            Ok(ev) => Ok(Slot::Event(ev, (stat.ctime / 1000).max(0) as u64)),
+            Err(e) => {
+                tracing::error!("zookeeper: unreadable event {n}: {e}");
+                Ok(Slot::Unreadable)
+            }
+        },
+        Err(zk::Error::NoNode) => Ok(Slot::Missing),
+        Err(e) => Err(e),
+    }
 }
 
 impl Driver for ZkDriver {
@@ -360,24 +418,18 @@ impl Driver for ZkDriver {
                 let new_history = members.is_empty();
                 if new_history {
                     // Nobody alive: the history ends here, this node starts a new one.
-                    let queue = self.path("queue");
-                    for n in client
-                        .list_children(&queue)
+                    clear_history(&client, &self.path("queue"))
                         .await
-                        .map_err(zerr("listing events"))?
-                    {
-                        let _ = client.delete(&format!("{queue}/{n}"), None).await;
-                    }
+                        .map_err(zerr("clearing the history"))?;
                 }
-                self.register(me, info, new_history).await?;
+                let joined = self.register(me, info, new_history).await?;
+                self.tip.fetch_max(joined, Ordering::SeqCst);
             }
+            let first = history_start(&client, &self.path("queue"))
+                .await
+                .map_err(zerr("reading the history"))?;
             let tracked: Tracked = Arc::new(Mutex::new(BTreeMap::new()));
-            tokio::spawn(read_queue(
-                client.clone(),
-                self.path("queue"),
-                tx,
-                tracked.clone(),
-            ));
+            tokio::spawn(read_queue(self.clone(), first, tx, tracked.clone()));
             tokio::spawn(watch_members(self.clone(), me, tracked));
             tokio::spawn(watch_session(client));
             Ok(())
@@ -411,16 +463,18 @@ impl Driver for ZkDriver {
             let c = self.client()?;
             let queue = self.path("queue");
             c.sync(&queue).await.map_err(zerr("sync"))?;
-            let names = c
-                .list_children(&queue)
+            // Every event before `tip` is known to exist; walk on to the first one that does
+            // not (the newest event's position is its sequence number + 1).
+            let mut k = self.tip.load(Ordering::SeqCst);
+            while c
+                .check_stat(&event_path(&queue, k))
                 .await
-                .map_err(zerr("listing events"))?;
-            Ok(names
-                .iter()
-                .filter_map(|n| seq_of(n))
-                .map(|s| s + 1)
-                .max()
-                .unwrap_or(0))
+                .map_err(zerr("sync"))?
+                .is_some()
+            {
+                k += 1;
+            }
+            Ok(self.tip.fetch_max(k, Ordering::SeqCst).max(k))
         })
     }
 
@@ -439,34 +493,138 @@ impl Driver for ZkDriver {
     }
 }
 
-/// Delivers the queue, from its start, then every new event, in order.
+/// Delivers the queue from `first` (the start of the history), then every new event, in
+/// order. Events are read by their position, never by listing the queue (whose listing grows
+/// with the history): catching up reads ahead in parallel, in windows that double while every
+/// position is there; once caught up it watches the next position.
 async fn read_queue(
-    c: zk::Client,
-    queue: String,
+    d: Arc<ZkDriver>,
+    first: u64,
     tx: mpsc::UnboundedSender<Delivery>,
     tracked: Tracked,
 ) {
-    let mut last = 0u64;
+    let Ok(c) = d.client().cloned() else { return };
+    let queue = d.path("queue");
+    let mut next = first;
+    let mut window = 1u64;
     loop {
         if tx.is_closed() {
             return;
         }
-        let watcher = match c.list_and_watch_children(&queue).await {
-            Ok((_, w)) => Some(w),
+        let reads = (next..next + window).map(|n| read_event(&c, &queue, n));
+        let slots = match futures::future::try_join_all(reads).await {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!("zookeeper: watching events: {e}");
-                None
+                tracing::warn!("zookeeper: reading events: {e}");
+                tokio::time::sleep(TICK).await;
+                continue;
             }
         };
-        match deliver_new(&c, &queue, last, &tx, &tracked).await {
-            Ok(l) => last = l,
-            Err(e) => tracing::warn!("zookeeper: reading events: {e}"),
-        }
-        match watcher {
-            Some(w) => {
-                let _ = tokio::time::timeout(TICK, w.changed()).await;
+        let found = slots.iter().filter(|s| !matches!(s, Slot::Missing)).count();
+        let mut caught_up = false;
+        for (i, slot) in slots.into_iter().enumerate() {
+            let n = next;
+            match slot {
+                Slot::Event(ev, time) => {
+                    track(&tracked, &ev);
+                    if tx.send((n + 1, time, ev)).is_err() {
+                        return;
+                    }
+                }
+                Slot::Unreadable => {
+                    // Its position still counts (`sync` may have given it out): deliver the
+                    // leave of no node, which changes nothing.
+                    let nobody = Event::Leave {
+                        node: SdNode {
+                            nid: proto::node::NodeId::new([0u8; 4].into(), 0),
+                            nr_vnodes: 0,
+                            zone: 0,
+                            space: 0,
+                        },
+                    };
+                    if tx.send((n + 1, 0, nobody)).is_err() {
+                        return;
+                    }
+                }
+                Slot::Missing if found > i => {
+                    // A later position is there. Events become visible in the order of their
+                    // positions, so this one is there now, or never will be (a gap): look
+                    // again from here.
+                    break;
+                }
+                Slot::Missing => {
+                    caught_up = true;
+                    break;
+                }
             }
-            None => tokio::time::sleep(TICK).await,
+            next = n + 1;
+        }
+        d.tip.fetch_max(next, Ordering::SeqCst);
+        if !caught_up {
+            if found as u64 == window {
+                window = (window * 2).min(BATCH);
+            } else {
+                // Stopped before a missing position with later ones present.
+                match read_event(&c, &queue, next).await {
+                    Ok(Slot::Missing) => {
+                        tracing::warn!("zookeeper: no event at position {next}; skipped");
+                        next += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("zookeeper: reading events: {e}"),
+                }
+            }
+            continue;
+        }
+        window = 1;
+        let path = event_path(&queue, next);
+        match c.check_and_watch_stat(&path).await {
+            Ok((Some(_), _)) => continue,
+            Ok((None, w)) => {
+                if tokio::time::timeout(TICK, w.changed()).await.is_err() {
+                    skip_gap(&c, &queue, first, &mut next).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("zookeeper: watching events: {e}");
+                tokio::time::sleep(TICK).await;
+            }
+        }
+    }
+}
+
+/// Keeps `tracked` as the delivered joins and leaves say.
+fn track(tracked: &Tracked, ev: &Event) {
+    let mut t = tracked.lock().unwrap_or_else(|e| e.into_inner());
+    match ev {
+        Event::Join { node, .. } => {
+            t.insert(node.nid.to_string(), *node);
+        }
+        Event::Leave { node } => {
+            t.remove(&node.nid.to_string());
+        }
+        Event::Notify { .. } => {}
+    }
+}
+
+/// While idle: if the queue holds more events than the positions read so far, but the next
+/// one is missing, there is a hole of a whole window (or the history started elsewhere than
+/// its mark said); move on to the oldest event after it. Never happens in a queue only sheep
+/// write; this keeps the reader from stalling.
+async fn skip_gap(c: &zk::Client, queue: &str, first: u64, next: &mut u64) {
+    let Ok(Some(stat)) = c.check_stat(queue).await else {
+        return;
+    };
+    if (stat.num_children.max(0) as u64) <= next.saturating_sub(first) {
+        return;
+    }
+    if !matches!(read_event(c, queue, *next).await, Ok(Slot::Missing)) {
+        return;
+    }
+    if let Ok(n) = oldest_after(c, queue, *next).await {
+        if n > *next {
+            tracing::warn!("zookeeper: no events at positions {next}..{n}; skipped");
+            *next = n;
         }
     }
 }
