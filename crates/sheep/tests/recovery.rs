@@ -102,6 +102,18 @@ fn assert_placement(c: &Cluster, copies: usize) {
     }
 }
 
+/// Creates VDI Alice of `size` and writes `len` bytes of pattern `seed` to it; returns them.
+fn alice(c: &Cluster, size: &str, len: usize, seed: u64) -> Vec<u8> {
+    c.dog_ok(0, &["vdi", "create", "Alice", size]);
+    let data = pattern(len, seed);
+    let input = write_file(c, "data", &data);
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    data
+}
+
 fn read_all(c: &Cluster, i: usize, len: &str) -> Vec<u8> {
     let o = c.dog(i, &["vdi", "read", "Alice", "0", len]);
     assert!(
@@ -116,13 +128,7 @@ fn read_all(c: &Cluster, i: usize, len: &str) -> Vec<u8> {
 fn nodes_die_join_and_come_back_and_no_byte_is_lost() {
     let mut c = Cluster::start(4);
     c.dog_ok(0, &["cluster", "format", "--copies=3"]);
-    c.dog_ok(0, &["vdi", "create", "Alice", "4G"]);
-    let mut data = pattern(48 << 20, 5);
-    let input = write_file(&c, "data", &data);
-    assert!(c
-        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
-        .status
-        .success());
+    let mut data = alice(&c, "4G", 48 << 20, 5);
     wait_recovered(&c, 3);
     let objs = copies(&c).len();
     assert_eq!(objs, 13, "12 data objects and the inode");
@@ -201,13 +207,7 @@ fn nodes_die_join_and_come_back_and_no_byte_is_lost() {
 fn vdi_check_repairs_missing_and_differing_copies() {
     let c = Cluster::start(3);
     c.dog_ok(0, &["cluster", "format", "--copies=3"]);
-    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
-    let data = pattern(12 << 20, 9);
-    let input = write_file(&c, "data", &data);
-    assert!(c
-        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
-        .status
-        .success());
+    alice(&c, "1G", 12 << 20, 9);
     let obj = |i: usize, idx: u32| {
         c.nodes[i].dir.join("obj").join(format!(
             "{:016x}",
@@ -244,13 +244,7 @@ fn fewer_zones_than_copies_and_switching_recovery() {
     c.add(1);
     c.wait_members(3);
     c.dog_ok(0, &["cluster", "format", "--copies=3", "-f"]);
-    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
-    let data = pattern(8 << 20, 3);
-    let input = write_file(&c, "data", &data);
-    assert!(c
-        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
-        .status
-        .success());
+    let data = alice(&c, "1G", 8 << 20, 3);
     assert!(c
         .dog_ok(0, &["cluster", "info"])
         .contains("Degraded: 2 zones for 3 copies"));
@@ -327,13 +321,7 @@ fn io_never_stops_while_nodes_die_and_join() {
 fn a_cluster_short_of_nodes_starts_with_recover_force() {
     let mut c = Cluster::start(3);
     c.dog_ok(0, &["cluster", "format", "--copies=2"]);
-    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
-    let data = pattern(8 << 20, 4);
-    let input = write_file(&c, "data", &data);
-    assert!(c
-        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
-        .status
-        .success());
+    let data = alice(&c, "1G", 8 << 20, 4);
     c.dog_ok(0, &["cluster", "shutdown"]);
     for i in 0..3 {
         c.wait_exit(i);
@@ -368,13 +356,7 @@ fn a_cluster_short_of_nodes_starts_with_recover_force() {
 fn two_nodes_killed_one_after_the_other_during_recovery() {
     let mut c = Cluster::start(5);
     c.dog_ok(0, &["cluster", "format", "--copies=3"]);
-    c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
-    let data = pattern(48 << 20, 12);
-    let input = write_file(&c, "data", &data);
-    assert!(c
-        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
-        .status
-        .success());
+    let data = alice(&c, "1G", 48 << 20, 12);
     wait_recovered(&c, 3);
     // Slow recovery down so that the second loss lands in the middle of it.
     c.dog_ok(0, &["cluster", "recover", "throttle", "1", "200"]);
