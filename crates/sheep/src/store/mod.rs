@@ -63,6 +63,40 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// Renames `from` to `to` unless `to` exists: false (and `from` left in place) if it does.
+/// `renameat2(RENAME_NOREPLACE)`, or `link` + `unlink` where the file system lacks it.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => match std::fs::hard_link(from, to) {
+            Ok(()) => std::fs::remove_file(from).map(|_| true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+        _ => Err(e),
+    }
+}
+
 pub struct Store {
     dir: PathBuf,
     obj: PathBuf,
@@ -158,6 +192,7 @@ impl Store {
         if path.exists() {
             return self.write(oid, offset, data, sync);
         }
+        fail::fail_point!("store::create_after_check");
         let tmp = self.obj.join(format!(
             "{}.tmp{}.{}",
             oid.file_name(),
@@ -171,7 +206,11 @@ impl Store {
             if sync {
                 self.sync(&f, &tmp)?;
             }
-            std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+            if !rename_noreplace(&tmp, &path).map_err(io("rename", &path))? {
+                // Another request created it since the check: never replace it, write into it.
+                let _ = std::fs::remove_file(&tmp);
+                return self.write(oid, offset, data, sync);
+            }
             if sync {
                 self.sync_dir(&self.obj)?;
             }
@@ -398,6 +437,32 @@ mod tests {
         s.create_and_write(oid(2), 8, 0, b"z", false).unwrap();
         s.purge_objects().unwrap();
         assert!(s.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_create_racing_another_never_replaces_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(d.path(), true).unwrap());
+        let scenario = fail::FailScenario::setup();
+        // The first create stops between its existence check and its rename.
+        fail::cfg("store::create_after_check", "1*pause").unwrap();
+        let s2 = s.clone();
+        let first = std::thread::spawn(move || s2.create_and_write(oid(5), 4096, 0, b"AAAA", true));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Meanwhile a second one (the failpoint's one pause is used up) creates the object.
+        s.create_and_write(oid(5), 4096, 100, b"BBBB", true)
+            .unwrap();
+        fail::remove("store::create_after_check");
+        first.join().unwrap().unwrap();
+        assert_eq!(s.read(oid(5), 0, 4).unwrap(), b"AAAA");
+        assert_eq!(
+            s.read(oid(5), 100, 4).unwrap(),
+            b"BBBB",
+            "the second write survives"
+        );
+        assert_eq!(s.list().unwrap(), vec![oid(5)]);
+        assert_eq!(std::fs::read_dir(d.path().join("obj")).unwrap().count(), 1);
+        scenario.teardown();
     }
 
     #[test]
