@@ -19,6 +19,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
-cargo build --workspace --bins --locked
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked -- --test-threads=2
+# The daemon is built with its failpoints: tests hold race windows open with them.
+features=(--features sheep/failpoints)
+cargo build --workspace --bins --locked "${features[@]}"
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
+cargo test --workspace --locked "${features[@]}" -- --test-threads=2

@@ -213,6 +213,8 @@ fn run(opts: Opts) -> Result<()> {
     std::fs::write(&pidfile, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", pidfile.display()))?;
 
+    // Failpoints named in FAILPOINTS (builds with the `failpoints` feature only; tests).
+    let _failpoints = fail::FailScenario::setup();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -41,12 +41,18 @@ pub struct Node {
     joined: AtomicBool,
     view: RwLock<View>,
     applied: watch::Sender<u64>,
+    /// The newest epoch whose effects this node has carried out (old copies set aside): the
+    /// view moves first, and nothing may be served at an epoch before it is settled here.
+    settled: watch::Sender<u32>,
     /// Woken when the node must stop (shutdown, kill, join refused).
     pub stop: Notify,
     pub stopping: AtomicBool,
     pub killed: AtomicBool,
     join_error: RwLock<Option<String>>,
 }
+
+/// How long a request waits for this node to settle a new epoch before it is retried.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -76,6 +82,7 @@ impl Node {
             joined: AtomicBool::new(false),
             view: RwLock::new(View { state, ring }),
             applied: watch::channel(0).0,
+            settled: watch::channel(0).0,
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
             killed: AtomicBool::new(false),
@@ -161,7 +168,8 @@ impl Node {
             {
                 anyhow::bail!("failed to join the cluster: {e}");
             }
-            if self.view().state.is_member(&self.me) {
+            let v = self.view();
+            if v.state.is_member(&self.me) && self.settled(v.state.epoch).await {
                 return Ok(());
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
@@ -193,8 +201,19 @@ impl Node {
                     tracing::error!("cluster event {ev:?}: {e}");
                 }
             }
+            self.settled.send_replace(view.state.epoch);
             self.applied.send_replace(seq);
         }
+    }
+
+    /// Waits (bounded) until this node has carried out the effects of `epoch` (a returning
+    /// node has set its old copies aside); false if it did not in time.
+    pub async fn settled(&self, epoch: u32) -> bool {
+        let mut rx = self.settled.subscribe();
+        let done = tokio::time::timeout(SETTLE_WAIT, rx.wait_for(|&e| e >= epoch))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        done
     }
 
     async fn carry_out(

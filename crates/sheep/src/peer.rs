@@ -48,6 +48,11 @@ pub async fn local(
     oid: Oid,
     op: StoreOp,
 ) -> Result<Vec<u8>, SdResult> {
+    // Never a copy from before this node settled the request's epoch (a returning node sets
+    // its old copies aside first).
+    if !node.settled(view.state.epoch).await {
+        return Err(SdResult::NEW_NODE_VER);
+    }
     let fetchable = matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. });
     let retry = if fetchable { Some(op.clone()) } else { None };
     match (run(node, view, oid, op).await, retry) {

@@ -142,6 +142,7 @@ pub async fn new_epoch(node: &Arc<Node>, prev: &ClusterState, view: &View) -> an
     let view2 = view.clone();
     let epoch = st.epoch;
     let moved = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        fail::fail_point!("recovery::before_set_aside");
         let mut moved = 0;
         for oid in store.list()? {
             if rejoined || !placed_here(&node2, &view2, oid) {

@@ -54,6 +54,8 @@ pub struct Cluster {
     pub args: Vec<String>,
     /// `-c` option; the cluster's own local-driver file when `None`.
     pub driver: Option<String>,
+    /// Environment of every sheep started from now on (e.g. FAILPOINTS).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -83,6 +85,7 @@ impl Cluster {
             nodes: Vec::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             driver: None,
+            env: Vec::new(),
         };
         for i in 0..n {
             c.add(i as u32);
@@ -127,6 +130,7 @@ impl Cluster {
             .arg("--nbd-socket")
             .arg(n.dir.join("nbd.sock"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg(&n.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
