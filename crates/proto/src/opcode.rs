@@ -61,6 +61,10 @@ pub const GET_VDI_LOCKS: u8 = 0xf1;
 pub const OBJ_TAG: u8 = 0xf2;
 /// Extension: every copy this node has, as 16-byte records (oid u64, tag u32, pad u32).
 pub const OBJ_LIST_TAGGED: u8 = 0xf3;
+/// Extension: a peer answers once it has applied every cluster event up to the sequence
+/// number in `oid` (a snapshot's freeze) and no write to the VDI in `tgt_epoch` is in flight
+/// there.
+pub const DRAIN_VDI: u8 = 0xf4;
 
 /// Opcodes >= 0x80 are internal and must carry SD_SHEEP_PROTO_VER.
 pub fn is_internal(op: u8) -> bool {

@@ -33,6 +33,8 @@ pub struct Node {
     pub driver: Arc<dyn Driver>,
     pub peers: Peers,
     pub recovery: crate::recovery::Recovery,
+    /// Tickets of the writes running here, per VDI; VDIs being snapshotted admit none.
+    pub admission: crate::admission::Admission,
     /// The newest epoch in this node's store when it started, before it joined.
     pub own_epoch: std::sync::atomic::AtomicU32,
     /// This start of the node (its join event carries it).
@@ -71,6 +73,7 @@ impl Node {
             driver,
             peers: Peers::new(),
             recovery: Default::default(),
+            admission: Default::default(),
             own_epoch: Default::default(),
             incarnation: {
                 let t = std::time::SystemTime::now()
@@ -169,7 +172,9 @@ impl Node {
                 anyhow::bail!("failed to join the cluster: {e}");
             }
             let v = self.view();
-            if v.state.is_member(&self.me) && self.settled(v.state.epoch).await {
+            // This start's own join, not an earlier one in the replayed history.
+            let joined = self.joined.load(Ordering::SeqCst);
+            if joined && v.state.is_member(&self.me) && self.settled(v.state.epoch).await {
                 return Ok(());
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
@@ -194,6 +199,9 @@ impl Node {
                 if epoch_changed {
                     v.ring = Arc::new(Ring::new(&v.state.epoch_nodes));
                 }
+                // Under the view's lock: a writer that sees the old view got its ticket before
+                // the freeze, so a drain that follows this event waits for it.
+                self.admission.set_frozen(v.state.freezing.keys().copied());
                 (fx, v.clone(), prev)
             };
             for fx in effects {
@@ -233,6 +241,7 @@ impl Node {
                 Effect::Formatted(_)
                     | Effect::PurgeStale { .. }
                     | Effect::StartRecovery { .. }
+                    | Effect::ResolveSnapshot { .. }
                     | Effect::Shutdown
             )
         {
@@ -284,6 +293,19 @@ impl Node {
                 tracing::info!("epoch {epoch}: every node recovered; {n} stale copies purged");
             }
             Effect::StartRecovery { epoch } => crate::recovery::start(self, epoch),
+            Effect::ResolveSnapshot {
+                vid,
+                freeze,
+                resolver,
+            } => {
+                if resolver == self.me.nid.to_string() {
+                    // Not on the core loop: resolving takes peer requests and cluster events.
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        crate::vdi::resolve_snapshot(&node, vid, freeze).await;
+                    });
+                }
+            }
             Effect::Shutdown => {
                 if view.state.is_member(&self.me) {
                     if let Some(mut cfg) = self.store.read_config()? {

@@ -157,9 +157,11 @@ async fn run(
             .await
         }
         opcode::WRITE_OBJ => {
-            let view = node.gate(false)?;
+            node.gate(false)?;
             let oid = Oid(req.oid());
-            writable(&view, oid)?;
+            let _ticket = node.admission.enter(oid.vid().0, ADMIT_WAIT).await?;
+            let view = node.gate(false)?;
+            writable(&view, oid, req.obj_offset(), data.len())?;
             let slots = table_slots(oid, req.obj_offset(), data.len());
             let before = match &slots {
                 Some((first, n)) => Some(read_slots(node, oid, *first, *n).await?),
@@ -439,6 +441,11 @@ async fn run(
                 .map_err(|_| SdResult::CLUSTER_ERROR)?;
             Ok(Vec::new())
         }
+        opcode::DRAIN_VDI => {
+            node.gate(false)?;
+            vdi::drain_here(node, req.oid(), req.tgt_epoch()).await?;
+            Ok(Vec::new())
+        }
         opcode::CREATE_AND_WRITE_PEER
         | opcode::READ_PEER
         | opcode::WRITE_PEER
@@ -478,10 +485,20 @@ async fn read_slots(node: &Arc<Node>, oid: Oid, first: u32, n: u32) -> Result<Ve
         .collect())
 }
 
-/// Data objects of a snapshot are read-only.
-fn writable(view: &crate::node::View, oid: Oid) -> Result<(), SdResult> {
+/// How long a write waits while a snapshot of its VDI is under way.
+const ADMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Data objects of a snapshot, and its inode's table, are read-only (the client reloads the
+/// inode on READONLY and writes to the new working VDI).
+fn writable(view: &crate::node::View, oid: Oid, offset: u64, len: usize) -> Result<(), SdResult> {
     match oid.kind() {
-        OidKind::Inode | OidKind::Attr | OidKind::Ledger | OidKind::Btree => Ok(()),
+        OidKind::Inode => match view.state.vdis.get(&oid.vid().0) {
+            Some(v) if v.snapshot && table_slots(oid, offset, len).is_some() => {
+                Err(SdResult::READONLY)
+            }
+            _ => Ok(()),
+        },
+        OidKind::Attr | OidKind::Ledger | OidKind::Btree => Ok(()),
         OidKind::Data | OidKind::Vmstate => match view.state.vdis.get(&oid.vid().0) {
             None => Err(SdResult::NO_VDI),
             Some(v) if v.snapshot => Err(SdResult::READONLY),
@@ -491,13 +508,15 @@ fn writable(view: &crate::node::View, oid: Oid) -> Result<(), SdResult> {
 }
 
 async fn create_and_write(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut Header) -> Out {
-    let view = node.gate(false)?;
+    node.gate(false)?;
     let oid = Oid(req.oid());
+    let _ticket = node.admission.enter(oid.vid().0, ADMIT_WAIT).await?;
+    let view = node.gate(false)?;
     if !view.state.vdis.contains_key(&oid.vid().0) {
         return Err(SdResult::NO_VDI);
     }
-    writable(&view, oid)?;
     let offset = req.obj_offset();
+    writable(&view, oid, offset, data.len())?;
     gateway::check_range(node, &view, oid, offset, data.len() as u64)?;
     if req.has_flag(flags::CMD_COW) {
         // Copy-on-write: the whole source object, the new bytes laid over it.
@@ -524,6 +543,16 @@ async fn discard(node: &Arc<Node>, req: &Header) -> Out {
     let (vid, idx) = (oid.vid(), oid.index());
     if idx as u64 >= proto::SD_INODE_DATA_INDEX {
         return Err(SdResult::INVALID_PARMS);
+    }
+    let _ticket = node.admission.enter(vid.0, ADMIT_WAIT).await?;
+    if node
+        .view()
+        .state
+        .vdis
+        .get(&vid.0)
+        .is_some_and(|v| v.snapshot)
+    {
+        return Err(SdResult::READONLY);
     }
     let ioid = Oid::inode(vid);
     let off = proto::inode::data_vdi_id_offset(idx) as u64;

@@ -55,7 +55,7 @@ pub async fn local(
     }
     let fetchable = matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. });
     let retry = if fetchable { Some(op.clone()) } else { None };
-    match (run(node, view, oid, op).await, retry) {
+    match (guarded(node, view, oid, op).await, retry) {
         // The request's epoch is gone: whether this node should hold the object is decided
         // at the new one (the gateway retries there).
         (Err(SdResult::NO_OBJ), Some(_)) if node.epoch() != view.state.epoch => {
@@ -63,7 +63,7 @@ pub async fn local(
         }
         (Err(SdResult::NO_OBJ), Some(op)) => {
             match crate::recovery::fetch_now(node, view, oid).await {
-                Ok(()) => run(node, view, oid, op).await,
+                Ok(()) => guarded(node, view, oid, op).await,
                 Err(SdResult::NO_OBJ) => Err(SdResult::NO_OBJ),
                 Err(e) => {
                     tracing::debug!("recovering {oid} for a request: {e}");
@@ -79,6 +79,20 @@ pub async fn local(
         }
         (r, _) => r,
     }
+}
+
+/// `run`, a change of the object holding off the install of a whole copy of it.
+async fn guarded(
+    node: &Arc<Node>,
+    view: &View,
+    oid: Oid,
+    op: StoreOp,
+) -> Result<Vec<u8>, SdResult> {
+    if matches!(op, StoreOp::Read { .. } | StoreOp::RecoveryRead { .. }) {
+        return run(node, view, oid, op).await;
+    }
+    let _writing = node.recovery.writing(oid).await;
+    run(node, view, oid, op).await
 }
 
 async fn run(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Vec<u8>, SdResult> {
@@ -153,6 +167,17 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
     };
     if let Err(e) = crate::gateway::check_range(node, &view, oid, offset, op_len(&op)) {
         return (e, Vec::new());
+    }
+    // A snapshot's data never changes: a write that reaches it after the switch (a client
+    // that has not reloaded its inode) is refused, never applied.
+    let frozen = oid.kind() == proto::oid::OidKind::Data
+        && view
+            .state
+            .vdis
+            .get(&oid.vid().0)
+            .is_some_and(|v| v.snapshot);
+    if frozen && matches!(op, StoreOp::Create { .. } | StoreOp::Write { .. }) {
+        return (SdResult::READONLY, Vec::new());
     }
     match local(node, &view, oid, op).await {
         Ok(d) => (SdResult::SUCCESS, d),

@@ -28,6 +28,9 @@ use std::time::Duration;
 const STRIPES: usize = 256;
 /// Largest piece of an object fetched with one peer read.
 const FETCH_CHUNK: usize = 8 << 20;
+/// Pauses between two tries of an incomplete recovery: the first, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Objects fetched at once by default.
 const DEFAULT_MAX_EXEC: u32 = 8;
 
@@ -58,7 +61,10 @@ pub struct Recovery {
     /// Held by the running recovery: the next epoch's waits until the previous one's fetches
     /// in flight are done, so none of them lands after the next one has swept.
     running: tokio::sync::Mutex<()>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Per object (hashed): writes on this node hold it shared, installing a whole copy
+    /// (recovery, repair) holds it alone, so no write lands between the read of the source and
+    /// the install and is undone by it.
+    stripes: Vec<tokio::sync::RwLock<()>>,
     /// Objects fetched at once (`dog node recovery set-throttle`).
     max_exec: AtomicU32,
     /// Pause between two fetches, in milliseconds (0: none).
@@ -70,7 +76,7 @@ impl Default for Recovery {
         Recovery {
             progress: Mutex::new(Progress::default()),
             running: tokio::sync::Mutex::new(()),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
             max_exec: AtomicU32::new(DEFAULT_MAX_EXEC),
             interval_ms: AtomicU64::new(0),
         }
@@ -104,8 +110,13 @@ impl Recovery {
         self.interval_ms.store(interval_ms, Ordering::Relaxed);
     }
 
-    fn stripe(&self, oid: Oid) -> &tokio::sync::Mutex<()> {
+    fn stripe(&self, oid: Oid) -> &tokio::sync::RwLock<()> {
         &self.stripes[(proto::hash::sd_hash_oid(oid.0) % STRIPES as u64) as usize]
+    }
+
+    /// Held by a write to `oid` on this node while it runs.
+    pub async fn writing(&self, oid: Oid) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.stripe(oid).read().await
     }
 }
 
@@ -115,15 +126,22 @@ pub fn placed_here(node: &Node, view: &View, oid: Oid) -> bool {
         .holds(oid, node.copies_of(view, oid, 0), &node.me.nid)
 }
 
-/// Whether an object still belongs to a VDI (objects of deleted VDIs are not brought back).
+/// Whether an object still belongs to a VDI: a live one's, or a deleted one's that a live
+/// VDI made from it by snapshots and clones may still point at. Objects of VDIs deleted for
+/// good are not brought back.
 fn wanted(view: &View, oid: Oid) -> bool {
+    let vid = oid.vid().0;
     match oid.kind() {
-        OidKind::Inode => view.state.vdis.contains_key(&oid.vid().0),
-        _ => view
-            .state
-            .vdis
-            .get(&oid.vid().0)
-            .is_some_and(|v| !v.deleted),
+        OidKind::Inode => view.state.vdis.contains_key(&vid),
+        _ => match view.state.vdis.get(&vid) {
+            None => false,
+            Some(v) if !v.deleted => true,
+            Some(_) => view
+                .state
+                .vdis
+                .iter()
+                .any(|(&other, i)| !i.deleted && view.state.descends(other, vid)),
+        },
     }
 }
 
@@ -175,56 +193,77 @@ pub fn start(node: &Arc<Node>, epoch: u32) {
     });
     let node = node.clone();
     tokio::spawn(async move {
-        match run(&node, epoch).await {
-            Ok(true) => {
-                node.recovery.set_progress(|p| p.running = false);
-                tracing::info!("epoch {epoch}: recovery done");
-                let msg = Message::RecoveryDone {
-                    epoch,
-                    node: node.me.nid.to_string(),
-                };
-                if let Err(e) = node.notify(msg).await {
-                    tracing::warn!("reporting recovery of epoch {epoch}: {e}");
+        let mut backoff = RETRY_FIRST;
+        loop {
+            match run(&node, epoch).await {
+                Ok(true) => {
+                    node.recovery.set_progress(|p| p.running = false);
+                    tracing::info!("epoch {epoch}: recovery done");
+                    let msg = Message::RecoveryDone {
+                        epoch,
+                        node: node.me.nid.to_string(),
+                    };
+                    if let Err(e) = node.notify(msg).await {
+                        tracing::warn!("reporting recovery of epoch {epoch}: {e}");
+                    }
+                    return;
                 }
-            }
-            Ok(false) => tracing::info!("epoch {epoch}: recovery superseded"),
-            Err(e) => {
-                node.recovery.set_progress(|p| p.running = false);
-                tracing::warn!("epoch {epoch}: recovery failed: {e}");
+                Ok(false) => {
+                    tracing::info!("epoch {epoch}: recovery superseded");
+                    return;
+                }
+                // Not done: nothing is reported (so nothing is purged); it goes on until it
+                // is complete or a newer epoch takes over.
+                Err(e) => {
+                    tracing::warn!(
+                        "epoch {epoch}: recovery incomplete ({e}); again in {backoff:?}"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    if node.epoch() != epoch || node.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
             }
         }
     });
 }
 
-/// Every copy each member of the epoch has: oid -> [(node, tag)].
-async fn gather(node: &Arc<Node>, view: &View) -> BTreeMap<Oid, Vec<(NodeId, u32)>> {
+/// Every copy each member of the epoch has: oid -> [(node, tag)]. Every list or none: a
+/// member whose list cannot be had fails the whole gathering, as what it holds is unknown.
+async fn gather(
+    node: &Arc<Node>,
+    view: &View,
+) -> Result<BTreeMap<Oid, Vec<(NodeId, u32)>>, SdResult> {
     let lists = join_all(view.state.epoch_nodes.iter().map(|n| async move {
         if n.nid == node.me.nid {
             let store = node.store.clone();
             let l = tokio::task::spawn_blocking(move || store.tagged_list())
                 .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default();
+                .map_err(|_| SdResult::EIO)
+                .and_then(|r| r.map_err(|e| e.result()));
             return (n.nid, l);
         }
         let mut h = Header::request(opcode::OBJ_LIST_TAGGED);
         h.set_epoch(view.state.epoch);
         h.set_data_length(proto::frame::MAX_READ);
+        fail::fail_point!("recovery::list", |_| (n.nid, Err(SdResult::NETWORK_ERROR)));
         let l = match node.peers.request(n.nid, h, Bytes::new()).await {
-            Ok(r) if r.result().is_ok() => decode_tagged(&r.data),
-            _ => Vec::new(),
+            Ok(r) if r.result().is_ok() => Ok(decode_tagged(&r.data)),
+            Ok(r) => Err(r.result()),
+            Err(e) => Err(e),
         };
         (n.nid, l)
     }))
     .await;
     let mut all: BTreeMap<Oid, Vec<(NodeId, u32)>> = BTreeMap::new();
     for (nid, l) in lists {
+        let l = l.inspect_err(|e| tracing::warn!("object list of {nid}: {e}"))?;
         for (oid, tag) in l {
             all.entry(oid).or_default().push((nid, tag));
         }
     }
-    all
+    Ok(all)
 }
 
 pub fn encode_tagged(list: &[(Oid, u32)]) -> Vec<u8> {
@@ -257,7 +296,7 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
     if view.state.epoch != epoch {
         return Ok(false);
     }
-    let all = gather(node, &view).await;
+    let all = gather(node, &view).await?;
     let todo: Vec<(Oid, Vec<(NodeId, u32)>)> = all
         .into_iter()
         .filter(|(oid, _)| {
@@ -273,7 +312,7 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
         }
         let results = join_all(batch.iter().map(|(oid, holders)| {
             let view = &view;
-            async move { fetch(node, view, *oid, holders.clone()).await }
+            async move { fetch(node, view, *oid, holders.clone(), true).await }
         }))
         .await;
         for (r, (oid, _)) in results.into_iter().zip(batch) {
@@ -312,6 +351,9 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
     if swept > 0 {
         tracing::info!("epoch {epoch}: {swept} late copies set aside");
     }
+    if failed > 0 && node.epoch() == epoch {
+        return Err(SdResult::EIO);
+    }
     Ok(node.epoch() == epoch)
 }
 
@@ -329,25 +371,31 @@ pub async fn fetch_now(node: &Arc<Node>, view: &View, oid: Oid) -> Result<(), Sd
             let mut h = Header::request(opcode::OBJ_TAG);
             h.set_epoch(view.state.epoch).set_oid(oid.0);
             match node.peers.request(n.nid, h, Bytes::new()).await {
-                Ok(r) if r.result().is_ok() => Some((n.nid, r.header.rsp_obj_offset() as u32)),
-                _ => None,
+                Ok(r) if r.result().is_ok() => Ok(Some((n.nid, r.header.rsp_obj_offset() as u32))),
+                Ok(r) if r.result() == SdResult::NO_OBJ => Ok(None),
+                _ => Err(()),
             }
         });
-    let mut holders: Vec<(NodeId, u32)> = join_all(asks).await.into_iter().flatten().collect();
+    let answers = join_all(asks).await;
+    let complete = answers.iter().all(|a| a.is_ok());
+    let mut holders: Vec<(NodeId, u32)> = answers.into_iter().flatten().flatten().collect();
     if let Ok(Some(t)) = node.store.best_tag(oid) {
         holders.push((node.me.nid, t));
     }
-    fetch(node, view, oid, holders).await
+    fetch(node, view, oid, holders, complete).await
 }
 
-/// Installs the best copy among `holders` as this node's current copy.
+/// Installs the best copy among `holders` as this node's current copy. `complete`: every
+/// member of the epoch said what it holds; without that, only a current copy is taken (a
+/// stale one could be older than a current copy on a member that did not answer).
 async fn fetch(
     node: &Arc<Node>,
     view: &View,
     oid: Oid,
     mut holders: Vec<(NodeId, u32)>,
+    complete: bool,
 ) -> Result<(), SdResult> {
-    let _g = node.recovery.stripe(oid).lock().await;
+    let _g = node.recovery.stripe(oid).write().await;
     if node.store.exists(oid) {
         return Ok(());
     }
@@ -358,6 +406,17 @@ async fn fetch(
     // Best first: current copies, then stale ones by the epoch they were last current in;
     // among equals, another node's copy before a stale one of our own.
     holders.sort_by_key(|(n, t)| (std::cmp::Reverse(*t), *n == node.me.nid));
+    // A stale copy only when no current copy exists anywhere: if current copies exist but
+    // cannot be read now (their node moved to a newer epoch, or is gone), a stale one could
+    // be older than them, so this fails and is tried again.
+    let current_elsewhere = holders
+        .iter()
+        .any(|(n, t)| *t == CURRENT && *n != node.me.nid);
+    if current_elsewhere {
+        holders.retain(|(_, t)| *t == CURRENT);
+    } else if !complete {
+        return Err(SdResult::NETWORK_ERROR);
+    }
     let size = node.object_size(view, oid) as usize;
     let mut last = SdResult::NO_OBJ;
     for (nid, tag) in holders {
@@ -397,9 +456,10 @@ pub async fn repair(node: &Arc<Node>, view: &View, oid: Oid, from: NodeId) -> Re
     if !view.state.epoch_nodes.iter().any(|n| n.nid == from) {
         return Err(SdResult::INVALID_PARMS);
     }
-    let _g = node.recovery.stripe(oid).lock().await;
+    let _g = node.recovery.stripe(oid).write().await;
     let size = node.object_size(view, oid) as usize;
     let data = read_remote(node, view, from, oid, CURRENT, size).await?;
+    fail::fail_point!("recovery::repair_before_install");
     let store = node.store.clone();
     tokio::task::spawn_blocking(move || store.install(oid, &data))
         .await

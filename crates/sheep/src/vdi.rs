@@ -3,7 +3,7 @@
 //! original, so the same names get the same ids. Owns: naming and inode creation.
 //! Never: raw placement (every object goes through the gateway).
 
-use crate::cluster::state::{Message, VdiInfo};
+use crate::cluster::state::{Freeze, Message, VdiInfo};
 use crate::gateway;
 use crate::node::{Node, View};
 use bytes::Bytes;
@@ -11,6 +11,22 @@ use proto::hash::sd_hash_vdi;
 use proto::inode::{self, InodeHeader, SD_INODE_DATA_SIZE, SD_INODE_HEADER_SIZE};
 use proto::{Header, Oid, SdResult, Vid};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a snapshot waits for the writes in flight on every node to end.
+const DRAIN_WAIT: Duration = Duration::from_secs(20);
+/// How long an open waits for a snapshot of its VDI to commit or thaw.
+const FREEZE_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether `h` is a snapshot: the cluster's word first (a snapshot is committed by the
+/// cluster event, its inode on disk may say so a moment earlier).
+fn is_snap(view: &View, h: &InodeHeader) -> bool {
+    view.state
+        .vdis
+        .get(&h.vdi_id)
+        .map(|v| v.snapshot)
+        .unwrap_or_else(|| h.is_snapshot())
+}
 
 /// A name and optional tag from a request payload (256 bytes each, NUL padded; a shorter
 /// payload such as QEMU's RELEASE_VDI `strlen(name)+1` is accepted).
@@ -81,21 +97,41 @@ pub async fn find(
     tag: &[u8],
     snapid: u32,
 ) -> Result<InodeHeader, SdResult> {
-    let (found, _) = scan(node, view, name).await?;
-    if found.is_empty() {
-        return Err(SdResult::NO_VDI);
+    let deadline = tokio::time::Instant::now() + FREEZE_WAIT;
+    let mut view = view.clone();
+    loop {
+        let w = node.admission.waiter();
+        let (found, _) = scan(node, &view, name).await?;
+        if found.is_empty() {
+            return Err(SdResult::NO_VDI);
+        }
+        let hit = if snapid != 0 {
+            found.into_iter().find(|h| h.snap_id == snapid)
+        } else if !tag.is_empty() {
+            found
+                .into_iter()
+                .find(|h| is_snap(&view, h) && h.tag == tag)
+        } else {
+            let mut h = found
+                .into_iter()
+                .find(|h| !is_snap(&view, h))
+                .ok_or(SdResult::NO_VDI)?;
+            if view.state.freezing.contains_key(&h.vdi_id) {
+                // A snapshot of it is under way: it commits (the name moves on) or thaws.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(SdResult::EIO);
+                }
+                w.wait(left).await;
+                view = node.view();
+                continue;
+            }
+            // Working by the cluster's word, whatever a half-written snapshot left on disk.
+            h.snap_ctime = 0;
+            return Ok(h);
+        };
+        return hit.ok_or(SdResult::NO_TAG);
     }
-    let hit = if snapid != 0 {
-        found.into_iter().find(|h| h.snap_id == snapid)
-    } else if !tag.is_empty() {
-        found.into_iter().find(|h| h.is_snapshot() && h.tag == tag)
-    } else {
-        return found
-            .into_iter()
-            .find(|h| !h.is_snapshot())
-            .ok_or(SdResult::NO_VDI);
-    };
-    hit.ok_or(SdResult::NO_TAG)
 }
 
 fn now_inode_time() -> u64 {
@@ -134,7 +170,7 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     }
     let (found, free) = scan(node, &view, &name).await?;
     let vid = free.ok_or(SdResult::FULL_VDI)?;
-    let working = found.iter().find(|h| !h.is_snapshot()).cloned();
+    let working = found.iter().find(|h| !is_snap(&view, h)).cloned();
     let base = hdr.base_vdi_id();
     let now = now_inode_time();
     let mut new = InodeHeader {
@@ -151,9 +187,15 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         vdi_id: vid,
         ..Default::default()
     };
+    if hdr.snapid() != 0 {
+        // Snapshot: freeze the base, which must be this name's working VDI.
+        if working.as_ref().map(|w| w.vdi_id) != Some(base) {
+            return Err(SdResult::NO_BASE_VDI);
+        }
+        return snapshot(node, base, new, tag).await;
+    }
     let mut table = Bytes::new();
-    let mut old = None;
-    if hdr.snapid() != 0 || base != 0 {
+    if base != 0 {
         // Snapshot of the working VDI, or a clone of a snapshot: the new inode starts with the
         // base's data table.
         let b = read_header(node, base)
@@ -178,50 +220,52 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         new.nr_copies = b.nr_copies;
         new.block_size_shift = b.block_size_shift;
         new.copy_policy = b.copy_policy;
-        if hdr.snapid() != 0 {
-            // Snapshot: freeze the base, which must be this name's working VDI.
-            if working.as_ref().map(|w| w.vdi_id) != Some(base) {
-                return Err(SdResult::NO_BASE_VDI);
-            }
-            let mut frozen = b.clone();
-            frozen.snap_ctime = now;
-            if !tag.is_empty() {
-                frozen.tag = tag.clone();
-            }
-            gateway::write(
-                node,
-                Oid::inode(Vid(base)),
-                0,
-                Bytes::from(frozen.to_bytes()),
-                false,
-                0,
-            )
-            .await
-            .map_err(|_| SdResult::BASE_VDI_WRITE)?;
-            new.snap_id = b.snap_id + 1;
-            old = Some(base);
-        } else {
-            // A clone (new name), or a rollback (the name's working VDI was deleted first):
-            // a new working VDI on a snapshot's objects.
-            if !b.is_snapshot() {
-                return Err(SdResult::INVALID_PARMS);
-            }
-            if working.is_some() {
-                return Err(SdResult::VDI_EXIST);
-            }
+        // A clone (new name), or a rollback (the name's working VDI was deleted first): a new
+        // working VDI on a snapshot's objects.
+        if !is_snap(&view, &b) {
+            return Err(SdResult::INVALID_PARMS);
+        }
+        if working.is_some() {
+            return Err(SdResult::VDI_EXIST);
         }
     } else if working.is_some() {
         return Err(SdResult::VDI_EXIST);
     }
-    let mut obj = new.to_bytes();
-    obj.extend_from_slice(&table);
+    write_inode(node, &new, &table).await?;
+    let info = info_of(&new);
+    node.notify_everywhere(Message::VdiAdd {
+        vid: new.vdi_id,
+        info,
+        old: None,
+    })
+    .await
+    .map_err(|_| SdResult::CLUSTER_ERROR)?;
+    Ok(new)
+}
+
+fn info_of(h: &InodeHeader) -> VdiInfo {
+    VdiInfo {
+        copies: h.nr_copies,
+        copy_policy: h.copy_policy,
+        block_size_shift: h.block_size_shift,
+        snapshot: false,
+        parent: h.parent_vdi_id,
+        deleted: false,
+    }
+}
+
+/// Writes a new inode object: `h` and its data table.
+async fn write_inode(node: &Arc<Node>, h: &InodeHeader, table: &[u8]) -> Result<(), SdResult> {
+    let vid = h.vdi_id;
+    let mut obj = h.to_bytes();
+    obj.extend_from_slice(table);
     gateway::write(
         node,
         Oid::inode(Vid(vid)),
         0,
         Bytes::from(obj),
         true,
-        new.nr_copies,
+        h.nr_copies,
     )
     .await
     .map_err(|e| {
@@ -231,19 +275,267 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         } else {
             SdResult::VDI_WRITE
         }
-    })?;
-    let info = VdiInfo {
-        copies: new.nr_copies,
-        copy_policy: new.copy_policy,
-        block_size_shift: new.block_size_shift,
-        snapshot: false,
-        parent: new.parent_vdi_id,
-        deleted: false,
+    })
+}
+
+/// An online snapshot of the working VDI `base`, `new` being the new working VDI's header
+/// (name, id, time). One atomic switch:
+///
+/// 1. `Freeze`: every node stops admitting writes to `base` (they wait), and the writes in
+///    flight on every node end (drain). From here the base's table cannot change.
+/// 2. The new inode is written with a copy of the base's table.
+/// 3. The base's inode is marked a snapshot on disk (`snap_ctime`): the commit record, which a
+///    cluster restarted from disk goes by.
+/// 4. `VdiAdd` with `old` = base: the cluster switches, the waiting writers follow the name.
+///
+/// A failure before 3 thaws the base (it stays the working VDI, as it was); after 3 the
+/// snapshot is committed. If this node dies in between, the lowest member resolves it from
+/// the base inode on disk (`resolve_snapshot`).
+async fn snapshot(
+    node: &Arc<Node>,
+    base: u32,
+    mut new: InodeHeader,
+    tag: Vec<u8>,
+) -> Result<InodeHeader, SdResult> {
+    let freeze = Freeze {
+        node: node.me.nid.to_string(),
+        new: new.vdi_id,
+        snap_ctime: new.create_time,
     };
-    node.notify_everywhere(Message::VdiAdd { vid, info, old })
+    let seq = node
+        .driver
+        .notify(Message::Freeze {
+            vid: base,
+            freeze: freeze.clone(),
+        })
         .await
         .map_err(|_| SdResult::CLUSTER_ERROR)?;
+    node.wait_applied(seq).await;
+    if node.view().state.freezing.get(&base) != Some(&freeze) {
+        // Another snapshot of it is still being resolved.
+        return Err(SdResult::BASE_VDI_WRITE);
+    }
+    let mut original = None;
+    if let Err(e) = frozen_snapshot(node, seq, base, &mut new, &tag, &mut original).await {
+        // Undo: the base's header as it was (its marking may have reached some copies), then
+        // the new inode. If the base cannot be restored, the snapshot goes ahead instead.
+        let restored = match original {
+            None => Ok(()),
+            Some(h) => {
+                gateway::write(
+                    node,
+                    Oid::inode(Vid(base)),
+                    0,
+                    Bytes::from(h.to_bytes()),
+                    false,
+                    0,
+                )
+                .await
+            }
+        };
+        if restored.is_ok() {
+            tracing::warn!("snapshot of {base:x}: {e}; it stays the working VDI");
+            if let Err(e) = blank_inode(node, new.vdi_id).await {
+                tracing::warn!("clearing the unused inode {:x}: {e}", new.vdi_id);
+            }
+            thaw(node, base).await;
+            return Err(e);
+        }
+        tracing::warn!("snapshot of {base:x}: {e}, and its inode cannot be restored: committing");
+    }
+    commit(node, base, &new).await?;
     Ok(new)
+}
+
+/// Steps 1 to 3 of `snapshot`, with the base frozen.
+async fn frozen_snapshot(
+    node: &Arc<Node>,
+    seq: u64,
+    base: u32,
+    new: &mut InodeHeader,
+    tag: &[u8],
+    original: &mut Option<InodeHeader>,
+) -> Result<(), SdResult> {
+    drain_everywhere(node, seq, base).await?;
+    fail::fail_point!("vdi::snapshot_drained");
+    let b = read_header(node, base)
+        .await
+        .map_err(|_| SdResult::NO_BASE_VDI)?;
+    let table = gateway::read(
+        node,
+        Oid::inode(Vid(base)),
+        SD_INODE_HEADER_SIZE as u64,
+        SD_INODE_DATA_SIZE - SD_INODE_HEADER_SIZE,
+        0,
+    )
+    .await
+    .map_err(|_| SdResult::BASE_VDI_READ)?;
+    new.parent_vdi_id = base;
+    if new.vdi_size == 0 {
+        new.vdi_size = b.vdi_size;
+    }
+    new.nr_copies = b.nr_copies;
+    new.block_size_shift = b.block_size_shift;
+    new.copy_policy = b.copy_policy;
+    new.snap_id = b.snap_id + 1;
+    write_inode(node, new, &table).await?;
+    fail::fail_point!("vdi::snapshot_before_commit_record", |_| Err(
+        SdResult::BASE_VDI_WRITE
+    ));
+    let mut frozen = b.clone();
+    *original = Some(b);
+    frozen.snap_ctime = new.create_time;
+    if !tag.is_empty() {
+        frozen.tag = tag.to_vec();
+    }
+    gateway::write(
+        node,
+        Oid::inode(Vid(base)),
+        0,
+        Bytes::from(frozen.to_bytes()),
+        false,
+        0,
+    )
+    .await
+    .map_err(|_| SdResult::BASE_VDI_WRITE)?;
+    fail::fail_point!("vdi::snapshot_committed_on_disk");
+    Ok(())
+}
+
+/// Step 4: the cluster switches from the frozen base to `new`. The snapshot is committed on
+/// disk already, so this is retried; if it cannot be sent, the base stays frozen (a writer
+/// gets an error, never a write into the snapshot) until this node leaves and the resolver
+/// sends it.
+async fn commit(node: &Arc<Node>, base: u32, new: &InodeHeader) -> Result<(), SdResult> {
+    let msg = Message::VdiAdd {
+        vid: new.vdi_id,
+        info: info_of(new),
+        old: Some(base),
+    };
+    for attempt in 0..5 {
+        match node.notify_everywhere(msg.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!("committing the snapshot of {base:x} (attempt {attempt}): {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Err(SdResult::CLUSTER_ERROR)
+}
+
+async fn thaw(node: &Arc<Node>, vid: u32) {
+    if let Err(e) = node.notify(Message::Thaw { vid }).await {
+        tracing::warn!("thawing {vid:x}: {e}");
+    }
+}
+
+/// Clears an inode that never became a VDI (a snapshot that did not happen), so that a
+/// cluster restarted from disk does not find it; an absent one is fine.
+async fn blank_inode(node: &Arc<Node>, vid: u32) -> Result<(), SdResult> {
+    match read_header(node, vid).await {
+        Err(SdResult::NO_OBJ) => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let blank = InodeHeader {
+        vdi_id: vid,
+        ..Default::default()
+    };
+    gateway::write(
+        node,
+        Oid::inode(Vid(vid)),
+        0,
+        Bytes::from(blank.to_bytes()),
+        false,
+        0,
+    )
+    .await
+}
+
+/// Waits until every member has applied event `seq` (the freeze of `base`) and has no write
+/// to `base` in flight. A member that leaves meanwhile is not waited for.
+async fn drain_everywhere(node: &Arc<Node>, seq: u64, base: u32) -> Result<(), SdResult> {
+    let members = node.view().state.members.clone();
+    let waits = members.iter().map(|m| async move {
+        if m.nid == node.me.nid {
+            return if node.admission.drain(base, DRAIN_WAIT).await {
+                Ok(())
+            } else {
+                Err(SdResult::EIO)
+            };
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        loop {
+            let mut h = Header::request(proto::opcode::DRAIN_VDI);
+            h.set_oid(seq).set_tgt_epoch(base);
+            let r = node.peers.request(m.nid, h, Bytes::new()).await;
+            match r.map(|r| r.result()) {
+                Ok(SdResult::SUCCESS) => return Ok(()),
+                _ if !node.view().state.is_member(m) => return Ok(()),
+                other if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!("{}: writes to {base:x} did not drain: {other:?}", m.nid);
+                    return Err(SdResult::EIO);
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    futures::future::try_join_all(waits).await.map(|_| ())
+}
+
+/// DRAIN_VDI: answers once event `seq` is applied here and no write to `vid` is in flight.
+pub async fn drain_here(node: &Arc<Node>, seq: u64, vid: u32) -> Result<(), SdResult> {
+    tokio::time::timeout(Duration::from_secs(5), node.wait_applied(seq))
+        .await
+        .map_err(|_| SdResult::CLUSTER_ERROR)?;
+    if node.admission.drain(vid, DRAIN_WAIT).await {
+        Ok(())
+    } else {
+        Err(SdResult::EIO)
+    }
+}
+
+/// The node that froze `base` is gone: commit the snapshot if the base inode on disk says it
+/// happened, else undo it. Under the cluster lock, as any VDI operation.
+pub async fn resolve_snapshot(node: &Arc<Node>, base: u32, freeze: Freeze) {
+    for attempt in 0..10u64 {
+        match try_resolve(node, base, &freeze).await {
+            Ok(done) => {
+                tracing::info!(
+                    "snapshot of {base:x} by the departed {}: {done}",
+                    freeze.node
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("resolving the snapshot of {base:x} (attempt {attempt}): {e}");
+                tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+            }
+        }
+    }
+}
+
+async fn try_resolve(
+    node: &Arc<Node>,
+    base: u32,
+    freeze: &Freeze,
+) -> Result<&'static str, SdResult> {
+    let _guard = node.lock().await.map_err(|_| SdResult::CLUSTER_ERROR)?;
+    if node.view().state.freezing.get(&base) != Some(freeze) {
+        return Ok("already resolved");
+    }
+    let b = read_header(node, base).await?;
+    if b.snap_ctime == freeze.snap_ctime {
+        let new = read_header(node, freeze.new).await?;
+        commit(node, base, &new).await?;
+        return Ok("committed");
+    }
+    blank_inode(node, freeze.new).await?;
+    node.notify(Message::Thaw { vid: base })
+        .await
+        .map_err(|_| SdResult::CLUSTER_ERROR)?;
+    Ok("undone")
 }
 
 /// Data objects the deleted VDI points at that no live VDI's table still points at: its own,

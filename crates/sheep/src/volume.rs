@@ -6,6 +6,7 @@
 //! Owns: the cached `data_vdi_id` table of one open VDI. Never: placement or peers (that is
 //! the gateway) and never the namespace (that is `vdi`).
 
+use crate::admission::Ticket;
 use crate::gateway;
 use crate::node::Node;
 use crate::vdi;
@@ -19,6 +20,8 @@ use tokio::sync::{Mutex, RwLock};
 
 /// Locks that serialise the creation of one object (index modulo this many).
 const STRIPES: usize = 64;
+/// How long a write waits while a snapshot of its VDI is under way.
+const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The VDI this volume addresses now, and its object table.
 struct Current {
@@ -163,22 +166,31 @@ impl Volume {
             let copies = cur.copies;
             let cur = &cur;
             async move {
-                // A hole here may have been written through another client since.
-                let owner = match cached {
-                    0 => self.fresh_slot(cur, p.idx).await?,
-                    o => o,
+                // A hole, or a parent's object, may have been written (copied) through another
+                // node since; a snapshot's table never changes.
+                let owner = if !self.read_only && cached != cur.vid {
+                    self.fresh_slot(cur, p.idx).await?
+                } else {
+                    cached
                 };
                 if owner == 0 {
                     return Ok(vec![0u8; p.len as usize]);
                 }
-                gateway::read(
-                    node,
-                    Oid::data(Vid(owner), p.idx),
-                    p.off,
-                    p.len as usize,
-                    copies,
-                )
-                .await
+                let oid = Oid::data(Vid(owner), p.idx);
+                match gateway::read(node, oid, p.off, p.len as usize, copies).await {
+                    // Discarded through another node since: the table says what it is now.
+                    Err(SdResult::NO_OBJ) if !self.read_only => {
+                        match self.fresh_slot(cur, p.idx).await? {
+                            0 => Ok(vec![0u8; p.len as usize]),
+                            o if o != owner => {
+                                let oid = Oid::data(Vid(o), p.idx);
+                                gateway::read(node, oid, p.off, p.len as usize, copies).await
+                            }
+                            _ => Err(SdResult::NO_OBJ),
+                        }
+                    }
+                    r => r,
+                }
             }
         }))
         .await?;
@@ -228,11 +240,32 @@ impl Volume {
         }
     }
 
+    /// The VDI to write to now, with a ticket for it: while a snapshot of it is under way
+    /// this waits, then follows the name to the new working VDI.
+    async fn admitted(
+        &self,
+    ) -> Result<(tokio::sync::RwLockReadGuard<'_, Current>, Ticket<'_>), SdResult> {
+        let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+        loop {
+            let w = self.node.admission.waiter();
+            let cur = self.writable().await?;
+            if let Some(t) = self.node.admission.try_enter(cur.vid) {
+                return Ok((cur, t));
+            }
+            drop(cur);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(SdResult::EIO);
+            }
+            w.wait(left).await;
+        }
+    }
+
     /// Writes `data` at `offset` on every copy; durable when it returns with `sync`, else
     /// after the next `flush`.
     pub async fn write(&self, offset: u64, data: Bytes, sync: bool) -> Result<(), SdResult> {
         self.check(offset, data.len() as u64)?;
-        let cur = self.writable().await?;
+        let (cur, _ticket) = self.admitted().await?;
         let ps = pieces(offset, data.len() as u64, cur.obj_shift);
         try_join_all(ps.iter().map(|p| {
             let d = data.slice(p.at as usize..(p.at + p.len) as usize);
@@ -255,8 +288,21 @@ impl Volume {
             .ok_or(SdResult::INVALID_PARMS)?;
         if slot.load(Ordering::Acquire) == cur.vid {
             let oid = Oid::data(Vid(cur.vid), p.idx);
-            return gateway::write_with(&self.node, oid, p.off, data, false, cur.copies, sync)
-                .await;
+            match gateway::write_with(
+                &self.node,
+                oid,
+                p.off,
+                data.clone(),
+                false,
+                cur.copies,
+                sync,
+            )
+            .await
+            {
+                // Discarded through another node since: created again below.
+                Err(SdResult::NO_OBJ) => {}
+                r => return r,
+            }
         }
         let _g = self.stripes[p.idx as usize % STRIPES].lock().await;
         // Decide from the inode, not the cache: another client may have written it.
@@ -278,6 +324,7 @@ impl Volume {
             let full = Bytes::from(full);
             gateway::write_with(&self.node, oid, 0, full, true, cur.copies, sync).await?;
         }
+        fail::fail_point!("volume::before_set_slot");
         self.set_slot(cur, p.idx, cur.vid, sync).await?;
         slot.store(cur.vid, Ordering::Release);
         if owner != 0 {
@@ -349,7 +396,7 @@ impl Volume {
         sync: bool,
     ) -> Result<(), SdResult> {
         self.check(offset, len)?;
-        let cur = self.writable().await?;
+        let (cur, _ticket) = self.admitted().await?;
         let obj = 1u64 << cur.obj_shift;
         for p in pieces(offset, len, cur.obj_shift) {
             let slot = cur

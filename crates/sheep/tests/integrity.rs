@@ -63,12 +63,244 @@ fn a_returning_node_never_serves_what_it_had_before_it_left() {
     c.restart(2);
     c.restart(3);
     c.wait_members(4);
+    let older = pattern(len, 1);
     for i in [2, 3, 0] {
         let got = read_vdi(&c, i, "Alice", len);
+        let bad = first_diff(&got, &newer);
         assert!(
-            got == newer,
-            "read through node {i} right after the return: block {:?} differs",
-            first_diff(&got, &newer)
+            bad.is_none(),
+            "read through node {i} right after the return: block {bad:?} differs (the old \
+             bytes: {})",
+            bad.is_some_and(|b| got[b * 4096..(b + 1) * 4096] == older[b * 4096..(b + 1) * 4096])
+        );
+    }
+}
+
+/// qemu-io commands against `uri`; panics with its output when one fails.
+fn qemu_io(uri: &str, cmds: &[String], read_only: bool) -> String {
+    let mut cmd = std::process::Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    if read_only {
+        cmd.arg("-r");
+    }
+    for c in cmds {
+        cmd.arg("-c").arg(c);
+    }
+    let o = cmd
+        .arg(uri)
+        .output()
+        .expect("qemu-io is installed by scripts/test.sh");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success() && !out.contains("failed") && !out.contains("Pattern verification"),
+        "qemu-io {cmds:?}: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[test]
+fn online_snapshots_keep_writes_that_race_them() {
+    let mut c = Cluster::start_with(0, &[]);
+    // Every first write to an object pauses between creating the object and recording it in
+    // the inode's table: the window in which a snapshot used to copy the table without it.
+    c.env = vec![(
+        "FAILPOINTS".into(),
+        "volume::before_set_slot=sleep(250)".into(),
+    )];
+    for z in 0..3 {
+        c.add(z);
+    }
+    c.wait_members(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
+    let objects = 12u64;
+    let writes: Vec<String> = (0..objects)
+        .map(|k| format!("write -P {} {} 64k", k + 1, (k << 22) + 4096))
+        .collect();
+    let uri = c.nbd_uri(0, "Alice");
+    let writer = {
+        let (uri, writes) = (uri.clone(), writes.clone());
+        std::thread::spawn(move || qemu_io(&uri, &writes, false))
+    };
+    // Snapshots through another node while the first writes go on.
+    let mut taken = 0;
+    while !writer.is_finished() {
+        c.dog_ok(1, &["vdi", "snapshot", "Alice"]);
+        taken += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    writer.join().unwrap();
+    assert!(
+        taken >= 3,
+        "only {taken} snapshots were taken during the writes"
+    );
+    let reads: Vec<String> = (0..objects)
+        .map(|k| format!("read -P {} {} 64k", k + 1, (k << 22) + 4096))
+        .collect();
+    for i in 0..3 {
+        qemu_io(&c.nbd_uri(i, "Alice"), &reads, true);
+    }
+    // And after a restart of the whole cluster, from what is on disk.
+    c.dog_ok(0, &["cluster", "shutdown"]);
+    for i in 0..3 {
+        c.wait_exit(i);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_members(3);
+    for i in 0..3 {
+        qemu_io(&c.nbd_uri(i, "Alice"), &reads, true);
+    }
+}
+
+fn vdi_list(c: &Cluster, i: usize) -> String {
+    c.dog_ok(i, &["vdi", "list", "-r"])
+}
+
+#[test]
+fn a_snapshot_that_fails_halfway_leaves_the_vdi_as_it_was_or_done() {
+    let mut c = Cluster::start_with(0, &[]);
+    // Each node fails a snapshot it takes at another step.
+    for (z, fp) in [
+        "",
+        "vdi::snapshot_before_commit_record=return",
+        "vdi::snapshot_drained=pause",
+        "vdi::snapshot_committed_on_disk=pause",
+    ]
+    .iter()
+    .enumerate()
+    {
+        c.env = vec![("FAILPOINTS".into(), fp.to_string())];
+        c.add(z as u32);
+    }
+    c.wait_members(4);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "16M"]);
+    let uri = c.nbd_uri(0, "Alice");
+    qemu_io(&uri, &["write -P 1 0 64k".into()], false);
+
+    // A step fails on the snapshotting node: an error, and Alice is as she was.
+    let o = c.dog(1, &["vdi", "snapshot", "Alice"]);
+    assert!(!o.status.success(), "the snapshot was to fail");
+    let list = vdi_list(&c, 0);
+    assert_eq!(list.lines().count(), 1, "no snapshot: {list}");
+    assert!(list.starts_with("= Alice "), "{list}");
+    qemu_io(&uri, &["write -P 2 4M 64k".into()], false);
+
+    // The snapshotting node dies with Alice frozen, before the commit record: writers wait,
+    // then the snapshot is undone and they go on in Alice.
+    let snap = {
+        let mut cmd = std::process::Command::new(common::bin("dog"));
+        cmd.args(["vdi", "snapshot", "Alice", "-p", &c.port(2).to_string()]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let writer = {
+        let uri = uri.clone();
+        std::thread::spawn(move || qemu_io(&uri, &["write -P 3 8M 64k".into()], false))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        !writer.is_finished(),
+        "a write went into a VDI being snapshotted"
+    );
+    c.kill(2);
+    writer.join().unwrap();
+    let mut snap = snap;
+    let _ = snap.kill();
+    let _ = snap.wait();
+    c.wait_members(3);
+    let list = vdi_list(&c, 0);
+    assert_eq!(list.lines().count(), 1, "undone: {list}");
+
+    // It dies after the commit record: the snapshot is finished for it, and the writer
+    // follows the name to the new working VDI.
+    let snap = {
+        let mut cmd = std::process::Command::new(common::bin("dog"));
+        cmd.args(["vdi", "snapshot", "Alice", "-p", &c.port(3).to_string()]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let writer = {
+        let uri = uri.clone();
+        std::thread::spawn(move || qemu_io(&uri, &["write -P 4 12M 64k".into()], false))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.kill(3);
+    writer.join().unwrap();
+    let mut snap = snap;
+    let _ = snap.kill();
+    let _ = snap.wait();
+    c.wait_members(2);
+    let list = vdi_list(&c, 0);
+    assert_eq!(list.lines().count(), 2, "committed: {list}");
+    assert!(list.lines().any(|l| l.starts_with("s Alice ")), "{list}");
+    let all = [
+        "read -P 1 0 64k".to_string(),
+        "read -P 2 4M 64k".into(),
+        "read -P 3 8M 64k".into(),
+        "read -P 4 12M 64k".into(),
+    ];
+    for i in 0..2 {
+        qemu_io(&c.nbd_uri(i, "Alice"), &all, true);
+    }
+    // The snapshot holds what was written before it, not the write that waited for it.
+    let snap_uri = format!("{}:1", c.nbd_uri(0, "Alice").trim_end_matches('/'));
+    qemu_io(&snap_uri, &all[..3], true);
+    qemu_io(&snap_uri, &["read -P 0 12M 64k".into()], true);
+}
+
+#[test]
+fn vdi_check_repairs_a_copy_without_undoing_a_write_that_lands_meanwhile() {
+    let mut c = Cluster::start_with(0, &[]);
+    // The repair of a copy pauses between reading the good copy and installing it.
+    c.env = vec![(
+        "FAILPOINTS".into(),
+        "recovery::repair_before_install=sleep(1000)".into(),
+    )];
+    for z in 0..3 {
+        c.add(z);
+    }
+    c.wait_members(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "8M"]);
+    let uri = c.nbd_uri(0, "Alice");
+    qemu_io(&uri, &["write -P 1 0 4M".into()], false);
+    // Damage node 2's copy of object 0.
+    let obj = common::store::objects(&c.nodes[2].dir)
+        .into_iter()
+        .find(|o| !o.starts_with('8') && o.ends_with("00000000"))
+        .expect("object 0 on node 2");
+    let path = c.nodes[2].dir.join("obj").join(&obj);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8192..8192 + 4096].fill(0xee);
+    std::fs::write(&path, &bytes).unwrap();
+    let check = {
+        let mut cmd = std::process::Command::new(common::bin("dog"));
+        cmd.args(["vdi", "check", "Alice", "-p", &c.port(0).to_string()]);
+        cmd.output()
+    };
+    let checker =
+        std::thread::spawn(move || check.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()));
+    // A write lands while the repair is between its read and its install.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    qemu_io(&uri, &["write -P 9 0 64k".into()], false);
+    let out = checker.join().unwrap().unwrap();
+    assert!(out.contains("fixed"), "vdi check: {out}");
+    common::store::assert_copies_agree(&c);
+    for i in 0..3 {
+        qemu_io(
+            &c.nbd_uri(i, "Alice"),
+            &["read -P 9 0 64k".into(), "read -P 1 64k 4032k".into()],
+            true,
         );
     }
 }

@@ -4,102 +4,14 @@
 
 mod common;
 
-use common::{pattern, rt, Cluster};
-use std::collections::BTreeMap;
-use std::path::Path;
+use common::store::{assert_placement, copies, objects, wait_recovered};
+use common::{pattern, Cluster};
 use std::time::{Duration, Instant};
 
 fn write_file(c: &Cluster, name: &str, data: &[u8]) -> std::path::PathBuf {
     let p = c.tmp.path().join(name);
     std::fs::write(&p, data).unwrap();
     p
-}
-
-/// Objects in the current area of a store (the stale area excluded).
-fn objects(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join("obj"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.len() == 16 && !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn stale(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("obj").join(".stale"))
-        .map(|rd| rd.count())
-        .unwrap_or(0)
-}
-
-/// oid -> number of live nodes holding it.
-fn copies(c: &Cluster) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
-        for o in objects(&n.dir) {
-            *m.entry(o).or_insert(0) += 1;
-        }
-    }
-    m
-}
-
-/// Waits until recovery is over: no node in recovery, no stale copies left, and every
-/// object on exactly `want` live nodes.
-fn wait_recovered(c: &Cluster, want: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let live: Vec<usize> = (0..c.nodes.len())
-            .filter(|&i| c.nodes[i].child.is_some())
-            .collect();
-        let busy = live
-            .iter()
-            .any(|&i| !c.dog(i, &["node", "recovery", "-r"]).stdout.is_empty());
-        let stale_left: usize = live.iter().map(|&i| stale(&c.nodes[i].dir)).sum();
-        let m = copies(c);
-        let exact = !m.is_empty() && m.values().all(|&n| n == want);
-        if !busy && stale_left == 0 && exact {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "recovery did not finish: busy {busy}, stale {stale_left}, copies {:?}",
-            m.values().collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Every live node holds exactly the copies the ring gives it (its share; the ring's balance
-/// is checked by the unit tests).
-fn assert_placement(c: &Cluster, copies: usize) {
-    let nodes: Vec<proto::SdNode> = rt().block_on(async {
-        let conn = c.conn(0).await;
-        let r = conn
-            .read(
-                proto::Header::request(proto::opcode::GET_NODE_LIST),
-                80 * 64,
-            )
-            .await
-            .unwrap();
-        proto::SdNode::decode_list(&r.data)
-    });
-    let ring = sheep::ring::Ring::new(&nodes);
-    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
-        let mine: Vec<String> = objects(&n.dir);
-        for o in &mine {
-            let oid = proto::Oid(u64::from_str_radix(o, 16).unwrap());
-            assert!(
-                ring.placement(oid, copies)
-                    .iter()
-                    .any(|p| p.nid.port == n.port),
-                "port {} holds {o}, which the ring gives to others",
-                n.port
-            );
-        }
-    }
 }
 
 /// Creates VDI Alice of `size` and writes `len` bytes of pattern `seed` to it; returns them.

@@ -57,6 +57,18 @@ pub struct VdiLock {
     pub holders: Vec<LockHolder>,
 }
 
+/// A snapshot in progress (the original has no such state): writes to the base VDI wait until
+/// it commits (`VdiAdd` with `old` = the base) or aborts (`Thaw`). The base inode on disk is
+/// the commit record: once its `snap_ctime` is `snap_ctime`, the snapshot has happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    /// `address:port` of the node taking the snapshot.
+    pub node: String,
+    /// The new working VDI.
+    pub new: u32,
+    pub snap_ctime: u64,
+}
+
 /// A node's persistent state, sent with its join so that a restarting cluster can resume.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct JoinInfo {
@@ -83,6 +95,15 @@ pub enum Message {
         vid: u32,
         info: VdiInfo,
         old: Option<u32>,
+    },
+    /// A snapshot of `vid` starts: no new writes to it until it commits or thaws.
+    Freeze {
+        vid: u32,
+        freeze: Freeze,
+    },
+    /// The snapshot of `vid` did not happen: writes to it go on.
+    Thaw {
+        vid: u32,
     },
     /// A VDI was deleted.
     VdiDel {
@@ -161,6 +182,13 @@ pub enum Effect {
     StartRecovery {
         epoch: u32,
     },
+    /// The node taking a snapshot of `vid` left before it ended: `resolver` (the lowest
+    /// member) commits or thaws it, as the base inode on disk says.
+    ResolveSnapshot {
+        vid: u32,
+        freeze: Freeze,
+        resolver: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +207,8 @@ pub struct ClusterState {
     pub recovery_disabled: bool,
     /// Nodes (address:port) done recovering the current epoch.
     pub recovered: std::collections::BTreeSet<String>,
+    /// Snapshots in progress, by base VDI.
+    pub freezing: BTreeMap<u32, Freeze>,
 }
 
 impl Default for ClusterState {
@@ -193,6 +223,7 @@ impl Default for ClusterState {
             locks: BTreeMap::new(),
             recovery_disabled: false,
             recovered: Default::default(),
+            freezing: BTreeMap::new(),
         }
     }
 }
@@ -276,11 +307,28 @@ impl ClusterState {
                     if self.status == Status::Ok {
                         self.new_epoch(&mut fx);
                     }
+                    self.orphaned_freezes(&mut fx);
                 }
             }
             Event::Notify { msg, .. } => self.notify(msg, &mut fx),
         }
         fx
+    }
+
+    /// Snapshots whose node is gone are handed to the lowest member to finish or undo.
+    fn orphaned_freezes(&self, fx: &mut Vec<Effect>) {
+        let Some(resolver) = self.members.first() else {
+            return;
+        };
+        for (vid, f) in &self.freezing {
+            if !self.members.iter().any(|m| m.nid.to_string() == f.node) {
+                fx.push(Effect::ResolveSnapshot {
+                    vid: *vid,
+                    freeze: f.clone(),
+                    resolver: resolver.nid.to_string(),
+                });
+            }
+        }
     }
 
     fn join(&mut self, node: &SdNode, info: &JoinInfo, fx: &mut Vec<Effect>) {
@@ -311,7 +359,10 @@ impl ClusterState {
                 self.adopt(info, f);
             }
             for (vid, v) in &info.vdis {
-                self.vdis.entry(*vid).or_insert_with(|| v.clone());
+                let e = self.vdis.entry(*vid).or_insert_with(|| v.clone());
+                // A VDI once frozen or deleted on any node's disk stays so.
+                e.snapshot |= v.snapshot;
+                e.deleted |= v.deleted;
             }
         }
         self.members = sorted([self.members.clone(), vec![*node]].concat());
@@ -334,6 +385,7 @@ impl ClusterState {
                 self.format = f.clone();
                 self.vdis.clear();
                 self.locks.clear();
+                self.freezing.clear();
                 self.recovery_disabled = false;
                 self.epoch = 0;
                 self.status = Status::Ok;
@@ -344,8 +396,21 @@ impl ClusterState {
                 self.status = Status::Shutdown;
                 fx.push(Effect::Shutdown);
             }
+            Message::Freeze { vid, freeze } => {
+                let working = self
+                    .vdis
+                    .get(vid)
+                    .is_some_and(|v| !v.snapshot && !v.deleted);
+                if working && !self.freezing.contains_key(vid) {
+                    self.freezing.insert(*vid, freeze.clone());
+                }
+            }
+            Message::Thaw { vid } => {
+                self.freezing.remove(vid);
+            }
             Message::VdiAdd { vid, info, old } => {
                 if let Some(o) = old {
+                    self.freezing.remove(o);
                     if let Some(v) = self.vdis.get_mut(o) {
                         v.snapshot = true;
                     }

@@ -3,6 +3,8 @@
 //! killed by PID when the cluster is dropped.
 #![allow(dead_code)]
 
+pub mod store;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -257,6 +259,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        // A failed test leaves its stores and logs behind for the developer.
+        if std::thread::panicking() && std::env::var_os("KEEP_FAILED").is_some() {
+            let kept = std::mem::replace(&mut self.tmp, tempfile::tempdir().expect("tempdir"));
+            eprintln!("stores and logs kept in {}", kept.keep().display());
         }
     }
 }
