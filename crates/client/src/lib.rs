@@ -31,6 +31,8 @@ pub enum ClientError {
     Closed,
     #[error("response payload of {0} bytes is too large")]
     TooLarge(u32),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// A response: its header and payload.
@@ -56,6 +58,8 @@ pub struct Connection {
     next_id: AtomicU32,
     broken: Arc<AtomicBool>,
     peer: SocketAddr,
+    /// The read and write loops, stopped by `close`.
+    tasks: [tokio::task::AbortHandle; 2],
 }
 
 impl Connection {
@@ -79,15 +83,40 @@ impl Connection {
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let broken = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(wr, rx, broken.clone()));
-        tokio::spawn(read_loop(rd, pending.clone(), broken.clone()));
+        let w = tokio::spawn(write_loop(wr, rx, broken.clone())).abort_handle();
+        let r = tokio::spawn(read_loop(rd, pending.clone(), broken.clone())).abort_handle();
         Ok(Connection {
             tx,
             pending,
             next_id: AtomicU32::new(1),
             broken,
             peer,
+            tasks: [w, r],
         })
+    }
+
+    /// Closes the connection now: every request waiting on it gets `Closed` (a peer that
+    /// stopped answering, or left the cluster, holds nobody).
+    pub fn close(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+        lock(&self.pending).clear();
+    }
+
+    /// `request`, given up after `limit` (the answer, if it comes later, is dropped).
+    pub async fn request_within(
+        &self,
+        hdr: Header,
+        payload: Bytes,
+        limit: std::time::Duration,
+    ) -> Result<Response, ClientError> {
+        // A request given up leaves nothing behind (its slot goes with its future), and its
+        // id is never reused, so a late answer is dropped.
+        tokio::time::timeout(limit, self.request(hdr, payload))
+            .await
+            .unwrap_or(Err(ClientError::Timeout(limit)))
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -110,8 +139,11 @@ impl Connection {
         hdr.set_id(id);
         let (otx, orx) = oneshot::channel();
         lock(&self.pending).insert(id, otx);
+        let _slot = Slot {
+            pending: &self.pending,
+            id,
+        };
         if self.tx.send((hdr, payload)).is_err() {
-            lock(&self.pending).remove(&id);
             return Err(ClientError::Closed);
         }
         match orx.await {
@@ -134,9 +166,21 @@ impl Connection {
     }
 }
 
+/// The pending entry of one request, removed when the request ends or is dropped.
+struct Slot<'a> {
+    pending: &'a Pending,
+    id: u32,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.broken.store(true, Ordering::Relaxed);
+        self.close();
     }
 }
 

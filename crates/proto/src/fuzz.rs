@@ -48,6 +48,7 @@ pub fn payloads(data: &[u8]) {
     let _ = InodeHeader::decode(data);
     let _ = Config::decode(data);
     let _ = crate::vdi_lock::LockRecord::decode_list(data);
+    let _ = crate::objlist::decode(data);
     let _ = crate::cstr_bytes(data);
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = crate::Oid::parse_file_name(s);

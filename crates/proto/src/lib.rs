@@ -16,6 +16,7 @@ pub mod header;
 pub mod inode;
 pub mod nbd;
 pub mod node;
+pub mod objlist;
 pub mod oid;
 pub mod opcode;
 pub mod result;

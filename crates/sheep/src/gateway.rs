@@ -8,12 +8,13 @@ use crate::node::{Node, View};
 use crate::peer::{self, StoreOp};
 use bytes::Bytes;
 use futures::future::join_all;
-use proto::{opcode, Header, Oid, SdNode, SdResult};
+use proto::{Oid, SdNode, SdResult};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a request keeps retrying through membership changes before it gives up.
-const RETRY_FOR: Duration = Duration::from_secs(15);
+/// How long a request keeps retrying through membership changes before it gives up (a peer
+/// that stops answering is out of the membership well before that).
+const RETRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 fn retryable(r: SdResult) -> bool {
@@ -72,36 +73,19 @@ async fn one_copy(
     if target.nid == node.me.nid {
         return peer::local(node, view, oid, op).await;
     }
-    let (code, offset, payload, len, sync) = match op {
-        StoreOp::Create { offset, data, sync } => (
-            opcode::CREATE_AND_WRITE_PEER,
-            offset,
-            data.clone(),
-            data.len(),
-            sync,
-        ),
-        StoreOp::Write { offset, data, sync } => {
-            (opcode::WRITE_PEER, offset, data.clone(), data.len(), sync)
-        }
-        StoreOp::Read { offset, len } => (opcode::READ_PEER, offset, Bytes::new(), len, true),
-        StoreOp::RecoveryRead { .. } => return Err(SdResult::INVALID_PARMS),
-        StoreOp::Remove => (opcode::REMOVE_PEER, 0, Bytes::new(), 0, true),
-    };
-    let mut h = Header::request(code);
-    if !sync {
-        h.add_flags(proto::flags::CMD_CACHE);
-    }
-    h.set_epoch(view.state.epoch)
-        .set_oid(oid.0)
-        .set_obj_offset(offset)
-        .set_data_length(len as u32);
-    if !payload.is_empty() {
-        h.add_flags(proto::flags::CMD_WRITE);
-    }
-    let r = node.peers.request(target.nid, h, payload).await?;
-    match r.result() {
-        SdResult::SUCCESS => Ok(r.data),
-        e => Err(e),
+    let (peers, nid, epoch) = (&node.peers, target.nid, view.state.epoch);
+    match op {
+        StoreOp::Create { offset, data, sync } => peers
+            .write(nid, epoch, oid, offset, data, true, sync)
+            .await
+            .map(|_| Vec::new()),
+        StoreOp::Write { offset, data, sync } => peers
+            .write(nid, epoch, oid, offset, data, false, sync)
+            .await
+            .map(|_| Vec::new()),
+        StoreOp::Read { offset, len } => peers.read(nid, epoch, oid, offset, len).await,
+        StoreOp::RecoveryRead { .. } => Err(SdResult::INVALID_PARMS),
+        StoreOp::Remove => peers.remove(nid, epoch, oid).await.map(|_| Vec::new()),
     }
 }
 
@@ -118,7 +102,10 @@ where
             Err(e) if retryable(e) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            Err(e) if retryable(e) => return Err(SdResult::EIO),
+            Err(e) if retryable(e) => {
+                tracing::warn!("a request gave up after {RETRY_FOR:?} of membership changes: {e}");
+                return Err(SdResult::EIO);
+            }
             other => return other,
         }
     }
@@ -279,13 +266,10 @@ pub async fn flush(node: &Arc<Node>) -> Result<(), SdResult> {
                         .map(|_| Vec::new())
                         .map_err(|e| e.result());
                 }
-                let mut h = Header::request(opcode::FLUSH_PEER);
-                h.set_epoch(view.state.epoch);
-                let r = node.peers.request(n.nid, h, Bytes::new()).await?;
-                match r.result() {
-                    SdResult::SUCCESS => Ok(Vec::new()),
-                    e => Err(e),
-                }
+                node.peers
+                    .flush(n.nid, view.state.epoch)
+                    .await
+                    .map(|_| Vec::new())
             }
         }))
         .await;

@@ -204,6 +204,14 @@ impl Node {
                 self.admission.set_frozen(v.state.freezing.keys().copied());
                 (fx, v.clone(), prev)
             };
+            // Requests waiting on a node that left end now (the gateway retries elsewhere).
+            for gone in prev
+                .members
+                .iter()
+                .filter(|m| !view.state.is_member(m) && m.nid != self.me.nid)
+            {
+                self.peers.forget(gone.nid);
+            }
             for fx in effects {
                 if let Err(e) = self.carry_out(fx, &view, &prev, time).await {
                     tracing::error!("cluster event {ev:?}: {e}");
@@ -366,16 +374,9 @@ impl Node {
             .members
             .iter()
             .filter(|m| m.nid != self.me.nid)
-            .map(|m| {
-                let mut h = proto::Header::request(proto::opcode::WAIT_APPLIED);
-                h.set_oid(seq);
-                self.peers.request(m.nid, h, bytes::Bytes::new())
-            });
+            .map(|m| self.peers.wait_applied(m.nid, seq));
         for r in futures::future::join_all(waits).await {
-            if let Err(e) = r
-                .map(|r| r.result())
-                .and_then(|r| if r.is_ok() { Ok(()) } else { Err(r) })
-            {
+            if let Err(e) = r {
                 tracing::warn!("a member did not confirm event {seq}: {e}");
             }
         }
@@ -394,6 +395,10 @@ impl Node {
         if self.killed.load(Ordering::Relaxed) {
             return Err(SdResult::KILLED);
         }
+        if self.driver.fenced() {
+            // Maybe no longer a member (the cluster driver knows soon): peers retry elsewhere.
+            return Err(SdResult::NETWORK_ERROR);
+        }
         let v = self.view();
         match v.state.status {
             Status::Shutdown => Err(SdResult::SHUTDOWN),
@@ -407,6 +412,12 @@ impl Node {
     /// `gate`, but a node that is not running yet first catches up with the cluster's order:
     /// a request may arrive here just after another node saw the format.
     pub async fn gate_synced(&self, force: bool) -> Result<View, SdResult> {
+        // While it replays the cluster's history to its own join, its view is partial.
+        if !self.joined.load(Ordering::SeqCst) {
+            let mut rx = self.applied.subscribe();
+            let joined = rx.wait_for(|_| self.joined.load(Ordering::SeqCst));
+            let _ = tokio::time::timeout(SETTLE_WAIT, joined).await;
+        }
         if self.view().state.status != Status::Ok {
             self.catch_up().await;
         }

@@ -374,7 +374,7 @@ async fn run(
                 .await
                 .map_err(|_| SdResult::EIO)?
                 .map_err(|e| e.result())?;
-            let b = crate::recovery::encode_tagged(&l);
+            let b = proto::objlist::encode(&l);
             if b.len() > req.data_length() as usize {
                 return Err(SdResult::BUFFER_SMALL);
             }

@@ -1,19 +1,45 @@
-//! Persistent connections to the other sheep, one pipelined connection per peer, reopened when
-//! it breaks. Owns: the pool. Never: deciding where requests go.
+//! The one peer client: every request this sheep sends to another sheep is built here, by a
+//! named method, over one persistent pipelined connection per peer (reopened when it
+//! breaks). Every request has a timeout, and every reply is checked here (its result, and
+//! the length of its data), so callers get what they asked for or a result code: never a
+//! short buffer, never a wait on a peer that stopped answering. A peer that leaves the
+//! cluster is forgotten: requests waiting on it end at once.
+//! Owns: the pool, the headers of peer requests, reply checks, timeouts. Never: deciding
+//! where requests go or what to do when one fails.
 
 use bytes::Bytes;
-use client::{Connection, Response};
+use client::{ClientError, Connection, Response};
 use proto::node::NodeId;
-use proto::{Header, SdResult};
+use proto::{flags, opcode, Header, Oid, SdResult};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// An object read, write, remove, or a small question.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A sync of a peer's whole store, or a list of every object it has.
+const LONG_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Default)]
 pub struct Peers {
     conns: Mutex<HashMap<NodeId, Arc<Connection>>>,
+    /// Bumped by `forget`: a request cut off by it is not sent again.
+    forgotten: Mutex<HashMap<NodeId, u64>>,
+    io_timeout: Duration,
+    long_timeout: Duration,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers::with_timeouts(IO_TIMEOUT, LONG_TIMEOUT)
+    }
+}
+
+fn ok(r: &Response) -> Result<(), SdResult> {
+    match r.result() {
+        SdResult::SUCCESS => Ok(()),
+        e => Err(e),
+    }
 }
 
 impl Peers {
@@ -21,13 +47,23 @@ impl Peers {
         Peers::default()
     }
 
+    /// A client whose requests time out after `io` (object I/O, questions) or `long` (store
+    /// syncs, object lists).
+    pub fn with_timeouts(io: Duration, long: Duration) -> Peers {
+        Peers {
+            conns: Mutex::default(),
+            forgotten: Mutex::default(),
+            io_timeout: io,
+            long_timeout: long,
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Arc<Connection>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn get(&self, nid: NodeId) -> Result<Arc<Connection>, SdResult> {
-        if let Some(c) = self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&nid)
-        {
+        if let Some(c) = self.pool().get(&nid) {
             if !c.is_broken() {
                 return Ok(c.clone());
             }
@@ -41,33 +77,299 @@ impl Peers {
             }
             Err(_) => return Err(SdResult::NETWORK_ERROR),
         };
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(nid, conn.clone());
+        self.pool().insert(nid, conn.clone());
         Ok(conn)
     }
 
-    /// Sends one request to `nid`; a broken connection is reopened once.
-    pub async fn request(
+    /// Drops the connection to `nid` (it left the cluster): requests waiting on it fail now.
+    pub fn forget(&self, nid: NodeId) {
+        *self
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(nid)
+            .or_default() += 1;
+        if let Some(c) = self.pool().remove(&nid) {
+            c.close();
+        }
+    }
+
+    /// Sends one request to `nid` and waits at most `limit` for the answer; a broken
+    /// connection is reopened once. A peer that does not answer in time is an error for this
+    /// request (NETWORK_ERROR), and its connection is reopened for the next one.
+    async fn call(
         &self,
         nid: NodeId,
         hdr: Header,
         payload: Bytes,
+        limit: Duration,
     ) -> Result<Response, SdResult> {
+        let generation = |p: &Peers| {
+            let f = p.forgotten.lock().unwrap_or_else(|e| e.into_inner());
+            f.get(&nid).copied().unwrap_or(0)
+        };
+        let start = generation(self);
         for attempt in 0..2 {
+            if attempt > 0 && generation(self) != start {
+                break;
+            }
             let conn = self.get(nid).await?;
-            match conn.request(hdr, payload.clone()).await {
+            match conn.request_within(hdr, payload.clone(), limit).await {
                 Ok(r) => return Ok(r),
+                Err(e @ ClientError::Timeout(_)) => {
+                    tracing::warn!("peer {nid}: {e} (opcode {:#x})", hdr.opcode());
+                    self.drop_conn(nid, &conn);
+                    return Err(SdResult::NETWORK_ERROR);
+                }
                 Err(e) => {
                     tracing::debug!("peer {nid} (attempt {attempt}): {e}");
-                    self.conns
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&nid);
+                    self.drop_conn(nid, &conn);
                 }
             }
         }
         Err(SdResult::NETWORK_ERROR)
+    }
+
+    fn drop_conn(&self, nid: NodeId, conn: &Arc<Connection>) {
+        let mut pool = self.pool();
+        if pool.get(&nid).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            pool.remove(&nid);
+        }
+    }
+
+    /// A read of exactly `len` bytes.
+    async fn read_exact(
+        &self,
+        nid: NodeId,
+        hdr: Header,
+        len: usize,
+        limit: Duration,
+    ) -> Result<Vec<u8>, SdResult> {
+        let r = self.call(nid, hdr, Bytes::new(), limit).await?;
+        ok(&r)?;
+        if r.data.len() != len {
+            tracing::warn!(
+                "peer {nid}: {} bytes for a read of {len} (opcode {:#x})",
+                r.data.len(),
+                hdr.opcode()
+            );
+            return Err(SdResult::EIO);
+        }
+        Ok(r.data)
+    }
+
+    /// READ_PEER: `len` bytes at `offset` of `nid`'s current copy of `oid`.
+    pub async fn read(
+        &self,
+        nid: NodeId,
+        epoch: u32,
+        oid: Oid,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, SdResult> {
+        let mut h = Header::request(opcode::READ_PEER);
+        h.set_epoch(epoch)
+            .set_oid(oid.0)
+            .set_obj_offset(offset)
+            .set_data_length(len as u32);
+        self.read_exact(nid, h, len, self.io_timeout).await
+    }
+
+    /// READ_PEER for recovery: of the copy tagged `tag` (current, or a stale epoch).
+    pub async fn read_tagged(
+        &self,
+        nid: NodeId,
+        epoch: u32,
+        oid: Oid,
+        tag: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, SdResult> {
+        let mut h = Header::request(opcode::READ_PEER);
+        h.set_epoch(epoch)
+            .set_flags(flags::CMD_RECOVERY)
+            .set_oid(oid.0)
+            .set_tgt_epoch(tag)
+            .set_obj_offset(offset)
+            .set_data_length(len as u32);
+        self.read_exact(nid, h, len, self.io_timeout).await
+    }
+
+    /// CREATE_AND_WRITE_PEER (`create`) or WRITE_PEER of `data` at `offset`; durable on the
+    /// peer before it answers with `sync`, else at its next flush.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write(
+        &self,
+        nid: NodeId,
+        epoch: u32,
+        oid: Oid,
+        offset: u64,
+        data: Bytes,
+        create: bool,
+        sync: bool,
+    ) -> Result<(), SdResult> {
+        let code = if create {
+            opcode::CREATE_AND_WRITE_PEER
+        } else {
+            opcode::WRITE_PEER
+        };
+        let mut h = Header::request(code);
+        if !sync {
+            h.add_flags(flags::CMD_CACHE);
+        }
+        h.set_epoch(epoch)
+            .set_oid(oid.0)
+            .set_obj_offset(offset)
+            .set_data_length(data.len() as u32);
+        if !data.is_empty() {
+            h.add_flags(flags::CMD_WRITE);
+        }
+        ok(&self.call(nid, h, data, self.io_timeout).await?)
+    }
+
+    /// REMOVE_PEER: `nid`'s copies of `oid`, current and stale.
+    pub async fn remove(&self, nid: NodeId, epoch: u32, oid: Oid) -> Result<(), SdResult> {
+        let mut h = Header::request(opcode::REMOVE_PEER);
+        h.set_epoch(epoch).set_oid(oid.0);
+        ok(&self.call(nid, h, Bytes::new(), self.io_timeout).await?)
+    }
+
+    /// FLUSH_PEER: every write `nid` took is durable.
+    pub async fn flush(&self, nid: NodeId, epoch: u32) -> Result<(), SdResult> {
+        let mut h = Header::request(opcode::FLUSH_PEER);
+        h.set_epoch(epoch);
+        ok(&self.call(nid, h, Bytes::new(), self.long_timeout).await?)
+    }
+
+    /// OBJ_LIST_TAGGED: every copy `nid` has, with its tag.
+    pub async fn list_tagged(&self, nid: NodeId, epoch: u32) -> Result<Vec<(Oid, u32)>, SdResult> {
+        let mut h = Header::request(opcode::OBJ_LIST_TAGGED);
+        h.set_epoch(epoch).set_data_length(proto::frame::MAX_READ);
+        let r = self.call(nid, h, Bytes::new(), self.long_timeout).await?;
+        ok(&r)?;
+        proto::objlist::decode(&r.data).ok_or_else(|| {
+            tracing::warn!("peer {nid}: an object list of {} bytes", r.data.len());
+            SdResult::EIO
+        })
+    }
+
+    /// OBJ_TAG: the tag of `nid`'s best copy of `oid`, `None` if it has none.
+    pub async fn tag(&self, nid: NodeId, epoch: u32, oid: Oid) -> Result<Option<u32>, SdResult> {
+        let mut h = Header::request(opcode::OBJ_TAG);
+        h.set_epoch(epoch).set_oid(oid.0);
+        let r = self.call(nid, h, Bytes::new(), self.io_timeout).await?;
+        match r.result() {
+            SdResult::SUCCESS => Ok(Some(r.header.rsp_obj_offset() as u32)),
+            SdResult::NO_OBJ => Ok(None),
+            e => Err(e),
+        }
+    }
+
+    /// WAIT_APPLIED: `nid` has applied every cluster event up to `seq`.
+    pub async fn wait_applied(&self, nid: NodeId, seq: u64) -> Result<(), SdResult> {
+        let mut h = Header::request(opcode::WAIT_APPLIED);
+        h.set_oid(seq);
+        ok(&self
+            .call(nid, h, Bytes::new(), Duration::from_secs(7))
+            .await?)
+    }
+
+    /// DRAIN_VDI: `nid` applied event `seq` and has no write to `vid` in flight.
+    pub async fn drain_vdi(&self, nid: NodeId, seq: u64, vid: u32) -> Result<(), SdResult> {
+        let mut h = Header::request(opcode::DRAIN_VDI);
+        h.set_oid(seq).set_tgt_epoch(vid);
+        ok(&self.call(nid, h, Bytes::new(), self.long_timeout).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against fake peers that speak the real codec over real sockets.
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A fake peer: answers every request with `answer(request) -> (result, data)`, or never
+    /// when it returns None.
+    async fn fake_peer(
+        answer: impl Fn(&Header) -> Option<(SdResult, Vec<u8>)> + Send + 'static,
+    ) -> NodeId {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hb = [0u8; proto::HEADER_SIZE];
+            while s.read_exact(&mut hb).await.is_ok() {
+                let h = Header::from_bytes(&hb);
+                if h.carries_payload() {
+                    let mut p = vec![0u8; h.data_length() as usize];
+                    s.read_exact(&mut p).await.unwrap();
+                }
+                let Some((res, data)) = answer(&h) else {
+                    continue;
+                };
+                let mut r = Header::response_to(&h, h.epoch(), res);
+                r.set_data_length(data.len() as u32);
+                s.write_all(r.as_bytes()).await.unwrap();
+                s.write_all(&data).await.unwrap();
+            }
+        });
+        NodeId::new("127.0.0.1".parse().unwrap(), port)
+    }
+
+    fn quick() -> Peers {
+        Peers::with_timeouts(Duration::from_millis(300), Duration::from_millis(300))
+    }
+
+    #[tokio::test]
+    async fn short_long_and_malformed_replies_are_errors() {
+        let oid = Oid::data(proto::Vid(7), 1);
+        let short =
+            fake_peer(|h| Some((SdResult::SUCCESS, vec![1; h.data_length() as usize / 2]))).await;
+        let p = quick();
+        assert_eq!(p.read(short, 1, oid, 0, 4096).await, Err(SdResult::EIO));
+        let long =
+            fake_peer(|h| Some((SdResult::SUCCESS, vec![1; h.data_length() as usize + 1]))).await;
+        assert_eq!(p.read(long, 1, oid, 0, 4096).await, Err(SdResult::EIO));
+        let exact =
+            fake_peer(|h| Some((SdResult::SUCCESS, vec![7; h.data_length() as usize]))).await;
+        assert_eq!(p.read(exact, 1, oid, 0, 16).await, Ok(vec![7; 16]));
+        let ragged = fake_peer(|_| Some((SdResult::SUCCESS, vec![0; 17]))).await;
+        assert_eq!(p.list_tagged(ragged, 1).await, Err(SdResult::EIO));
+        let old = fake_peer(|_| Some((SdResult::OLD_NODE_VER, Vec::new()))).await;
+        assert_eq!(
+            p.write(old, 1, oid, 0, Bytes::from_static(b"x"), false, true)
+                .await,
+            Err(SdResult::OLD_NODE_VER)
+        );
+        let none = fake_peer(|_| Some((SdResult::NO_OBJ, Vec::new()))).await;
+        assert_eq!(p.tag(none, 1, oid).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_times_out_and_a_forgotten_one_ends_its_waits_at_once() {
+        let oid = Oid::data(proto::Vid(7), 1);
+        let silent = fake_peer(|_| None).await;
+        let p = quick();
+        let t = tokio::time::Instant::now();
+        assert_eq!(
+            p.read(silent, 1, oid, 0, 8).await,
+            Err(SdResult::NETWORK_ERROR)
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let silent = fake_peer(|_| None).await;
+        let p = Arc::new(Peers::with_timeouts(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let p2 = p.clone();
+        let waiting = tokio::spawn(async move { p2.read(silent, 1, oid, 0, 8).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.forget(silent);
+        let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait ended with the forget")
+            .unwrap();
+        assert_eq!(r, Err(SdResult::NETWORK_ERROR));
     }
 }

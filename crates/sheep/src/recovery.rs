@@ -14,11 +14,10 @@
 use crate::cluster::state::{ClusterState, Message};
 use crate::node::{Node, View};
 use crate::store::CURRENT;
-use bytes::Bytes;
 use futures::future::join_all;
 use proto::node::NodeId;
 use proto::oid::OidKind;
-use proto::{opcode, Header, Oid, SdResult};
+use proto::{Oid, SdResult};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -244,16 +243,8 @@ async fn gather(
                 .and_then(|r| r.map_err(|e| e.result()));
             return (n.nid, l);
         }
-        let mut h = Header::request(opcode::OBJ_LIST_TAGGED);
-        h.set_epoch(view.state.epoch);
-        h.set_data_length(proto::frame::MAX_READ);
         fail::fail_point!("recovery::list", |_| (n.nid, Err(SdResult::NETWORK_ERROR)));
-        let l = match node.peers.request(n.nid, h, Bytes::new()).await {
-            Ok(r) if r.result().is_ok() => Ok(decode_tagged(&r.data)),
-            Ok(r) => Err(r.result()),
-            Err(e) => Err(e),
-        };
-        (n.nid, l)
+        (n.nid, node.peers.list_tagged(n.nid, view.state.epoch).await)
     }))
     .await;
     let mut all: BTreeMap<Oid, Vec<(NodeId, u32)>> = BTreeMap::new();
@@ -264,29 +255,6 @@ async fn gather(
         }
     }
     Ok(all)
-}
-
-pub fn encode_tagged(list: &[(Oid, u32)]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(list.len() * 16);
-    for (oid, tag) in list {
-        b.extend_from_slice(&oid.0.to_le_bytes());
-        b.extend_from_slice(&tag.to_le_bytes());
-        b.extend_from_slice(&[0u8; 4]);
-    }
-    b
-}
-
-fn decode_tagged(b: &[u8]) -> Vec<(Oid, u32)> {
-    b.chunks_exact(16)
-        .map(|r| {
-            let mut o = [0u8; 8];
-            o.copy_from_slice(&r[..8]);
-            (
-                Oid(u64::from_le_bytes(o)),
-                u32::from_le_bytes([r[8], r[9], r[10], r[11]]),
-            )
-        })
-        .collect()
 }
 
 /// Recovers everything this node lacks at `epoch`; false when a newer epoch took over.
@@ -368,13 +336,8 @@ pub async fn fetch_now(node: &Arc<Node>, view: &View, oid: Oid) -> Result<(), Sd
         .iter()
         .filter(|n| n.nid != node.me.nid)
         .map(|n| async move {
-            let mut h = Header::request(opcode::OBJ_TAG);
-            h.set_epoch(view.state.epoch).set_oid(oid.0);
-            match node.peers.request(n.nid, h, Bytes::new()).await {
-                Ok(r) if r.result().is_ok() => Ok(Some((n.nid, r.header.rsp_obj_offset() as u32))),
-                Ok(r) if r.result() == SdResult::NO_OBJ => Ok(None),
-                _ => Err(()),
-            }
+            let tag = node.peers.tag(n.nid, view.state.epoch, oid).await;
+            tag.map(|t| t.map(|t| (n.nid, t)))
         });
     let answers = join_all(asks).await;
     let complete = answers.iter().all(|a| a.is_ok());
@@ -479,21 +442,12 @@ async fn read_remote(
     let mut out = Vec::with_capacity(size);
     while out.len() < size {
         let n = (size - out.len()).min(FETCH_CHUNK);
-        let mut h = Header::request(opcode::READ_PEER);
-        h.set_epoch(view.state.epoch)
-            .set_flags(proto::flags::CMD_RECOVERY)
-            .set_oid(oid.0)
-            .set_tgt_epoch(tag)
-            .set_obj_offset(out.len() as u64)
-            .set_data_length(n as u32);
-        let r = node.peers.request(nid, h, Bytes::new()).await?;
-        if !r.result().is_ok() {
-            return Err(r.result());
-        }
-        if r.data.len() != n {
-            return Err(SdResult::EIO);
-        }
-        out.extend_from_slice(&r.data);
+        let at = out.len() as u64;
+        let piece = node
+            .peers
+            .read_tagged(nid, view.state.epoch, oid, tag, at, n)
+            .await?;
+        out.extend_from_slice(&piece);
     }
     Ok(out)
 }
@@ -501,16 +455,6 @@ async fn read_remote(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tagged_lists_round_trip() {
-        let l = vec![
-            (Oid(0x0015d16700000003), CURRENT),
-            (Oid(0x8015_d167_0000_0000), 7),
-        ];
-        assert_eq!(decode_tagged(&encode_tagged(&l)), l);
-        assert!(decode_tagged(&[1, 2, 3]).is_empty());
-    }
 
     #[test]
     fn progress_layout() {

@@ -467,11 +467,8 @@ async fn drain_everywhere(node: &Arc<Node>, seq: u64, base: u32) -> Result<(), S
         }
         let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
         loop {
-            let mut h = Header::request(proto::opcode::DRAIN_VDI);
-            h.set_oid(seq).set_tgt_epoch(base);
-            let r = node.peers.request(m.nid, h, Bytes::new()).await;
-            match r.map(|r| r.result()) {
-                Ok(SdResult::SUCCESS) => return Ok(()),
+            match node.peers.drain_vdi(m.nid, seq, base).await {
+                Ok(()) => return Ok(()),
                 _ if !node.view().state.is_member(m) => return Ok(()),
                 other if tokio::time::Instant::now() >= deadline => {
                     tracing::warn!("{}: writes to {base:x} did not drain: {other:?}", m.nid);

@@ -8,7 +8,7 @@ use proto::Oid;
 use std::path::PathBuf;
 
 /// Tag of a copy in `obj/` (current), next to the epochs of stale copies.
-pub const CURRENT: u32 = u32::MAX;
+pub const CURRENT: u32 = proto::objlist::TAG_CURRENT;
 
 impl Store {
     fn stale_dir(&self) -> PathBuf {
