@@ -57,6 +57,11 @@ pub trait Driver: Send + Sync + 'static {
     fn sync(&self) -> BoxFut<'_, Result<u64, ClusterError>>;
     /// Leave the cluster (clean stop).
     fn leave(&self) -> BoxFut<'_, Result<(), ClusterError>>;
+    /// Whether this node may have been declared gone by the others and must serve nothing
+    /// now (the local driver: its own heartbeat is overdue). Checked on every request.
+    fn fenced(&self) -> bool {
+        false
+    }
 }
 
 /// Set in the environment of a sheep that restarted itself after losing the cluster engine:
@@ -91,8 +96,8 @@ pub fn driver_from_option(opt: &str) -> Result<Arc<dyn Driver>, String> {
     };
     match name {
         "local" => {
-            let path = arg.filter(|a| !a.is_empty()).unwrap_or(local::DEFAULT_PATH);
-            Ok(Arc::new(local::LocalDriver::new(path.into())))
+            let o = local::parse_options(arg.unwrap_or(""))?;
+            Ok(Arc::new(local::LocalDriver::with_options(o)))
         }
         "zookeeper" => {
             let o = zookeeper::parse_options(arg.unwrap_or(""))?;
