@@ -4,13 +4,13 @@
 
 mod common;
 
+use common::nbd::{connect_from, greet, option, option_reply, Client};
 use common::{pattern, rt, Cluster};
-use proto::nbd::{self, cflag, cmd, opt, rep};
+use proto::nbd::{self, cmd, opt, rep};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 fn tool(name: &str) -> Command {
     let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
@@ -45,149 +45,6 @@ fn sparse_image(dir: &Path, size: u64) -> std::path::PathBuf {
         f.write_all(&pattern(3 << 20, seed)).unwrap();
     }
     p
-}
-
-/// A minimal NBD client: fixed newstyle, OPT_GO, simple replies.
-#[derive(Debug)]
-struct Client {
-    s: TcpStream,
-    size: u64,
-    flags: u16,
-    next: u64,
-}
-
-async fn connect_from(src: Option<&str>, port: u16) -> TcpStream {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    if let Some(ip) = src {
-        sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-    }
-    sock.connect(([127, 0, 0, 1], port).into()).await.unwrap()
-}
-
-async fn option(s: &mut TcpStream, option: u32, data: &[u8]) {
-    s.write_u64(nbd::IHAVEOPT).await.unwrap();
-    s.write_u32(option).await.unwrap();
-    s.write_u32(data.len() as u32).await.unwrap();
-    s.write_all(data).await.unwrap();
-}
-
-/// Reads one option reply: (type, data).
-async fn option_reply(s: &mut TcpStream) -> (u32, Vec<u8>) {
-    assert_eq!(s.read_u64().await.unwrap(), nbd::REPLY_MAGIC);
-    let _opt = s.read_u32().await.unwrap();
-    let t = s.read_u32().await.unwrap();
-    let n = s.read_u32().await.unwrap();
-    let mut d = vec![0u8; n as usize];
-    s.read_exact(&mut d).await.unwrap();
-    (t, d)
-}
-
-async fn greet(s: &mut TcpStream) {
-    let mut g = [0u8; 18];
-    s.read_exact(&mut g).await.unwrap();
-    assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
-    s.write_u32(nbd::CLIENT_FLAG_FIXED_NEWSTYLE | nbd::CLIENT_FLAG_NO_ZEROES)
-        .await
-        .unwrap();
-}
-
-fn go_data(name: &str) -> Vec<u8> {
-    let mut d = (name.len() as u32).to_be_bytes().to_vec();
-    d.extend_from_slice(name.as_bytes());
-    d.extend_from_slice(&0u16.to_be_bytes());
-    d
-}
-
-impl Client {
-    /// Opens `export`; Err carries the server's error reply text.
-    async fn open(src: Option<&str>, port: u16, export: &str) -> Result<Client, String> {
-        let mut s = connect_from(src, port).await;
-        greet(&mut s).await;
-        option(&mut s, opt::GO, &go_data(export)).await;
-        let (mut size, mut flags) = (0, 0);
-        loop {
-            let (t, d) = option_reply(&mut s).await;
-            match t {
-                rep::ACK => break,
-                rep::INFO if d[..2] == [0, 0] => {
-                    size = u64::from_be_bytes(d[2..10].try_into().unwrap());
-                    flags = u16::from_be_bytes([d[10], d[11]]);
-                }
-                rep::INFO => {}
-                _ => return Err(String::from_utf8_lossy(&d).into_owned()),
-            }
-        }
-        Ok(Client {
-            s,
-            size,
-            flags,
-            next: 1,
-        })
-    }
-
-    /// Sends one request and waits for its simple reply: Ok(read data) or Err(errno).
-    async fn req(
-        &mut self,
-        kind: u16,
-        flags: u16,
-        off: u64,
-        len: u32,
-        data: &[u8],
-    ) -> Result<Vec<u8>, u32> {
-        let r = nbd::Request {
-            flags,
-            kind,
-            handle: self.next,
-            offset: off,
-            length: len,
-        };
-        self.next += 1;
-        self.s.write_all(&r.encode()).await.unwrap();
-        self.s.write_all(data).await.unwrap();
-        assert_eq!(self.s.read_u32().await.unwrap(), nbd::SIMPLE_REPLY_MAGIC);
-        let err = self.s.read_u32().await.unwrap();
-        assert_eq!(self.s.read_u64().await.unwrap(), r.handle);
-        if err != 0 {
-            return Err(err);
-        }
-        let mut out = vec![0u8; if kind == cmd::READ { len as usize } else { 0 }];
-        self.s.read_exact(&mut out).await.unwrap();
-        Ok(out)
-    }
-
-    async fn write(&mut self, off: u64, data: &[u8]) -> Result<(), u32> {
-        self.req(cmd::WRITE, cflag::FUA, off, data.len() as u32, data)
-            .await
-            .map(|_| ())
-    }
-
-    /// A write without FUA: durable only once a FLUSH has returned.
-    async fn write_cached(&mut self, off: u64, data: &[u8]) -> Result<(), u32> {
-        self.req(cmd::WRITE, 0, off, data.len() as u32, data)
-            .await
-            .map(|_| ())
-    }
-
-    async fn flush(&mut self) -> Result<(), u32> {
-        self.req(cmd::FLUSH, 0, 0, 0, &[]).await.map(|_| ())
-    }
-
-    async fn read(&mut self, off: u64, len: u32) -> Result<Vec<u8>, u32> {
-        self.req(cmd::READ, 0, off, len, &[]).await
-    }
-
-    async fn disconnect(mut self) {
-        let r = nbd::Request {
-            flags: 0,
-            kind: cmd::DISC,
-            handle: 0,
-            offset: 0,
-            length: 0,
-        };
-        let _ = self.s.write_all(&r.encode()).await;
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.s.read_to_end(&mut rest)).await;
-    }
 }
 
 #[test]

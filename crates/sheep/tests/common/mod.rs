@@ -3,6 +3,7 @@
 //! killed by PID when the cluster is dropped.
 #![allow(dead_code)]
 
+pub mod nbd;
 pub mod store;
 
 use std::net::TcpListener;
