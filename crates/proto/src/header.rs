@@ -190,6 +190,9 @@ impl Header {
     // Response: obj.
     field!(rsp_obj_copies, set_rsp_obj_copies, u8, 20);
     field!(rsp_obj_offset, set_rsp_obj_offset, u64, 24);
+    // Extension of this implementation, in the padding of the original's obj response: the
+    // version of the copy (the writes it has taken) after a peer write, or as read.
+    field!(rsp_obj_version, set_rsp_obj_version, u64, 32);
 
     // Response: vdi.
     field!(rsp_vdi_id, set_rsp_vdi_id, u32, 24);

@@ -5,7 +5,7 @@
 //! copy goes through `peer::local`, like any other copy).
 
 use crate::node::{Node, View};
-use crate::peer::{self, StoreOp};
+use crate::peer::{self, Done, StoreOp};
 use bytes::Bytes;
 use futures::future::join_all;
 use proto::{Oid, SdNode, SdResult};
@@ -69,23 +69,30 @@ async fn one_copy(
     target: &SdNode,
     oid: Oid,
     op: StoreOp,
-) -> Result<Vec<u8>, SdResult> {
+) -> Result<Done, SdResult> {
     if target.nid == node.me.nid {
         return peer::local(node, view, oid, op).await;
     }
     let (peers, nid, epoch) = (&node.peers, target.nid, view.state.epoch);
+    let version = |version| Done {
+        data: Vec::new(),
+        version,
+    };
     match op {
         StoreOp::Create { offset, data, sync } => peers
             .write(nid, epoch, oid, offset, data, true, sync)
             .await
-            .map(|_| Vec::new()),
+            .map(version),
         StoreOp::Write { offset, data, sync } => peers
             .write(nid, epoch, oid, offset, data, false, sync)
             .await
-            .map(|_| Vec::new()),
-        StoreOp::Read { offset, len } => peers.read(nid, epoch, oid, offset, len).await,
+            .map(version),
+        StoreOp::Read { offset, len } => peers
+            .read(nid, epoch, oid, offset, len)
+            .await
+            .map(|data| Done { data, version: 0 }),
         StoreOp::RecoveryRead { .. } => Err(SdResult::INVALID_PARMS),
-        StoreOp::Remove => peers.remove(nid, epoch, oid).await.map(|_| Vec::new()),
+        StoreOp::Remove => peers.remove(nid, epoch, oid).await.map(|_| Done::default()),
     }
 }
 
@@ -153,7 +160,7 @@ async fn read_one(
         let mut last = SdResult::NO_OBJ;
         for target in &t {
             match one_copy(node, &view, target, oid, StoreOp::Read { offset, len }).await {
-                Ok(d) => return Ok(d),
+                Ok(d) => return Ok(d.data),
                 Err(e) if retryable(e) => return Err(e),
                 Err(e) => last = e,
             }
@@ -228,6 +235,12 @@ async fn write_one(
         async move {
             check_range(node, &view, oid, offset, data.len() as u64)?;
             let t = write_targets(node, &view, oid, copies)?;
+            // Overlapping writes go out one after the other, so every copy takes them in the
+            // same order.
+            let range = node
+                .writes
+                .lock(oid, offset, offset + data.len() as u64)
+                .await;
             let ops = t.iter().map(|target| {
                 let op = if create {
                     StoreOp::Create {
@@ -244,10 +257,128 @@ async fn write_one(
                 };
                 one_copy(node, &view, target, oid, op)
             });
-            first_error(join_all(ops).await)
+            let results = join_all(ops).await;
+            agree(node, &view, oid, &t, results, range).await
         }
     })
     .await
+}
+
+/// After a write went to every copy: Ok when every copy took it and they all have the same
+/// version. Copies that failed it, or whose versions differ (one missed an earlier write, or
+/// took one the others did not), are healed from the newest copy that took this write, with
+/// no other write of this gateway to the object in flight; then the write is done. A
+/// retryable failure anywhere redoes the whole write (it is idempotent).
+async fn agree(
+    node: &Arc<Node>,
+    view: &View,
+    oid: Oid,
+    targets: &[SdNode],
+    results: Vec<Result<Done, SdResult>>,
+    range: Range<'_>,
+) -> Result<(), SdResult> {
+    let mut took = Vec::new();
+    let mut failed = Vec::new();
+    for (t, r) in targets.iter().zip(results) {
+        match r {
+            Ok(d) => took.push((t.nid, d.version)),
+            Err(e) if retryable(e) => return Err(e),
+            Err(e) => failed.push((t.nid, e)),
+        }
+    }
+    let Some(&(best, newest)) = took.iter().max_by_key(|(_, v)| *v) else {
+        return Err(failed.first().map(|f| f.1).unwrap_or(SdResult::EIO));
+    };
+    if failed.is_empty() && took.iter().all(|(_, v)| *v == newest) {
+        return Ok(());
+    }
+    tracing::warn!(
+        "copies of {oid} disagree (versions {took:?}, failed {failed:?}): healing from {best}"
+    );
+    drop(range);
+    let _whole = node.writes.lock(oid, 0, u64::MAX).await;
+    let stale = took
+        .iter()
+        .filter(|(_, v)| *v != newest)
+        .map(|(n, _)| *n)
+        .chain(failed.iter().map(|(n, _)| *n));
+    for nid in stale {
+        let healed = if nid == node.me.nid {
+            crate::recovery::repair(node, view, oid, best).await
+        } else {
+            node.peers.repair(nid, view.state.epoch, oid, best).await
+        };
+        if let Err(e) = healed {
+            tracing::warn!("healing the copy of {oid} on {nid}: {e}");
+            return Err(if retryable(e) { e } else { SdResult::EIO });
+        }
+    }
+    Ok(())
+}
+
+/// Writes in flight on this gateway, per object and byte range: a write waits for the
+/// overlapping ones that came before it (first come, first served), so that overlapping
+/// writes reach every copy in the same order; a heal takes the whole object.
+#[derive(Default)]
+pub struct Writes {
+    /// The last id given, and per object the ranges held or waited for: (start, end, id).
+    inner: std::sync::Mutex<(u64, InFlight)>,
+    released: tokio::sync::Notify,
+}
+
+type InFlight = std::collections::HashMap<Oid, Vec<(u64, u64, u64)>>;
+
+/// Bytes `start..end` of an object, held by one write.
+pub struct Range<'a> {
+    writes: &'a Writes,
+    oid: Oid,
+    id: u64,
+}
+
+impl Writes {
+    pub async fn lock(&self, oid: Oid, start: u64, end: u64) -> Range<'_> {
+        let id = {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            g.0 += 1;
+            let id = g.0;
+            g.1.entry(oid).or_default().push((start, end, id));
+            id
+        };
+        let range = Range {
+            writes: self,
+            oid,
+            id,
+        };
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let blocked = {
+                let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                g.1.get(&oid)
+                    .is_some_and(|l| l.iter().any(|&(s, e, i)| i < id && s < end && start < e))
+            };
+            if !blocked {
+                return range;
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for Range<'_> {
+    fn drop(&mut self) {
+        {
+            let mut g = self.writes.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = g.1.get_mut(&self.oid) {
+                l.retain(|&(_, _, i)| i != self.id);
+                if l.is_empty() {
+                    g.1.remove(&self.oid);
+                }
+            }
+        }
+        self.writes.released.notify_waiters();
+    }
 }
 
 /// Makes every write acknowledged so far durable on every node of the current epoch (each
@@ -290,7 +421,7 @@ pub async fn remove(node: &Arc<Node>, oid: Oid) -> Result<(), SdResult> {
         .await;
         first_error(results.into_iter().map(|r| match r {
             Err(SdResult::NO_OBJ) => Ok(Vec::new()),
-            other => other,
+            other => other.map(|d| d.data),
         }))
     })
     .await

@@ -35,6 +35,8 @@ pub struct Node {
     pub recovery: crate::recovery::Recovery,
     /// Tickets of the writes running here, per VDI; VDIs being snapshotted admit none.
     pub admission: crate::admission::Admission,
+    /// Writes this node sends out as the gateway, by object and range.
+    pub writes: crate::gateway::Writes,
     /// The newest epoch in this node's store when it started, before it joined.
     pub own_epoch: std::sync::atomic::AtomicU32,
     /// This start of the node (its join event carries it).
@@ -74,6 +76,7 @@ impl Node {
             peers: Peers::new(),
             recovery: Default::default(),
             admission: Default::default(),
+            writes: Default::default(),
             own_epoch: Default::default(),
             incarnation: {
                 let t = std::time::SystemTime::now()

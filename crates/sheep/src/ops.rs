@@ -359,12 +359,13 @@ async fn run(
             node.gate(false)?;
             let oid = Oid(req.oid());
             let store = node.store.clone();
-            let tag = tokio::task::spawn_blocking(move || store.best_tag(oid))
+            let (tag, version) = tokio::task::spawn_blocking(move || store.best(oid))
                 .await
                 .map_err(|_| SdResult::EIO)?
                 .map_err(|e| e.result())?
                 .ok_or(SdResult::NO_OBJ)?;
-            rsp.set_rsp_obj_offset(tag as u64);
+            rsp.set_rsp_obj_offset(tag as u64)
+                .set_rsp_obj_version(version);
             Ok(Vec::new())
         }
         opcode::OBJ_LIST_TAGGED => {
@@ -450,12 +451,9 @@ async fn run(
         | opcode::READ_PEER
         | opcode::WRITE_PEER
         | opcode::REMOVE_PEER => {
-            let (r, d) = peer::serve(node, req, data).await;
-            if r.is_ok() {
-                Ok(d)
-            } else {
-                Err(r)
-            }
+            let done = peer::serve(node, req, data).await?;
+            rsp.set_rsp_obj_version(done.version);
+            Ok(done.data)
         }
         _ => Err(SdResult::INVALID_PARMS),
     }

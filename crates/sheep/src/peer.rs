@@ -40,14 +40,26 @@ fn err(e: StoreError) -> SdResult {
     e.result()
 }
 
+/// What a store operation gives back: the bytes read, and the version of the copy (after a
+/// write; as read, for a recovery read; 0 otherwise).
+#[derive(Debug, Default)]
+pub struct Done {
+    pub data: Vec<u8>,
+    pub version: u64,
+}
+
+impl Done {
+    fn version(version: u64) -> Done {
+        Done {
+            data: Vec::new(),
+            version,
+        }
+    }
+}
+
 /// Runs `op` on the local store (in a blocking thread); reads return the bytes. An object
 /// this node should hold but lacks (recovery has not reached it yet) is fetched first.
-pub async fn local(
-    node: &Arc<Node>,
-    view: &View,
-    oid: Oid,
-    op: StoreOp,
-) -> Result<Vec<u8>, SdResult> {
+pub async fn local(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Done, SdResult> {
     // Never a copy from before this node settled the request's epoch (a returning node sets
     // its old copies aside first).
     if !node.settled(view.state.epoch).await {
@@ -82,12 +94,7 @@ pub async fn local(
 }
 
 /// `run`, a change of the object holding off the install of a whole copy of it.
-async fn guarded(
-    node: &Arc<Node>,
-    view: &View,
-    oid: Oid,
-    op: StoreOp,
-) -> Result<Vec<u8>, SdResult> {
+async fn guarded(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Done, SdResult> {
     if matches!(op, StoreOp::Read { .. } | StoreOp::RecoveryRead { .. }) {
         return run(node, view, oid, op).await;
     }
@@ -95,20 +102,40 @@ async fn guarded(
     run(node, view, oid, op).await
 }
 
-async fn run(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Vec<u8>, SdResult> {
+async fn run(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Done, SdResult> {
+    if matches!(op, StoreOp::Create { .. } | StoreOp::Write { .. }) {
+        // A copy that fails a write, or says it took one it did not (a lost write).
+        fail::fail_point!("peer::write", |_| Err(SdResult::EIO));
+        fail::fail_point!("peer::lose_write", |_| Ok(Done::version(0)));
+    }
     let store = node.store.clone();
     let size = node.object_size(view, oid);
-    let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StoreError> {
+    let r = tokio::task::spawn_blocking(move || -> Result<Done, StoreError> {
         match op {
             StoreOp::Create { offset, data, sync } => store
                 .create_and_write(oid, size, offset, &data, sync)
-                .map(|_| Vec::new()),
+                .map(Done::version),
             StoreOp::Write { offset, data, sync } => {
-                store.write(oid, offset, &data, sync).map(|_| Vec::new())
+                store.write(oid, offset, &data, sync).map(Done::version)
             }
-            StoreOp::Read { offset, len } => store.read(oid, offset, len),
-            StoreOp::RecoveryRead { offset, len, tag } => store.read_tagged(oid, tag, offset, len),
-            StoreOp::Remove => store.remove(oid).map(|_| Vec::new()),
+            StoreOp::Read { offset, len } => store
+                .read(oid, offset, len)
+                .map(|data| Done { data, version: 0 }),
+            StoreOp::RecoveryRead { offset, len, tag } => {
+                // The version the bytes belong to: unchanged across the read, else again.
+                for _ in 0..3 {
+                    let before = store.version(oid, tag)?;
+                    let data = store.read_tagged(oid, tag, offset, len)?;
+                    if store.version(oid, tag)? == before {
+                        return Ok(Done {
+                            data,
+                            version: before,
+                        });
+                    }
+                }
+                Err(StoreError::Busy)
+            }
+            StoreOp::Remove => store.remove(oid).map(|_| Done::default()),
         }
     })
     .await;
@@ -130,18 +157,18 @@ async fn catch_up(node: &Arc<Node>, epoch: u32) -> Option<View> {
     None
 }
 
-/// Serves a peer request; returns result and payload.
-pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Vec<u8>) {
+/// Serves a peer request.
+pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> Result<Done, SdResult> {
     let view = match node.gate(false) {
         Ok(v) => v,
-        Err(e) => return (e, Vec::new()),
+        Err(e) => return Err(e),
     };
     let view = if hdr.epoch() < view.state.epoch {
-        return (SdResult::OLD_NODE_VER, Vec::new());
+        return Err(SdResult::OLD_NODE_VER);
     } else if hdr.epoch() > view.state.epoch {
         match catch_up(node, hdr.epoch()).await {
             Some(v) => v,
-            None => return (SdResult::NEW_NODE_VER, Vec::new()),
+            None => return Err(SdResult::NEW_NODE_VER),
         }
     } else {
         view
@@ -163,11 +190,9 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
             len: hdr.data_length() as usize,
         },
         opcode::REMOVE_PEER => StoreOp::Remove,
-        _ => return (SdResult::INVALID_PARMS, Vec::new()),
+        _ => return Err(SdResult::INVALID_PARMS),
     };
-    if let Err(e) = crate::gateway::check_range(node, &view, oid, offset, op_len(&op)) {
-        return (e, Vec::new());
-    }
+    crate::gateway::check_range(node, &view, oid, offset, op_len(&op))?;
     // A snapshot's data never changes: a write that reaches it after the switch (a client
     // that has not reloaded its inode) is refused, never applied.
     let frozen = oid.kind() == proto::oid::OidKind::Data
@@ -177,16 +202,13 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> (SdResult, Ve
             .get(&oid.vid().0)
             .is_some_and(|v| v.snapshot);
     if frozen && matches!(op, StoreOp::Create { .. } | StoreOp::Write { .. }) {
-        return (SdResult::READONLY, Vec::new());
+        return Err(SdResult::READONLY);
     }
     match local(node, &view, oid, op).await {
-        Ok(d) => (SdResult::SUCCESS, d),
         // The epoch changed under the request (its object may have moved aside): the gateway
         // retries at the new one rather than reporting a missing object.
-        Err(SdResult::NO_OBJ) if node.epoch() != view.state.epoch => {
-            (SdResult::OLD_NODE_VER, Vec::new())
-        }
-        Err(e) => (e, Vec::new()),
+        Err(SdResult::NO_OBJ) if node.epoch() != view.state.epoch => Err(SdResult::OLD_NODE_VER),
+        r => r,
     }
 }
 

@@ -145,6 +145,17 @@ impl Peers {
         len: usize,
         limit: Duration,
     ) -> Result<Vec<u8>, SdResult> {
+        Ok(self.checked(nid, hdr, len, limit).await?.data)
+    }
+
+    /// A successful answer with exactly `len` bytes.
+    async fn checked(
+        &self,
+        nid: NodeId,
+        hdr: Header,
+        len: usize,
+        limit: Duration,
+    ) -> Result<Response, SdResult> {
         let r = self.call(nid, hdr, Bytes::new(), limit).await?;
         ok(&r)?;
         if r.data.len() != len {
@@ -155,7 +166,7 @@ impl Peers {
             );
             return Err(SdResult::EIO);
         }
-        Ok(r.data)
+        Ok(r)
     }
 
     /// READ_PEER: `len` bytes at `offset` of `nid`'s current copy of `oid`.
@@ -175,7 +186,8 @@ impl Peers {
         self.read_exact(nid, h, len, self.io_timeout).await
     }
 
-    /// READ_PEER for recovery: of the copy tagged `tag` (current, or a stale epoch).
+    /// READ_PEER for recovery: of the copy tagged `tag` (current, or a stale epoch), with the
+    /// version of the copy the bytes were read from.
     pub async fn read_tagged(
         &self,
         nid: NodeId,
@@ -184,7 +196,7 @@ impl Peers {
         tag: u32,
         offset: u64,
         len: usize,
-    ) -> Result<Vec<u8>, SdResult> {
+    ) -> Result<(Vec<u8>, u64), SdResult> {
         let mut h = Header::request(opcode::READ_PEER);
         h.set_epoch(epoch)
             .set_flags(flags::CMD_RECOVERY)
@@ -192,11 +204,14 @@ impl Peers {
             .set_tgt_epoch(tag)
             .set_obj_offset(offset)
             .set_data_length(len as u32);
-        self.read_exact(nid, h, len, self.io_timeout).await
+        let r = self.checked(nid, h, len, self.io_timeout).await?;
+        let version = r.header.rsp_obj_version();
+        Ok((r.data, version))
     }
 
     /// CREATE_AND_WRITE_PEER (`create`) or WRITE_PEER of `data` at `offset`; durable on the
-    /// peer before it answers with `sync`, else at its next flush.
+    /// peer before it answers with `sync`, else at its next flush. Returns the version of the
+    /// peer's copy after the write.
     #[allow(clippy::too_many_arguments)]
     pub async fn write(
         &self,
@@ -207,7 +222,7 @@ impl Peers {
         data: Bytes,
         create: bool,
         sync: bool,
-    ) -> Result<(), SdResult> {
+    ) -> Result<u64, SdResult> {
         let code = if create {
             opcode::CREATE_AND_WRITE_PEER
         } else {
@@ -224,7 +239,9 @@ impl Peers {
         if !data.is_empty() {
             h.add_flags(flags::CMD_WRITE);
         }
-        ok(&self.call(nid, h, data, self.io_timeout).await?)
+        let r = self.call(nid, h, data, self.io_timeout).await?;
+        ok(&r)?;
+        Ok(r.header.rsp_obj_version())
     }
 
     /// REMOVE_PEER: `nid`'s copies of `oid`, current and stale.
@@ -241,8 +258,12 @@ impl Peers {
         ok(&self.call(nid, h, Bytes::new(), self.long_timeout).await?)
     }
 
-    /// OBJ_LIST_TAGGED: every copy `nid` has, with its tag.
-    pub async fn list_tagged(&self, nid: NodeId, epoch: u32) -> Result<Vec<(Oid, u32)>, SdResult> {
+    /// OBJ_LIST_TAGGED: the best copy of every object `nid` has, with its tag and version.
+    pub async fn list_tagged(
+        &self,
+        nid: NodeId,
+        epoch: u32,
+    ) -> Result<Vec<proto::objlist::Record>, SdResult> {
         let mut h = Header::request(opcode::OBJ_LIST_TAGGED);
         h.set_epoch(epoch).set_data_length(proto::frame::MAX_READ);
         let r = self.call(nid, h, Bytes::new(), self.long_timeout).await?;
@@ -253,16 +274,40 @@ impl Peers {
         })
     }
 
-    /// OBJ_TAG: the tag of `nid`'s best copy of `oid`, `None` if it has none.
-    pub async fn tag(&self, nid: NodeId, epoch: u32, oid: Oid) -> Result<Option<u32>, SdResult> {
+    /// OBJ_TAG: the tag and version of `nid`'s best copy of `oid`, `None` if it has none.
+    pub async fn tag(
+        &self,
+        nid: NodeId,
+        epoch: u32,
+        oid: Oid,
+    ) -> Result<Option<(u32, u64)>, SdResult> {
         let mut h = Header::request(opcode::OBJ_TAG);
         h.set_epoch(epoch).set_oid(oid.0);
         let r = self.call(nid, h, Bytes::new(), self.io_timeout).await?;
         match r.result() {
-            SdResult::SUCCESS => Ok(Some(r.header.rsp_obj_offset() as u32)),
+            SdResult::SUCCESS => Ok(Some((
+                r.header.rsp_obj_offset() as u32,
+                r.header.rsp_obj_version(),
+            ))),
             SdResult::NO_OBJ => Ok(None),
             e => Err(e),
         }
+    }
+
+    /// REPAIR_REPLICA: `nid` replaces its copy of `oid` with `from`'s current one.
+    pub async fn repair(
+        &self,
+        nid: NodeId,
+        epoch: u32,
+        oid: Oid,
+        from: NodeId,
+    ) -> Result<(), SdResult> {
+        let mut h = Header::request(opcode::REPAIR_REPLICA);
+        h.set_epoch(epoch)
+            .set_oid(oid.0)
+            .set_forw_addr(&from.addr)
+            .set_forw_port(from.port);
+        ok(&self.call(nid, h, Bytes::new(), self.long_timeout).await?)
     }
 
     /// WAIT_APPLIED: `nid` has applied every cluster event up to `seq`.

@@ -228,12 +228,9 @@ pub fn start(node: &Arc<Node>, epoch: u32) {
     });
 }
 
-/// Every copy each member of the epoch has: oid -> [(node, tag)]. Every list or none: a
+/// Every copy each member of the epoch has: oid -> [(node, tag, version)]. Every list or none: a
 /// member whose list cannot be had fails the whole gathering, as what it holds is unknown.
-async fn gather(
-    node: &Arc<Node>,
-    view: &View,
-) -> Result<BTreeMap<Oid, Vec<(NodeId, u32)>>, SdResult> {
+async fn gather(node: &Arc<Node>, view: &View) -> Result<BTreeMap<Oid, Vec<Holder>>, SdResult> {
     let lists = join_all(view.state.epoch_nodes.iter().map(|n| async move {
         if n.nid == node.me.nid {
             let store = node.store.clone();
@@ -247,11 +244,11 @@ async fn gather(
         (n.nid, node.peers.list_tagged(n.nid, view.state.epoch).await)
     }))
     .await;
-    let mut all: BTreeMap<Oid, Vec<(NodeId, u32)>> = BTreeMap::new();
+    let mut all: BTreeMap<Oid, Vec<Holder>> = BTreeMap::new();
     for (nid, l) in lists {
         let l = l.inspect_err(|e| tracing::warn!("object list of {nid}: {e}"))?;
-        for (oid, tag) in l {
-            all.entry(oid).or_default().push((nid, tag));
+        for (oid, tag, version) in l {
+            all.entry(oid).or_default().push((nid, tag, version));
         }
     }
     Ok(all)
@@ -265,7 +262,7 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
         return Ok(false);
     }
     let all = gather(node, &view).await?;
-    let todo: Vec<(Oid, Vec<(NodeId, u32)>)> = all
+    let todo: Vec<(Oid, Vec<Holder>)> = all
         .into_iter()
         .filter(|(oid, _)| {
             placed_here(node, &view, *oid) && wanted(&view, *oid) && !node.store.exists(*oid)
@@ -325,6 +322,9 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
     Ok(node.epoch() == epoch)
 }
 
+/// A copy of an object somewhere: its node, tag (`CURRENT` or a stale epoch) and version.
+type Holder = (NodeId, u32, u64);
+
 /// Fetches `oid` now if this node should hold it and lacks it (a request needs it first).
 pub async fn fetch_now(node: &Arc<Node>, view: &View, oid: Oid) -> Result<(), SdResult> {
     if node.store.exists(oid) || !placed_here(node, view, oid) {
@@ -337,13 +337,13 @@ pub async fn fetch_now(node: &Arc<Node>, view: &View, oid: Oid) -> Result<(), Sd
         .filter(|n| n.nid != node.me.nid)
         .map(|n| async move {
             let tag = node.peers.tag(n.nid, view.state.epoch, oid).await;
-            tag.map(|t| t.map(|t| (n.nid, t)))
+            tag.map(|t| t.map(|(t, v)| (n.nid, t, v)))
         });
     let answers = join_all(asks).await;
     let complete = answers.iter().all(|a| a.is_ok());
-    let mut holders: Vec<(NodeId, u32)> = answers.into_iter().flatten().flatten().collect();
-    if let Ok(Some(t)) = node.store.best_tag(oid) {
-        holders.push((node.me.nid, t));
+    let mut holders: Vec<Holder> = answers.into_iter().flatten().flatten().collect();
+    if let Ok(Some((t, v))) = node.store.best(oid) {
+        holders.push((node.me.nid, t, v));
     }
     fetch(node, view, oid, holders, complete).await
 }
@@ -355,7 +355,7 @@ async fn fetch(
     node: &Arc<Node>,
     view: &View,
     oid: Oid,
-    mut holders: Vec<(NodeId, u32)>,
+    mut holders: Vec<Holder>,
     complete: bool,
 ) -> Result<(), SdResult> {
     let _g = node.recovery.stripe(oid).write().await;
@@ -367,51 +367,55 @@ async fn fetch(
         return Err(SdResult::NO_OBJ);
     }
     // Best first: current copies, then stale ones by the epoch they were last current in;
-    // among equals, another node's copy before a stale one of our own.
-    holders.sort_by_key(|(n, t)| (std::cmp::Reverse(*t), *n == node.me.nid));
+    // among those, the one that took the most writes; among equals, another node's copy
+    // before a stale one of our own.
+    holders.sort_by_key(|(n, t, v)| {
+        (
+            std::cmp::Reverse(*t),
+            std::cmp::Reverse(*v),
+            *n == node.me.nid,
+        )
+    });
     // A stale copy only when no current copy exists anywhere: if current copies exist but
     // cannot be read now (their node moved to a newer epoch, or is gone), a stale one could
     // be older than them, so this fails and is tried again.
     let current_elsewhere = holders
         .iter()
-        .any(|(n, t)| *t == CURRENT && *n != node.me.nid);
+        .any(|(n, t, _)| *t == CURRENT && *n != node.me.nid);
     if current_elsewhere {
-        holders.retain(|(_, t)| *t == CURRENT);
+        holders.retain(|(_, t, _)| *t == CURRENT);
     } else if !complete {
         return Err(SdResult::NETWORK_ERROR);
     }
     let size = node.object_size(view, oid) as usize;
     let mut last = SdResult::NO_OBJ;
-    for (nid, tag) in holders {
-        let data = if nid == node.me.nid {
+    for (nid, tag, _) in holders {
+        let copy = if nid == node.me.nid {
             if tag == CURRENT {
                 continue;
             }
-            let store = node.store.clone();
-            tokio::task::spawn_blocking(move || store.read_tagged(oid, tag, 0, size))
-                .await
-                .map_err(|_| SdResult::EIO)?
-                .map_err(|e| e.result())
+            read_own(node, oid, tag, size).await
         } else {
             read_remote(node, view, nid, oid, tag, size).await
         };
-        match data {
-            Ok(d) => {
-                let store = node.store.clone();
-                tokio::task::spawn_blocking(move || store.install(oid, &d))
-                    .await
-                    .map_err(|_| SdResult::EIO)?
-                    .map_err(|e| e.result())?;
-                return Ok(());
-            }
+        match copy {
+            Ok((data, version)) => return install(node, oid, data, version).await,
             Err(e) => last = e,
         }
     }
     Err(last)
 }
 
-/// REPAIR_REPLICA (`dog vdi check`): replaces this node's copy of `oid` with `from`'s current
-/// one.
+async fn install(node: &Arc<Node>, oid: Oid, data: Vec<u8>, version: u64) -> Result<(), SdResult> {
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || store.install(oid, &data, version))
+        .await
+        .map_err(|_| SdResult::EIO)?
+        .map_err(|e| e.result())
+}
+
+/// REPAIR_REPLICA (`dog vdi check`, or a gateway whose copies disagree): replaces this node's
+/// copy of `oid` with `from`'s current one, version included.
 pub async fn repair(node: &Arc<Node>, view: &View, oid: Oid, from: NodeId) -> Result<(), SdResult> {
     if !oid.is_well_formed() || from == node.me.nid {
         return Err(SdResult::INVALID_PARMS);
@@ -421,16 +425,32 @@ pub async fn repair(node: &Arc<Node>, view: &View, oid: Oid, from: NodeId) -> Re
     }
     let _g = node.recovery.stripe(oid).write().await;
     let size = node.object_size(view, oid) as usize;
-    let data = read_remote(node, view, from, oid, CURRENT, size).await?;
+    let (data, version) = read_remote(node, view, from, oid, CURRENT, size).await?;
     fail::fail_point!("recovery::repair_before_install");
-    let store = node.store.clone();
-    tokio::task::spawn_blocking(move || store.install(oid, &data))
-        .await
-        .map_err(|_| SdResult::EIO)?
-        .map_err(|e| e.result())
+    install(node, oid, data, version).await
 }
 
-/// Reads the whole copy tagged `tag` of `oid` from `nid`, in pieces.
+/// This node's own copy tagged `tag` of `oid`, whole, with its version.
+async fn read_own(
+    node: &Arc<Node>,
+    oid: Oid,
+    tag: u32,
+    size: usize,
+) -> Result<(Vec<u8>, u64), SdResult> {
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(
+        move || -> Result<(Vec<u8>, u64), crate::store::StoreError> {
+            let v = store.version(oid, tag)?;
+            Ok((store.read_tagged(oid, tag, 0, size)?, v))
+        },
+    )
+    .await
+    .map_err(|_| SdResult::EIO)?
+    .map_err(|e| e.result())
+}
+
+/// Reads the whole copy tagged `tag` of `oid` from `nid`, in pieces, with its version (the
+/// same for every piece, else the copy changed meanwhile and it is read again later).
 async fn read_remote(
     node: &Arc<Node>,
     view: &View,
@@ -438,18 +458,22 @@ async fn read_remote(
     oid: Oid,
     tag: u32,
     size: usize,
-) -> Result<Vec<u8>, SdResult> {
+) -> Result<(Vec<u8>, u64), SdResult> {
     let mut out = Vec::with_capacity(size);
+    let mut version = None;
     while out.len() < size {
         let n = (size - out.len()).min(FETCH_CHUNK);
         let at = out.len() as u64;
-        let piece = node
+        let (piece, v) = node
             .peers
             .read_tagged(nid, view.state.epoch, oid, tag, at, n)
             .await?;
+        if *version.get_or_insert(v) != v {
+            return Err(SdResult::NETWORK_ERROR);
+        }
         out.extend_from_slice(&piece);
     }
-    Ok(out)
+    Ok((out, version.unwrap_or(0)))
 }
 
 #[cfg(test)]

@@ -304,3 +304,40 @@ fn vdi_check_repairs_a_copy_without_undoing_a_write_that_lands_meanwhile() {
         );
     }
 }
+
+#[test]
+fn a_copy_that_fails_or_loses_a_write_is_healed_before_the_write_is_acknowledged() {
+    let mut c = Cluster::start_with(0, &[]);
+    // Node 1 fails its first two writes; node 2 says it took its first two but did not.
+    for (z, fp) in ["", "peer::write=2*return", "peer::lose_write=2*return"]
+        .iter()
+        .enumerate()
+    {
+        c.env = vec![("FAILPOINTS".into(), fp.to_string())];
+        c.add(z as u32);
+    }
+    c.wait_members(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "8M"]);
+    let uri = c.nbd_uri(0, "Alice");
+    // Each write reaches all three copies; the ones that went wrong are healed from a copy
+    // that took it, so every write is acknowledged and every copy is the same.
+    qemu_io(
+        &uri,
+        &[
+            "write -P 1 0 64k".into(),
+            "write -P 2 64k 64k".into(),
+            "write -P 3 4M 64k".into(),
+        ],
+        false,
+    );
+    common::store::assert_copies_agree(&c);
+    let reads = [
+        "read -P 1 0 64k".to_string(),
+        "read -P 2 64k 64k".into(),
+        "read -P 3 4M 64k".into(),
+    ];
+    for i in 0..3 {
+        qemu_io(&c.nbd_uri(i, "Alice"), &reads, true);
+    }
+}

@@ -8,6 +8,7 @@
 //! Owns: the files. Never: placement or networking.
 
 mod stale;
+mod version;
 pub use stale::CURRENT;
 
 use proto::config::Config;
@@ -28,6 +29,8 @@ pub enum StoreError {
     OutOfRange,
     #[error("no space left on the store's disk")]
     NoSpace,
+    #[error("the object kept changing while it was read whole")]
+    Busy,
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -42,6 +45,8 @@ impl StoreError {
             StoreError::NoObj => SdResult::NO_OBJ,
             StoreError::OutOfRange => SdResult::INVALID_PARMS,
             StoreError::NoSpace => SdResult::NO_SPACE,
+            // Recovery reads it again later.
+            StoreError::Busy => SdResult::NETWORK_ERROR,
             StoreError::AlreadyRunning(_) | StoreError::Io { .. } => SdResult::EIO,
         }
     }
@@ -104,6 +109,7 @@ pub struct Store {
     nosync: bool,
     _lock: File,
     tmp_seq: AtomicU64,
+    versions: Vec<std::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -131,6 +137,7 @@ impl Store {
             nosync,
             _lock: lock,
             tmp_seq: AtomicU64::new(0),
+            versions: (0..version::STRIPES).map(|_| Default::default()).collect(),
         })
     }
 
@@ -173,7 +180,7 @@ impl Store {
 
     /// Creates the object (`obj_size` bytes, zero-filled) with `data` at `offset`; if it
     /// exists already, this is a plain write. With `sync` it is durable when this returns,
-    /// else once `sync_all` has run.
+    /// else once `sync_all` has run. Returns the copy's version after the write.
     pub fn create_and_write(
         &self,
         oid: Oid,
@@ -181,7 +188,7 @@ impl Store {
         offset: u64,
         data: &[u8],
         sync: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if offset
             .checked_add(data.len() as u64)
             .is_none_or(|end| end > obj_size)
@@ -203,6 +210,7 @@ impl Store {
             let f = File::create(&tmp).map_err(io("create", &tmp))?;
             f.set_len(obj_size).map_err(io("create", &tmp))?;
             f.write_all_at(data, offset).map_err(io("write", &tmp))?;
+            version::set(&f, &tmp, 1)?;
             if sync {
                 self.sync(&f, &tmp)?;
             }
@@ -214,7 +222,7 @@ impl Store {
             if sync {
                 self.sync_dir(&self.obj)?;
             }
-            Ok(())
+            Ok(1)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -223,7 +231,8 @@ impl Store {
     }
 
     /// Overwrites part of an object; durable on return with `sync`, else after `sync_all`.
-    pub fn write(&self, oid: Oid, offset: u64, data: &[u8], sync: bool) -> Result<(), StoreError> {
+    /// Returns the copy's version after the write.
+    pub fn write(&self, oid: Oid, offset: u64, data: &[u8], sync: bool) -> Result<u64, StoreError> {
         let path = self.path(oid);
         let f = OpenOptions::new()
             .write(true)
@@ -237,10 +246,11 @@ impl Store {
             return Err(StoreError::OutOfRange);
         }
         f.write_all_at(data, offset).map_err(io("write", &path))?;
+        let v = self.bump(oid, &f, &path)?;
         if sync {
             self.sync(&f, &path)?;
         }
-        Ok(())
+        Ok(v)
     }
 
     /// Makes every earlier write to this store durable (syncfs of its file system).
@@ -463,6 +473,29 @@ mod tests {
         assert_eq!(s.list().unwrap(), vec![oid(5)]);
         assert_eq!(std::fs::read_dir(d.path().join("obj")).unwrap().count(), 1);
         scenario.teardown();
+    }
+
+    #[test]
+    fn every_write_counts_in_the_version_and_an_install_carries_its_source() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        assert_eq!(s.create_and_write(oid(1), 4096, 0, b"a", true).unwrap(), 1);
+        assert_eq!(s.write(oid(1), 1, b"b", true).unwrap(), 2);
+        assert_eq!(s.create_and_write(oid(1), 4096, 2, b"c", true).unwrap(), 3);
+        assert_eq!(s.version(oid(1), CURRENT).unwrap(), 3);
+        s.install(oid(2), &[0u8; 4096], 41).unwrap();
+        assert_eq!(s.write(oid(2), 0, b"x", false).unwrap(), 42);
+        assert_eq!(
+            s.tagged_list().unwrap(),
+            vec![(oid(1), CURRENT, 3), (oid(2), CURRENT, 42)]
+        );
+        s.make_stale(oid(2), 7).unwrap();
+        assert_eq!(s.best(oid(2)).unwrap(), Some((7, 42)));
+        // A copy from a store without versions (the original's) is version 0.
+        std::fs::write(d.path().join("obj").join(oid(3).file_name()), [0u8; 16]).unwrap();
+        assert_eq!(s.version(oid(3), CURRENT).unwrap(), 0);
+        assert_eq!(s.write(oid(3), 0, b"y", true).unwrap(), 1);
+        assert!(matches!(s.version(oid(4), CURRENT), Err(StoreError::NoObj)));
     }
 
     #[test]

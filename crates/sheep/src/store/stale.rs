@@ -19,6 +19,15 @@ impl Store {
         self.stale_dir().join(format!("{}.{tag}", oid.file_name()))
     }
 
+    /// The file of the copy of `oid` tagged `tag`: current (`CURRENT`) or stale.
+    pub(super) fn tagged_path(&self, oid: Oid, tag: u32) -> PathBuf {
+        if tag == CURRENT {
+            self.path(oid)
+        } else {
+            self.stale_path(oid, tag)
+        }
+    }
+
     /// Stale copies: (oid, epoch in which the copy was last current).
     pub fn stale_list(&self) -> Result<Vec<(Oid, u32)>, StoreError> {
         let dir = self.stale_dir();
@@ -42,8 +51,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Every copy here with its tag: `CURRENT` for `obj/`, the epoch for the newest stale one.
-    pub fn tagged_list(&self) -> Result<Vec<(Oid, u32)>, StoreError> {
+    /// The best copy of every object here: (oid, tag, version), the tag `CURRENT` for
+    /// `obj/`, else the epoch of the newest stale one.
+    pub fn tagged_list(&self) -> Result<Vec<(Oid, u32, u64)>, StoreError> {
         let mut best = std::collections::BTreeMap::new();
         for (oid, tag) in self.stale_list()? {
             let t = best.entry(oid).or_insert(tag);
@@ -52,20 +62,37 @@ impl Store {
         for oid in self.list()? {
             best.insert(oid, CURRENT);
         }
-        Ok(best.into_iter().collect())
+        let mut out = Vec::with_capacity(best.len());
+        for (oid, tag) in best {
+            match self.version(oid, tag) {
+                Ok(v) => out.push((oid, tag, v)),
+                // Gone since the listing (removed, set aside): not here any more.
+                Err(StoreError::NoObj) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
-    /// The tag of the best copy of `oid` here, if any.
-    pub fn best_tag(&self, oid: Oid) -> Result<Option<u32>, StoreError> {
-        if self.exists(oid) {
-            return Ok(Some(CURRENT));
+    /// The tag and version of the best copy of `oid` here, if any.
+    pub fn best(&self, oid: Oid) -> Result<Option<(u32, u64)>, StoreError> {
+        let tag = if self.exists(oid) {
+            Some(CURRENT)
+        } else {
+            self.stale_list()?
+                .into_iter()
+                .filter(|(o, _)| *o == oid)
+                .map(|(_, t)| t)
+                .max()
+        };
+        match tag {
+            None => Ok(None),
+            Some(t) => match self.version(oid, t) {
+                Ok(v) => Ok(Some((t, v))),
+                Err(StoreError::NoObj) => Ok(None),
+                Err(e) => Err(e),
+            },
         }
-        Ok(self
-            .stale_list()?
-            .into_iter()
-            .filter(|(o, _)| *o == oid)
-            .map(|(_, t)| t)
-            .max())
     }
 
     /// `len` bytes at `offset` of the copy of `oid` tagged `tag` (`CURRENT` or a stale epoch).
@@ -99,9 +126,27 @@ impl Store {
         std::fs::rename(&from, &to).map_err(io("rename", &from))
     }
 
-    /// Installs a whole recovered object as the current copy, durably.
-    pub fn install(&self, oid: Oid, data: &[u8]) -> Result<(), StoreError> {
-        self.write_atomic(&self.path(oid), data)
+    /// Installs a whole recovered object as the current copy, durably, with the version of
+    /// the copy it came from.
+    pub fn install(&self, oid: Oid, data: &[u8], version: u64) -> Result<(), StoreError> {
+        let path = self.path(oid);
+        let tmp = path.with_extension(format!(
+            "tmp{}",
+            self.tmp_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+            std::os::unix::fs::FileExt::write_all_at(&f, data, 0).map_err(io("write", &tmp))?;
+            super::version::set(&f, &tmp, version)?;
+            f.sync_all().map_err(io("sync", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+            self.sync_dir(&self.obj)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Removes the stale copies of `oid`.
@@ -146,12 +191,12 @@ mod tests {
         s.create_and_write(a, 8, 0, b"newer", true).unwrap();
         s.make_stale(a, 5).unwrap();
         assert_eq!(s.stale_list().unwrap(), vec![(a, 3), (a, 5)]);
-        assert_eq!(s.tagged_list().unwrap(), vec![(a, 5)]);
-        assert_eq!(s.best_tag(a).unwrap(), Some(5));
+        assert_eq!(s.tagged_list().unwrap(), vec![(a, 5, 1)]);
+        assert_eq!(s.best(a).unwrap(), Some((5, 1)));
         assert_eq!(s.read_tagged(a, 5, 0, 5).unwrap(), b"newer");
         assert_eq!(s.read_tagged(a, 3, 0, 3).unwrap(), b"old");
-        s.install(a, b"current!").unwrap();
-        assert_eq!(s.best_tag(a).unwrap(), Some(CURRENT));
+        s.install(a, b"current!", 9).unwrap();
+        assert_eq!(s.best(a).unwrap(), Some((CURRENT, 9)));
         assert_eq!(
             s.list().unwrap(),
             vec![a],

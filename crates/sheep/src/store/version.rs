@@ -1,0 +1,80 @@
+//! The version of each object copy: how many writes it has taken since it was created (a
+//! create is the first), kept with the copy in the extended attribute `user.sheepdog.version`
+//! (8 bytes, little endian). A copy without it (one from the original's store) is version 0.
+//! Copies of an object that took the same writes have the same version; one that missed a
+//! write, or took one the others did not, stands out, and the newest copy is the one with the
+//! highest version. A whole copy installed by recovery or repair carries its source's version.
+//! Owns: the attribute and its atomic increment. Never: deciding which copy wins.
+
+use super::{io, Store, StoreError};
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+const NAME: &[u8] = b"user.sheepdog.version\0";
+
+/// Locks (by oid hash) that make an increment atomic against concurrent writes of one object.
+pub(super) const STRIPES: usize = 64;
+
+pub(super) fn get(f: &File, path: &Path) -> Result<u64, StoreError> {
+    let mut b = [0u8; 8];
+    // SAFETY: a valid fd, a NUL-terminated name and a buffer of the length given.
+    let n = unsafe {
+        libc::fgetxattr(
+            f.as_raw_fd(),
+            NAME.as_ptr().cast(),
+            b.as_mut_ptr().cast(),
+            b.len(),
+        )
+    };
+    if n == 8 {
+        return Ok(u64::from_le_bytes(b));
+    }
+    let e = std::io::Error::last_os_error();
+    match (n, e.raw_os_error()) {
+        (-1, Some(libc::ENODATA)) => Ok(0),
+        (-1, _) => Err(io("read the version of", path)(e)),
+        // A damaged attribute: the copy counts as the oldest.
+        _ => Ok(0),
+    }
+}
+
+pub(super) fn set(f: &File, path: &Path, v: u64) -> Result<(), StoreError> {
+    let b = v.to_le_bytes();
+    // SAFETY: a valid fd, a NUL-terminated name and a buffer of the length given.
+    let r = unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            NAME.as_ptr().cast(),
+            b.as_ptr().cast(),
+            b.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io("write the version of", path)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// One more write taken by the copy open as `f`: its new version.
+    pub(super) fn bump(&self, oid: proto::Oid, f: &File, path: &Path) -> Result<u64, StoreError> {
+        let stripe = (proto::hash::sd_hash_oid(oid.0) % STRIPES as u64) as usize;
+        let _g = self.versions[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let v = get(f, path)? + 1;
+        set(f, path, v)?;
+        Ok(v)
+    }
+
+    /// The version of the current copy of `oid`, or of its stale copy tagged `tag`.
+    pub fn version(&self, oid: proto::Oid, tag: u32) -> Result<u64, StoreError> {
+        let p = self.tagged_path(oid, tag);
+        let f = File::open(&p).map_err(io("open", &p))?;
+        get(&f, &p)
+    }
+}
