@@ -6,6 +6,7 @@
 
 use crate::node::{Node, View};
 use crate::peer::{self, Done, StoreOp};
+use crate::peers::WriteKind;
 use bytes::Bytes;
 use futures::future::join_all;
 use proto::{Oid, SdNode, SdResult};
@@ -79,12 +80,24 @@ async fn one_copy(
         version,
     };
     match op {
-        StoreOp::Create { offset, data, sync } => peers
-            .write(nid, epoch, oid, offset, data, true, sync)
-            .await
-            .map(version),
+        StoreOp::Create {
+            offset,
+            data,
+            sync,
+            keep,
+        } => {
+            let kind = if keep {
+                WriteKind::CreateIfAbsent
+            } else {
+                WriteKind::Create
+            };
+            peers
+                .write(nid, epoch, oid, offset, data, kind, sync)
+                .await
+                .map(version)
+        }
         StoreOp::Write { offset, data, sync } => peers
-            .write(nid, epoch, oid, offset, data, false, sync)
+            .write(nid, epoch, oid, offset, data, WriteKind::Overwrite, sync)
             .await
             .map(version),
         StoreOp::Read { offset, len } => peers
@@ -199,23 +212,47 @@ pub async fn write_with(
     copies: u8,
     sync: bool,
 ) -> Result<(), SdResult> {
+    let kind = if create {
+        WriteKind::Create
+    } else {
+        WriteKind::Overwrite
+    };
+    write_pieces(node, oid, offset, data, kind, copies, sync).await
+}
+
+/// Copy-on-write: creates `oid` with `full` (the parent's object with the new bytes laid
+/// over it) where no copy of it exists yet; a copy that another gateway created first is
+/// left as it is. The caller then writes its new bytes with `write_with`, so they land
+/// either way and the parent's bytes never cover a write that came first.
+pub async fn copy_on_write(
+    node: &Arc<Node>,
+    oid: Oid,
+    full: Bytes,
+    copies: u8,
+    sync: bool,
+) -> Result<(), SdResult> {
+    write_pieces(node, oid, 0, full, WriteKind::CreateIfAbsent, copies, sync).await
+}
+
+async fn write_pieces(
+    node: &Arc<Node>,
+    oid: Oid,
+    offset: u64,
+    data: Bytes,
+    kind: WriteKind,
+    copies: u8,
+    sync: bool,
+) -> Result<(), SdResult> {
     if data.len() <= PEER_CHUNK {
-        return write_one(node, oid, offset, data, create, copies, sync).await;
+        return write_one(node, oid, offset, data, kind, copies, sync).await;
     }
     let mut at = 0;
     while at < data.len() {
         let end = (at + PEER_CHUNK).min(data.len());
         let piece = data.slice(at..end);
-        write_one(
-            node,
-            oid,
-            offset + at as u64,
-            piece,
-            create && at == 0,
-            copies,
-            sync,
-        )
-        .await?;
+        // Only the first piece creates; the others are written into what it made.
+        let k = if at == 0 { kind } else { WriteKind::Overwrite };
+        write_one(node, oid, offset + at as u64, piece, k, copies, sync).await?;
         at = end;
     }
     Ok(())
@@ -226,7 +263,7 @@ async fn write_one(
     oid: Oid,
     offset: u64,
     data: Bytes,
-    create: bool,
+    kind: WriteKind,
     copies: u8,
     sync: bool,
 ) -> Result<(), SdResult> {
@@ -242,18 +279,15 @@ async fn write_one(
                 .lock(oid, offset, offset + data.len() as u64)
                 .await;
             let ops = t.iter().map(|target| {
-                let op = if create {
-                    StoreOp::Create {
+                let data = data.clone();
+                let op = match kind {
+                    WriteKind::Overwrite => StoreOp::Write { offset, data, sync },
+                    WriteKind::Create | WriteKind::CreateIfAbsent => StoreOp::Create {
                         offset,
-                        data: data.clone(),
+                        data,
                         sync,
-                    }
-                } else {
-                    StoreOp::Write {
-                        offset,
-                        data: data.clone(),
-                        sync,
-                    }
+                        keep: kind == WriteKind::CreateIfAbsent,
+                    },
                 };
                 one_copy(node, &view, target, oid, op)
             });

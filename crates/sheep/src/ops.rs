@@ -523,7 +523,9 @@ async fn create_and_write(node: &Arc<Node>, req: &Header, data: Bytes, rsp: &mut
         let mut full = gateway::read(node, cow, 0, size, req.obj_copies()).await?;
         full.resize(size, 0);
         full[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
-        gateway::write(node, oid, 0, Bytes::from(full), true, req.obj_copies()).await?;
+        gateway::copy_on_write(node, oid, Bytes::from(full), req.obj_copies(), true).await?;
+        // Another gateway may have made the object first: the new bytes land either way.
+        gateway::write(node, oid, offset, data, false, req.obj_copies()).await?;
     } else {
         gateway::write(node, oid, offset, data, true, req.obj_copies()).await?;
     }

@@ -13,10 +13,14 @@ use std::time::Duration;
 /// `sync`: durable before the answer; otherwise durable at the next flush (FLUSH_PEER).
 #[derive(Clone)]
 pub enum StoreOp {
+    /// Creates the object with `data` at `offset`; if it exists, a plain write, unless
+    /// `keep`: then it is left as it is (a copy-on-write whose object another gateway created
+    /// first must not lay the parent's bytes over writes that landed since).
     Create {
         offset: u64,
         data: Bytes,
         sync: bool,
+        keep: bool,
     },
     Write {
         offset: u64,
@@ -112,8 +116,13 @@ async fn run(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Don
     let size = node.object_size(view, oid);
     let r = tokio::task::spawn_blocking(move || -> Result<Done, StoreError> {
         match op {
-            StoreOp::Create { offset, data, sync } => store
-                .create_and_write(oid, size, offset, &data, sync)
+            StoreOp::Create {
+                offset,
+                data,
+                sync,
+                keep,
+            } => store
+                .create_and_write(oid, size, offset, &data, sync, keep)
                 .map(Done::version),
             StoreOp::Write { offset, data, sync } => {
                 store.write(oid, offset, &data, sync).map(Done::version)
@@ -178,7 +187,12 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> Result<Done, 
     // CMD_CACHE (the original's writeback flag): the gateway will flush later.
     let sync = !hdr.has_flag(proto::flags::CMD_CACHE);
     let op = match hdr.opcode() {
-        opcode::CREATE_AND_WRITE_PEER => StoreOp::Create { offset, data, sync },
+        opcode::CREATE_AND_WRITE_PEER => StoreOp::Create {
+            offset,
+            data,
+            sync,
+            keep: hdr.has_flag(proto::flags::CMD_EXCL),
+        },
         opcode::WRITE_PEER => StoreOp::Write { offset, data, sync },
         opcode::READ_PEER if hdr.has_flag(proto::flags::CMD_RECOVERY) => StoreOp::RecoveryRead {
             offset,

@@ -21,6 +21,17 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A sync of a peer's whole store, or a list of every object it has.
 const LONG_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a peer write does with the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// It must exist.
+    Overwrite,
+    /// Created if absent, else written.
+    Create,
+    /// Created if absent, else left as it is (copy-on-write).
+    CreateIfAbsent,
+}
+
 pub struct Peers {
     conns: Mutex<HashMap<NodeId, Arc<Connection>>>,
     /// Bumped by `forget`: a request cut off by it is not sent again.
@@ -209,8 +220,8 @@ impl Peers {
         Ok((r.data, version))
     }
 
-    /// CREATE_AND_WRITE_PEER (`create`) or WRITE_PEER of `data` at `offset`; durable on the
-    /// peer before it answers with `sync`, else at its next flush. Returns the version of the
+    /// WRITE_PEER, or CREATE_AND_WRITE_PEER, of `data` at `offset`; durable on the peer
+    /// before it answers with `sync`, else at its next flush. Returns the version of the
     /// peer's copy after the write.
     #[allow(clippy::too_many_arguments)]
     pub async fn write(
@@ -220,15 +231,16 @@ impl Peers {
         oid: Oid,
         offset: u64,
         data: Bytes,
-        create: bool,
+        kind: WriteKind,
         sync: bool,
     ) -> Result<u64, SdResult> {
-        let code = if create {
-            opcode::CREATE_AND_WRITE_PEER
-        } else {
-            opcode::WRITE_PEER
-        };
-        let mut h = Header::request(code);
+        let mut h = Header::request(match kind {
+            WriteKind::Overwrite => opcode::WRITE_PEER,
+            WriteKind::Create | WriteKind::CreateIfAbsent => opcode::CREATE_AND_WRITE_PEER,
+        });
+        if kind == WriteKind::CreateIfAbsent {
+            h.add_flags(flags::CMD_EXCL);
+        }
         if !sync {
             h.add_flags(flags::CMD_CACHE);
         }
@@ -383,8 +395,16 @@ mod tests {
         assert_eq!(p.list_tagged(ragged, 1).await, Err(SdResult::EIO));
         let old = fake_peer(|_| Some((SdResult::OLD_NODE_VER, Vec::new()))).await;
         assert_eq!(
-            p.write(old, 1, oid, 0, Bytes::from_static(b"x"), false, true)
-                .await,
+            p.write(
+                old,
+                1,
+                oid,
+                0,
+                Bytes::from_static(b"x"),
+                WriteKind::Overwrite,
+                true
+            )
+            .await,
             Err(SdResult::OLD_NODE_VER)
         );
         let none = fake_peer(|_| Some((SdResult::NO_OBJ, Vec::new()))).await;

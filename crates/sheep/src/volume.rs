@@ -154,7 +154,7 @@ impl Volume {
     /// Reads `len` bytes at `offset`; never-written ranges read as zeros.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, SdResult> {
         self.check(offset, len as u64)?;
-        let cur = self.cur.read().await;
+        let cur = self.follow().await?;
         let ps = pieces(offset, len as u64, cur.obj_shift);
         let parts = try_join_all(ps.iter().map(|p| {
             let cached = cur
@@ -206,8 +206,18 @@ impl Volume {
         if self.read_only {
             return Err(SdResult::READONLY);
         }
+        self.follow().await
+    }
+
+    /// The VDI the name stands for now: a volume opened by name follows it to the new working
+    /// VDI when its VDI became a snapshot (through any node), for reads as for writes; a
+    /// snapshot opened as such stays.
+    async fn follow(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Current>, SdResult> {
         loop {
             let cur = self.cur.read().await;
+            if self.read_only {
+                return Ok(cur);
+            }
             let frozen = self
                 .node
                 .view()
@@ -322,7 +332,9 @@ impl Volume {
             full.resize(size, 0);
             full[p.off as usize..(p.off + p.len) as usize].copy_from_slice(&data);
             let full = Bytes::from(full);
-            gateway::write_with(&self.node, oid, 0, full, true, cur.copies, sync).await?;
+            gateway::copy_on_write(&self.node, oid, full, cur.copies, sync).await?;
+            // Another gateway may have made the object first: the new bytes land either way.
+            gateway::write_with(&self.node, oid, p.off, data, false, cur.copies, sync).await?;
         }
         fail::fail_point!("volume::before_set_slot");
         self.set_slot(cur, p.idx, cur.vid, sync).await?;
@@ -435,7 +447,10 @@ impl Volume {
 
     /// Allocation of `len` bytes at `offset` as runs of (length, allocated), at most `max`.
     pub async fn extents(&self, offset: u64, len: u64, max: usize) -> Vec<(u64, bool)> {
-        let cur = self.cur.read().await;
+        let cur = match self.follow().await {
+            Ok(c) => c,
+            Err(_) => self.cur.read().await,
+        };
         let mut out: Vec<(u64, bool)> = Vec::new();
         let ps = pieces(
             offset,

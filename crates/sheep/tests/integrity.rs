@@ -341,3 +341,119 @@ fn a_copy_that_fails_or_loses_a_write_is_healed_before_the_write_is_acknowledged
         qemu_io(&c.nbd_uri(i, "Alice"), &reads, true);
     }
 }
+
+#[test]
+fn exports_on_different_nodes_see_each_others_copy_on_write_and_trim() {
+    use common::nbd::Client;
+    // Writers through several nodes at once (as with QEMU's driver and NBD together).
+    let c = Cluster::start_with(3, &["--nbd-shared"]);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "16M"]);
+    let (a, b) = (pattern(4 << 20, 31), pattern(4096, 32));
+    common::rt().block_on(async {
+        let mut w = Client::open(None, c.nodes[0].nbd_port, "Alice")
+            .await
+            .unwrap();
+        w.write(0, &a).await.unwrap();
+        w.write(4 << 20, &a).await.unwrap();
+        // A reader on another node, open all along.
+        let mut r = Client::open(None, c.nodes[1].nbd_port, "Alice")
+            .await
+            .unwrap();
+        assert!(r.read(0, 4096).await.unwrap() == a[..4096]);
+        // A snapshot, then a write through node 0 copies object 0 into the new VDI.
+        c.dog_ok(2, &["vdi", "snapshot", "Alice"]);
+        w.write(8192, &b).await.unwrap();
+        assert!(
+            r.read(8192, 4096).await.unwrap() == b,
+            "the reader on node 1 still reads the snapshot's object"
+        );
+        assert!(r.read(0, 4096).await.unwrap() == a[..4096]);
+        // Object 1 is trimmed through node 0: node 1 reads zeros, not an error.
+        let trim = w.req(proto::nbd::cmd::TRIM, 0, 4 << 20, 4 << 20, &[]).await;
+        assert!(trim.is_ok(), "{trim:?}");
+        w.write(8 << 20, &a).await.unwrap();
+        let got = r.read(4 << 20, 4096).await;
+        assert!(
+            got == Ok(vec![0u8; 4096]),
+            "after a TRIM elsewhere: {:?}",
+            got.map(|d| d[0])
+        );
+        assert!(r.read(8 << 20, 4096).await.unwrap() == a[..4096]);
+        w.disconnect().await;
+        r.disconnect().await;
+    });
+    // Its own object trimmed through another node, a volume writes it anew.
+    common::rt().block_on(async {
+        let mut w = Client::open(None, c.nodes[0].nbd_port, "Alice")
+            .await
+            .unwrap();
+        w.write(8 << 20, &b).await.unwrap();
+        let mut t = Client::open(None, c.nodes[2].nbd_port, "Alice")
+            .await
+            .unwrap();
+        t.req(proto::nbd::cmd::TRIM, 0, 8 << 20, 4 << 20, &[])
+            .await
+            .unwrap();
+        t.disconnect().await;
+        w.write(8 << 20, &b).await.unwrap();
+        assert!(w.read(8 << 20, 4096).await.unwrap() == b);
+        assert!(w.read((8 << 20) + 4096, 4096).await.unwrap() == vec![0u8; 4096]);
+        w.disconnect().await;
+    });
+}
+
+#[test]
+fn first_writes_and_copy_on_write_through_two_nodes_at_once_lose_nothing() {
+    // Both writers pause between making an object and recording it, so each finds the
+    // object absent (or still the parent's) and makes it: the second must not undo the first.
+    let mut c = Cluster::start_with(0, &["--nbd-shared"]);
+    c.env = vec![(
+        "FAILPOINTS".into(),
+        "volume::before_set_slot=sleep(300)".into(),
+    )];
+    for z in 0..3 {
+        c.add(z);
+    }
+    c.wait_members(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "32M"]);
+    let objects = 6u64;
+    let round = |c: &Cluster, base: u64| {
+        let writer = |node: usize, block: u64| {
+            let uri = c.nbd_uri(node, "Alice");
+            let cmds: Vec<String> = (0..objects)
+                .map(|k| {
+                    format!(
+                        "write -P {} {} 4k",
+                        base + k * 2 + block,
+                        (k << 22) + (block << 12)
+                    )
+                })
+                .collect();
+            std::thread::spawn(move || qemu_io(&uri, &cmds, false))
+        };
+        let (a, b) = (writer(0, 0), writer(1, 1));
+        a.join().unwrap();
+        b.join().unwrap();
+        let reads: Vec<String> = (0..objects)
+            .flat_map(|k| {
+                (0..2).map(move |block| {
+                    format!(
+                        "read -P {} {} 4k",
+                        base + k * 2 + block,
+                        (k << 22) + (block << 12)
+                    )
+                })
+            })
+            .collect();
+        for i in 0..3 {
+            qemu_io(&c.nbd_uri(i, "Alice"), &reads, true);
+        }
+    };
+    // First writes into holes, then (after a snapshot) copy-on-write of every object.
+    round(&c, 1);
+    c.dog_ok(2, &["vdi", "snapshot", "Alice"]);
+    round(&c, 101);
+    common::store::assert_copies_agree(&c);
+}

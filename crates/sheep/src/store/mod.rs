@@ -179,8 +179,8 @@ impl Store {
     }
 
     /// Creates the object (`obj_size` bytes, zero-filled) with `data` at `offset`; if it
-    /// exists already, this is a plain write. With `sync` it is durable when this returns,
-    /// else once `sync_all` has run. Returns the copy's version after the write.
+    /// exists already, this is a plain write, or nothing with `keep`. With `sync` it is
+    /// durable when this returns, else once `sync_all` has run. Returns the copy's version.
     pub fn create_and_write(
         &self,
         oid: Oid,
@@ -188,7 +188,15 @@ impl Store {
         offset: u64,
         data: &[u8],
         sync: bool,
+        keep: bool,
     ) -> Result<u64, StoreError> {
+        let existing = |s: &Store| {
+            if keep {
+                s.version(oid, CURRENT)
+            } else {
+                s.write(oid, offset, data, sync)
+            }
+        };
         if offset
             .checked_add(data.len() as u64)
             .is_none_or(|end| end > obj_size)
@@ -197,7 +205,7 @@ impl Store {
         }
         let path = self.path(oid);
         if path.exists() {
-            return self.write(oid, offset, data, sync);
+            return existing(self);
         }
         fail::fail_point!("store::create_after_check");
         let tmp = self.obj.join(format!(
@@ -217,7 +225,7 @@ impl Store {
             if !rename_noreplace(&tmp, &path).map_err(io("rename", &path))? {
                 // Another request created it since the check: never replace it, write into it.
                 let _ = std::fs::remove_file(&tmp);
-                return self.write(oid, offset, data, sync);
+                return existing(self);
             }
             if sync {
                 self.sync_dir(&self.obj)?;
@@ -415,7 +423,7 @@ mod tests {
             s.write(oid(0), 0, b"x", true),
             Err(StoreError::NoObj)
         ));
-        s.create_and_write(oid(0), 4096, 100, b"hello", true)
+        s.create_and_write(oid(0), 4096, 100, b"hello", true, false)
             .unwrap();
         assert_eq!(s.read(oid(0), 98, 9).unwrap(), b"\0\0hello\0\0");
         s.write(oid(0), 0, b"ab", false).unwrap();
@@ -428,12 +436,13 @@ mod tests {
             Err(StoreError::OutOfRange)
         ));
         assert!(matches!(
-            s.create_and_write(oid(1), 10, 5, b"toolong", true),
+            s.create_and_write(oid(1), 10, 5, b"toolong", true, false),
             Err(StoreError::OutOfRange)
         ));
         assert!(!s.exists(oid(1)));
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"ab");
-        s.create_and_write(oid(0), 4096, 0, b"c", true).unwrap();
+        s.create_and_write(oid(0), 4096, 0, b"c", true, false)
+            .unwrap();
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"cb");
         assert_eq!(s.list().unwrap(), vec![oid(0)]);
         assert_eq!(
@@ -444,7 +453,8 @@ mod tests {
         assert!(d.path().join("obj/0015d16700000000").exists());
         s.remove(oid(0)).unwrap();
         assert!(matches!(s.remove(oid(0)), Err(StoreError::NoObj)));
-        s.create_and_write(oid(2), 8, 0, b"z", false).unwrap();
+        s.create_and_write(oid(2), 8, 0, b"z", false, false)
+            .unwrap();
         s.purge_objects().unwrap();
         assert!(s.list().unwrap().is_empty());
     }
@@ -457,10 +467,11 @@ mod tests {
         // The first create stops between its existence check and its rename.
         fail::cfg("store::create_after_check", "1*pause").unwrap();
         let s2 = s.clone();
-        let first = std::thread::spawn(move || s2.create_and_write(oid(5), 4096, 0, b"AAAA", true));
+        let first =
+            std::thread::spawn(move || s2.create_and_write(oid(5), 4096, 0, b"AAAA", true, false));
         std::thread::sleep(std::time::Duration::from_millis(200));
         // Meanwhile a second one (the failpoint's one pause is used up) creates the object.
-        s.create_and_write(oid(5), 4096, 100, b"BBBB", true)
+        s.create_and_write(oid(5), 4096, 100, b"BBBB", true, false)
             .unwrap();
         fail::remove("store::create_after_check");
         first.join().unwrap().unwrap();
@@ -479,9 +490,24 @@ mod tests {
     fn every_write_counts_in_the_version_and_an_install_carries_its_source() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path(), true).unwrap();
-        assert_eq!(s.create_and_write(oid(1), 4096, 0, b"a", true).unwrap(), 1);
+        assert_eq!(
+            s.create_and_write(oid(1), 4096, 0, b"a", true, false)
+                .unwrap(),
+            1
+        );
         assert_eq!(s.write(oid(1), 1, b"b", true).unwrap(), 2);
-        assert_eq!(s.create_and_write(oid(1), 4096, 2, b"c", true).unwrap(), 3);
+        assert_eq!(
+            s.create_and_write(oid(1), 4096, 2, b"c", true, false)
+                .unwrap(),
+            3
+        );
+        // Kept as it is: a copy-on-write that came second.
+        assert_eq!(
+            s.create_and_write(oid(1), 4096, 0, b"zzz", true, true)
+                .unwrap(),
+            3
+        );
+        assert_eq!(s.read(oid(1), 0, 3).unwrap(), b"abc");
         assert_eq!(s.version(oid(1), CURRENT).unwrap(), 3);
         s.install(oid(2), &[0u8; 4096], 41).unwrap();
         assert_eq!(s.write(oid(2), 0, b"x", false).unwrap(), 42);
