@@ -23,11 +23,11 @@ SHEEPDOG_BIN_DIR=$PWD/target/release \
   FAULT_MAX_WRITE_KB=${FAULT_MAX_WRITE_KB:-128} \
   cargo test --release -p sheep --test fault -- --nocapture --exact \
   acknowledged_writes_survive_kills_snapshots_and_restarts >"$LOG" 2>&1 || status=$?
-grep -E '^fault: seed=' "$LOG" || true
-grep -E '^(cycles=|bad step:|bad block:|client error:|nemesis error:)' "$LOG" || true
+grep -E '^\[fault\] seed=' "$LOG" || true
+grep -E '^(\[fault\] )?(cycles=|bad step:|bad block:|client error:|nemesis error:)' "$LOG" || true
 if ! grep -q '^cycles=' "$LOG"; then
   echo "the checker stopped before its summary:" >&2
-  grep -E 'panicked at|^step ' "$LOG" | tail -5 >&2 || true
+  grep -E 'panicked at|^\[fault\] step ' "$LOG" | tail -5 >&2 || true
   tail -20 "$LOG" >&2
 fi
 echo "log: $LOG"

@@ -71,7 +71,7 @@ impl Config {
         Config {
             seed,
             cycles: env_u64("FAULT_CYCLES", 3),
-            secs: env_u64("FAULT_SECS", 150),
+            secs: env_u64("FAULT_SECS", 120),
             vdi_mb: env_u64("FAULT_VDI_MB", vdi_mb),
             tasks: env_u64("FAULT_TASKS", 4).max(1) as usize,
             max_write_blocks: (env_u64("FAULT_MAX_WRITE_KB", 64) / 4).clamp(1, 8192),
@@ -789,7 +789,16 @@ enum Step {
     Restart,
 }
 
+/// A progress or failure line, marked with the test it comes from (tests run in parallel).
+macro_rules! say {
+    ($run:expr, $($arg:tt)*) => {
+        println!("[{}] {}", $run.name, format!($($arg)*))
+    };
+}
+
 struct Run {
+    /// Marks this test's lines.
+    name: &'static str,
     c: Cluster,
     w: Arc<Writer>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -815,9 +824,9 @@ impl Drop for Run {
 
 impl Run {
     /// A 4-node, 3-copy cluster with the VDI and the writer (paused) on node 0.
-    fn start(cfg: Config, keep_snaps: usize) -> Run {
+    fn start(name: &'static str, cfg: Config, keep_snaps: usize) -> Run {
         println!(
-            "fault: seed={} (FAULT_SEED to repeat) cycles={} secs={} vdi={}M tasks={} max_write={}K",
+            "[{name}] seed={} (FAULT_SEED to repeat) cycles={} secs={} vdi={}M tasks={} max_write={}K",
             cfg.seed,
             cfg.cycles,
             cfg.secs,
@@ -831,6 +840,7 @@ impl Run {
         let w = Writer::new(cfg.clone(), c.nodes[0].nbd_port);
         let thread = Some(w.spawn());
         Run {
+            name,
             c,
             w,
             thread,
@@ -894,7 +904,8 @@ impl Run {
             step,
             &mut self.t,
         );
-        println!(
+        say!(
+            self,
             "  check {step}: nodes {nodes:?} written_blocks={written} lost={lost} wrong={wrong} ({:.1}s)",
             t0.elapsed().as_secs_f64()
         );
@@ -914,7 +925,10 @@ impl Run {
                 step,
                 &mut self.t,
             );
-            println!("  check {step}: snapshot {export} lost={lost} wrong={wrong}");
+            say!(
+                self,
+                "  check {step}: snapshot {export} lost={lost} wrong={wrong}"
+            );
         }
         self.snaps = snaps;
     }
@@ -953,7 +967,8 @@ impl Run {
         let joined = self.wait_members(NODES);
         self.writes_for(500, 1500);
         self.check(&format!("{label} {victims:?} back"));
-        println!(
+        say!(
+            self,
             "  {label} {victims:?}: leave seen in {}ms, join in {}ms",
             seen.as_millis(),
             joined.as_millis()
@@ -984,7 +999,11 @@ impl Run {
             }
             Err(e) => self.nemesis_errors.push(e),
         }
-        println!("  snapshot {tag} via node {node}: {}ms", took.as_millis());
+        say!(
+            self,
+            "  snapshot {tag} via node {node}: {}ms",
+            took.as_millis()
+        );
     }
 
     /// Whole-cluster restart with every write flushed first.
@@ -1012,7 +1031,7 @@ impl Run {
         let back = self.wait_members(NODES);
         // The writer's connections died with the gateway; it opens new ones.
         self.w.reconnect();
-        println!("  restart: members back in {}ms", back.as_millis());
+        say!(self, "  restart: members back in {}ms", back.as_millis());
         self.check("restart (flushed writes)");
         self.check_snapshots("restart");
         self.writes_for(300, 1000);
@@ -1021,7 +1040,8 @@ impl Run {
 
     fn step(&mut self, step: Step) {
         self.steps += 1;
-        println!(
+        say!(
+            self,
             "step {} {step:?} (t={:.0}s)",
             self.steps,
             self.started.elapsed().as_secs_f64()
@@ -1048,7 +1068,8 @@ impl Run {
         if matches!(step, Step::KillOne | Step::KillTwo) {
             self.stalls.push(win.max_latency);
         }
-        println!(
+        say!(
+            self,
             "  writer: writes={} errors={} max_latency={}ms max_ack_gap={}ms",
             win.writes,
             win.errors,
@@ -1074,7 +1095,7 @@ impl Run {
             "cycles={cycles} blocks_checked={} lost={} wrong={} client_errors={client_errors} \
              stall_ms_median={median} stall_ms_max={max} writes={} written_mb={} \
              write_errors={} read_errors={} flush_errors={} nemesis_errors={} snapshots={} \
-             seed={} secs={:.0}",
+             seed={} secs={:.0} test={}",
             t.checked,
             t.lost,
             t.wrong,
@@ -1086,17 +1107,19 @@ impl Run {
             self.nemesis_errors.len(),
             self.snapshots,
             self.cfg().seed,
-            self.started.elapsed().as_secs_f64()
+            self.started.elapsed().as_secs_f64(),
+            self.name
         );
         for b in t.bad_steps.iter().take(3 * SHOW) {
-            println!("bad step: {b}");
+            say!(self, "bad step: {b}");
         }
         for b in &t.bad {
             let older = match b.got {
                 Got::Write { id, .. } if b.accept.iter().all(|&a| id < a) => " (an older write)",
                 _ => "",
             };
-            println!(
+            say!(
+                self,
                 "bad block: step \"{}\" export {} node {} offset {} (object {} block {}): {:?}, \
                  expected write {:?}, got {}{older}",
                 b.step,
@@ -1111,10 +1134,10 @@ impl Run {
             );
         }
         for m in s.messages.iter().chain(&t.read_messages) {
-            println!("client error: {m}");
+            say!(self, "client error: {m}");
         }
         for m in &self.nemesis_errors {
-            println!("nemesis error: {m}");
+            say!(self, "nemesis error: {m}");
         }
         assert!(
             t.lost == 0 && t.wrong == 0,
@@ -1143,7 +1166,7 @@ impl Run {
 fn acknowledged_writes_survive_kills_snapshots_and_restarts() {
     let cfg = Config::from_env(128);
     let (cycles, secs) = (cfg.cycles, cfg.secs);
-    let mut run = Run::start(cfg, 2);
+    let mut run = Run::start("fault", cfg, 2);
     run.step(Step::Steady);
     let mut done = 0;
     while done < cycles && run.started.elapsed() < Duration::from_secs(secs) {
@@ -1169,7 +1192,7 @@ fn acknowledged_writes_survive_kills_snapshots_and_restarts() {
 #[test]
 fn online_snapshots_under_a_writer_keep_every_write() {
     let cfg = Config::from_env(64);
-    let mut run = Run::start(cfg, 10);
+    let mut run = Run::start("snapshots", cfg, 10);
     run.writes_for(500, 500);
     for _ in 0..10 {
         run.w.resume();
