@@ -224,6 +224,21 @@ fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// This node was declared gone: restart (`restart_self`), once; a second thread that finds
+/// the same waits for the first one's exec.
+fn restart() -> ! {
+    static RESTARTING: AtomicBool = AtomicBool::new(false);
+    if RESTARTING.swap(true, Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    super::restart_self(
+        "the other members declared this node gone (no heartbeat within the local driver's \
+         timeout)",
+    )
+}
+
 struct Flock(File);
 
 impl Flock {
@@ -554,10 +569,7 @@ impl LocalDriver {
                                 if self.me().is_none() {
                                     return; // our own clean leave
                                 }
-                                super::restart_self(
-                                    "the other members declared this node gone (no heartbeat \
-                                     within the local driver's timeout)",
-                                );
+                                restart();
                             }
                             _ => {}
                         }
@@ -638,10 +650,7 @@ impl LocalDriver {
                 return Ok(None); // leaving anyway
             }
             if declared_gone(&buf, me.nid, incarnation) {
-                super::restart_self(
-                    "the other members declared this node gone (no heartbeat within the local \
-                     driver's timeout)",
-                );
+                restart();
             }
             let at = Instant::now();
             self.beat(me.nid)?;
@@ -912,6 +921,34 @@ mod tests {
         assert!(!d.is_fenced());
         d.fencing.store(true, Ordering::SeqCst);
         assert!(d.is_fenced());
+    }
+
+    #[test]
+    fn a_node_back_from_a_pause_and_still_a_member_goes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = driver(tmp.path(), 400);
+        let me = SdNode {
+            nid: nid(7000),
+            nr_vnodes: 128,
+            zone: 0,
+            space: 0,
+        };
+        let info = JoinInfo {
+            incarnation: 5,
+            ..Default::default()
+        };
+        *locked(&d.me) = Some(me);
+        d.beat(me.nid).unwrap();
+        let before = std::fs::read(d.hb_file(me.nid)).unwrap();
+        d.stamp(Instant::now());
+        d.join_blocking(me, info).unwrap();
+        std::thread::sleep(ms(350));
+        assert!(d.is_fenced(), "late: serves nothing");
+        // Nobody declared it gone: a new heartbeat, and it serves again.
+        let last = Instant::now() - ms(350);
+        assert!(d.recheck(me, 5, last).is_some());
+        assert!(!d.is_fenced());
+        assert_ne!(std::fs::read(d.hb_file(me.nid)).unwrap(), before);
     }
 
     fn line(ev: Event) -> Vec<u8> {
