@@ -250,7 +250,9 @@ async fn run(
         }
         opcode::GET_NODE_LIST => {
             let view = node.gate(true)?;
-            let nodes = if view.state.epoch_nodes.is_empty() {
+            // While a restarted cluster waits for its members, the nodes that are back.
+            let waiting = view.state.status == Status::WaitForJoin;
+            let nodes = if waiting || view.state.epoch_nodes.is_empty() {
                 &view.state.members
             } else {
                 &view.state.epoch_nodes

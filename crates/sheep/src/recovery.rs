@@ -262,12 +262,21 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
         return Ok(false);
     }
     let all = gather(node, &view).await?;
-    let todo: Vec<(Oid, Vec<Holder>)> = all
-        .into_iter()
-        .filter(|(oid, _)| {
-            placed_here(node, &view, *oid) && wanted(&view, *oid) && !node.store.exists(*oid)
-        })
-        .collect();
+    let mut todo: Vec<(Oid, Vec<Holder>)> = Vec::new();
+    let mut tables = Tables::default();
+    for (oid, holders) in all {
+        if !placed_here(node, &view, oid) || !wanted(&view, oid) || node.store.exists(oid) {
+            continue;
+        }
+        // Only stale copies left: the object may have been removed (TRIM, a discard, a
+        // delete) while their nodes were away. Deletions win: it comes back only if a live
+        // VDI's table still points at it.
+        let only_stale = holders.iter().all(|(_, t, _)| *t != CURRENT);
+        if only_stale && oid.is_data() && !tables.referenced(node, &view, oid).await? {
+            continue;
+        }
+        todo.push((oid, holders));
+    }
     node.recovery.set_progress(|p| p.total = todo.len() as u64);
     let (max_exec, _) = node.recovery.throttle();
     let mut failed = 0usize;
@@ -320,6 +329,47 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
         return Err(SdResult::EIO);
     }
     Ok(node.epoch() == epoch)
+}
+
+/// Entries of the inode tables read during one recovery run: (vid, index) -> owner.
+#[derive(Default)]
+struct Tables(std::collections::HashMap<(u32, u32), u32>);
+
+impl Tables {
+    /// Whether a live VDI's table points at data object `oid`: its own VDI's, or that of a
+    /// VDI made from it by snapshots and clones.
+    async fn referenced(
+        &mut self,
+        node: &Arc<Node>,
+        view: &View,
+        oid: Oid,
+    ) -> Result<bool, SdResult> {
+        let (owner, idx) = (oid.vid().0, oid.index());
+        let users: Vec<u32> = view
+            .state
+            .vdis
+            .iter()
+            .filter(|(&v, i)| !i.deleted && view.state.descends(v, owner))
+            .map(|(&v, _)| v)
+            .collect();
+        for vid in users {
+            let entry = match self.0.get(&(vid, idx)) {
+                Some(&e) => e,
+                None => {
+                    let at = proto::inode::data_vdi_id_offset(idx) as u64;
+                    let b =
+                        crate::gateway::read(node, Oid::inode(proto::Vid(vid)), at, 4, 0).await?;
+                    let e = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    self.0.insert((vid, idx), e);
+                    e
+                }
+            };
+            if entry == owner {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 /// A copy of an object somewhere: its node, tag (`CURRENT` or a stale epoch) and version.

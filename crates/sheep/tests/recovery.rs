@@ -286,3 +286,145 @@ fn two_nodes_killed_one_after_the_other_during_recovery() {
         assert!(read_all(&c, i, "48M") == data, "node {i}");
     }
 }
+
+#[test]
+fn objects_of_a_deleted_snapshot_that_alice_still_uses_keep_their_copies() {
+    let mut c = Cluster::start(4);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    let data = alice(&c, "16M", 16 << 20, 21);
+    c.dog_ok(0, &["vdi", "snapshot", "-s", "s1", "Alice"]);
+    c.dog_ok(0, &["vdi", "delete", "-s", "s1", "Alice"]);
+    wait_recovered(&c, 3);
+    c.kill(3);
+    c.wait_members(3);
+    // Alice's table points at the deleted snapshot's objects: they are Alice's data, and
+    // recovery brings every one back to three copies.
+    wait_recovered(&c, 3);
+    for i in 0..3 {
+        assert!(read_all(&c, i, "16M") == data, "node {i}");
+    }
+}
+
+#[test]
+fn what_was_removed_while_nodes_were_away_does_not_come_back() {
+    use common::nbd::Client;
+    use proto::nbd::{cflag, cmd};
+    let mut c = Cluster::start(5);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "40M"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "8M"]);
+    let old = pattern(40 << 20, 41);
+    let input = c.tmp.path().join("old");
+    std::fs::write(&input, &old).unwrap();
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice"], Some(&input))
+        .status
+        .success());
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Bob", "0", "8M"], Some(&input))
+        .status
+        .success());
+    wait_recovered(&c, 2);
+    let bob = c.dog_ok(0, &["vdi", "list", "-r", "Bob"]);
+    let bob_vid: String = bob.split_whitespace().nth(3).expect("vid").to_string();
+    // Two nodes go away; meanwhile every object of Alice is removed (TRIM of half of them,
+    // WRITE_ZEROES that may unmap of the others), and Bob is deleted.
+    c.kill(3);
+    c.kill(4);
+    c.wait_members(3);
+    common::rt().block_on(async {
+        let mut w = Client::open(None, c.nodes[0].nbd_port, "Alice")
+            .await
+            .unwrap();
+        for k in 0..10u64 {
+            let kind = if k % 2 == 0 {
+                cmd::TRIM
+            } else {
+                cmd::WRITE_ZEROES
+            };
+            let r = w.req(kind, 0, k << 22, 4 << 20, &[]).await;
+            assert!(r.is_ok(), "{kind} of object {k}: {r:?}");
+        }
+        w.disconnect().await;
+    });
+    c.dog_ok(0, &["vdi", "delete", "Bob"]);
+    c.restart(3);
+    c.restart(4);
+    c.wait_members(5);
+    wait_recovered(&c, 2);
+    // A write into each removed object: the rest of it reads as zeros, not as before.
+    common::rt().block_on(async {
+        let mut w = Client::open(None, c.nodes[1].nbd_port, "Alice")
+            .await
+            .unwrap();
+        let mark = pattern(4096, 42);
+        for k in 0..10u64 {
+            w.write((k << 22) + 8192, &mark).await.unwrap();
+        }
+        for k in 0..10u64 {
+            let got = w.read(k << 22, 3 * 4096).await.unwrap();
+            assert!(got[..8192].iter().all(|&b| b == 0), "object {k} came back");
+            assert!(got[8192..] == mark[..]);
+        }
+        let _ = cflag::FUA;
+        w.disconnect().await;
+    });
+    for n in &c.nodes {
+        let back: Vec<String> = objects(&n.dir)
+            .into_iter()
+            .filter(|o| o[2..8] == bob_vid[..] && !o.starts_with('8'))
+            .collect();
+        assert!(
+            back.is_empty(),
+            "Bob's objects came back on {}: {back:?}",
+            n.port
+        );
+    }
+}
+
+#[test]
+fn a_recovery_cut_short_by_a_shutdown_goes_on_after_the_restart() {
+    let mut c = Cluster::start(4);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    let data = alice(&c, "1G", 40 << 20, 51);
+    wait_recovered(&c, 3);
+    // Slow recovery, then stop the cluster in the middle of it.
+    for i in 0..4 {
+        c.dog_ok(i, &["cluster", "recover", "throttle", "1", "1000"]);
+    }
+    c.kill(3);
+    c.wait_members(3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let busy = (0..3).any(|i| !c.dog(i, &["node", "recovery", "-r"]).stdout.is_empty());
+    assert!(busy, "recovery ended before the shutdown");
+    c.dog_ok(0, &["cluster", "shutdown"]);
+    for i in 0..3 {
+        c.wait_exit(i);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_members(3);
+    wait_recovered(&c, 3);
+    for i in 0..3 {
+        assert!(read_all(&c, i, "40M") == data, "node {i}");
+    }
+}
+
+#[test]
+fn object_lists_that_fail_make_recovery_wait_and_purge_nothing() {
+    // One copy of each object: a node that joins takes over some of them, whose only copies
+    // are then the stale ones its peers set aside.
+    let mut c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=1"]);
+    let data = alice(&c, "1G", 24 << 20, 61);
+    // The new node's first object-list requests to its peers fail: it must not take that
+    // for "they hold nothing", report done, and let the stale copies be purged.
+    c.env = vec![("FAILPOINTS".into(), "recovery::list=4*return".into())];
+    c.add(3);
+    c.wait_members(4);
+    wait_recovered(&c, 1);
+    for i in 0..4 {
+        assert!(read_all(&c, i, "24M") == data, "node {i}");
+    }
+}

@@ -274,6 +274,10 @@ impl ClusterState {
         let same = self.members.len() == self.epoch_nodes.len();
         if !same || self.epoch == 0 {
             self.new_epoch(effects);
+        } else if !self.recovery_disabled {
+            // The same members back: a recovery the stop cut short goes on (it finds nothing
+            // to do if it had finished).
+            effects.push(Effect::StartRecovery { epoch: self.epoch });
         }
     }
 
