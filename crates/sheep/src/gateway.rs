@@ -343,8 +343,10 @@ async fn agree(
             node.peers.repair(nid, view.state.epoch, oid, best).await
         };
         if let Err(e) = healed {
-            tracing::warn!("healing the copy of {oid} on {nid}: {e}");
-            return Err(if retryable(e) { e } else { SdResult::EIO });
+            // Most often membership moved under the heal (a copy set aside, a node at another
+            // epoch): the whole write is redone at a fresh view, within the retry bound.
+            tracing::warn!("healing the copy of {oid} on {nid}: {e}; the write is redone");
+            return Err(SdResult::NEW_NODE_VER);
         }
     }
     Ok(())

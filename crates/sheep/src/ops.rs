@@ -350,6 +350,14 @@ async fn run(
         }
         opcode::REPAIR_REPLICA => {
             let view = node.gate(false)?;
+            // A gateway healing a copy says its epoch (dog does not): at another one, the
+            // gateway redoes its write at the new epoch.
+            if req.epoch() != 0 && req.epoch() != view.state.epoch {
+                return Err(SdResult::NEW_NODE_VER);
+            }
+            if !node.settled(view.state.epoch).await {
+                return Err(SdResult::NEW_NODE_VER);
+            }
             let from = proto::NodeId {
                 addr: req.forw_addr(),
                 port: req.forw_port(),

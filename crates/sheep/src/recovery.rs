@@ -471,7 +471,8 @@ pub async fn repair(node: &Arc<Node>, view: &View, oid: Oid, from: NodeId) -> Re
         return Err(SdResult::INVALID_PARMS);
     }
     if !view.state.epoch_nodes.iter().any(|n| n.nid == from) {
-        return Err(SdResult::INVALID_PARMS);
+        // Not a member of this node's epoch: membership moved, or a bad request.
+        return Err(SdResult::NEW_NODE_VER);
     }
     let _g = node.recovery.stripe(oid).write().await;
     let size = node.object_size(view, oid) as usize;
