@@ -1,6 +1,8 @@
 //! `dog vdi check` and `dog cluster check`: every object of a VDI must have all its copies on
 //! the nodes the ring gives it, with the same bytes; missing or differing copies are repaired
-//! from a good one (GET_HASH on every holder, REPAIR_REPLICA on the bad ones).
+//! from a good one (GET_HASH and OBJ_TAG on every holder, REPAIR_REPLICA on the bad ones).
+//! The good copy is the newest: the highest version (writes taken, which OBJ_TAG reports), and
+//! among copies of that version the digest most of them agree on.
 //! Owns: these commands. Never: deciding placement differently from the sheep.
 
 use crate::conn::Sheep;
@@ -11,9 +13,9 @@ use proto::ring::Ring;
 use proto::{opcode, Header, Oid, SdNode, SdResult, Vid};
 use std::collections::HashMap;
 
-/// What one copy looks like: its digest, or why there is none.
+/// What one copy looks like: its digest and version, or why there is none.
 enum Copy {
-    Digest([u8; 20]),
+    Digest([u8; 20], u64),
     Missing,
 }
 
@@ -22,15 +24,31 @@ async fn digest(n: &SdNode, oid: u64) -> Res<Copy> {
     let mut h = Header::request(opcode::GET_HASH);
     h.set_oid(oid);
     let r = s.call(h).await?;
-    match r.result() {
-        SdResult::SUCCESS => Ok(Copy::Digest(r.header.rsp_digest())),
-        SdResult::NO_OBJ => Ok(Copy::Missing),
-        e => Err(failed(
-            &format!("failed to read the hash of {oid:016x}"),
-            e,
-            EXIT_FAILURE,
-        )),
-    }
+    let d = match r.result() {
+        SdResult::SUCCESS => r.header.rsp_digest(),
+        SdResult::NO_OBJ => return Ok(Copy::Missing),
+        e => {
+            return Err(failed(
+                &format!("failed to read the hash of {oid:016x}"),
+                e,
+                EXIT_FAILURE,
+            ))
+        }
+    };
+    // The version of the current copy (an older sheep that does not know OBJ_TAG: 0).
+    let mut h = Header::request(opcode::OBJ_TAG);
+    h.set_oid(oid);
+    let r = s.call(h).await?;
+    let current = r.result() == SdResult::SUCCESS
+        && r.header.rsp_obj_offset() as u32 == proto::objlist::TAG_CURRENT;
+    Ok(Copy::Digest(
+        d,
+        if current {
+            r.header.rsp_obj_version()
+        } else {
+            0
+        },
+    ))
 }
 
 async fn repair(to: &SdNode, from: &SdNode, oid: u64) -> Res<()> {
@@ -57,11 +75,21 @@ async fn check_object(ring: &Ring, oid: u64, copies: usize) -> Res<bool> {
     for n in &holders {
         seen.push((n, digest(n, oid).await?));
     }
-    // The good bytes: the digest most copies agree on.
+    // The good bytes: the newest copies' (highest version), and among those the digest most
+    // of them agree on.
+    let newest = seen
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Copy::Digest(_, v) => Some(*v),
+            Copy::Missing => None,
+        })
+        .max();
     let mut votes: HashMap<[u8; 20], usize> = HashMap::new();
     for (_, c) in &seen {
-        if let Copy::Digest(d) = c {
-            *votes.entry(*d).or_default() += 1;
+        if let Copy::Digest(d, v) = c {
+            if Some(*v) == newest {
+                *votes.entry(*d).or_default() += 1;
+            }
         }
     }
     let Some((&good, _)) = votes.iter().max_by_key(|(d, n)| (**n, **d)) else {
@@ -70,7 +98,7 @@ async fn check_object(ring: &Ring, oid: u64, copies: usize) -> Res<bool> {
     };
     let Some(source) = seen
         .iter()
-        .find(|(_, c)| matches!(c, Copy::Digest(d) if *d == good))
+        .find(|(_, c)| matches!(c, Copy::Digest(d, _) if *d == good))
         .map(|(n, _)| **n)
     else {
         return Ok(false);
@@ -81,11 +109,11 @@ async fn check_object(ring: &Ring, oid: u64, copies: usize) -> Res<bool> {
                 repair(n, &source, oid).await?;
                 outln!("fixed missing {oid:x}");
             }
-            Copy::Digest(d) if *d != good => {
+            Copy::Digest(d, _) if *d != good => {
                 repair(n, &source, oid).await?;
                 outln!("fixed replica {oid:x}");
             }
-            Copy::Digest(_) => {}
+            Copy::Digest(..) => {}
         }
     }
     Ok(true)

@@ -457,3 +457,46 @@ fn first_writes_and_copy_on_write_through_two_nodes_at_once_lose_nothing() {
     round(&c, 101);
     common::store::assert_copies_agree(&c);
 }
+
+#[test]
+fn vdi_check_with_two_copies_keeps_the_newest_not_the_larger_digest() {
+    use sha1::Digest;
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "4M"]);
+    let good = pattern(4 << 20, 71);
+    write_vdi(&c, 0, "Alice", &good);
+    write_vdi(&c, 0, "Alice", &good);
+    // Node 1's copy of object 0 becomes an older one (version 0) with other bytes, chosen so
+    // that its digest is the larger of the two: a tie broken by digests would keep it.
+    let obj = common::store::objects(&c.nodes[1].dir)
+        .into_iter()
+        .find(|o| !o.starts_with('8'))
+        .expect("object 0 on node 1");
+    let path = c.nodes[1].dir.join("obj").join(&obj);
+    let good_digest: [u8; 20] = sha1::Sha1::digest(&good).into();
+    let older = (100..)
+        .map(|seed| pattern(4 << 20, seed))
+        .find(|b| <[u8; 20]>::from(sha1::Sha1::digest(b)) > good_digest)
+        .unwrap();
+    std::fs::write(&path, &older).unwrap();
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let zero = 0u64.to_le_bytes();
+    // SAFETY: a valid path and attribute name, and a buffer of the length given.
+    let r = unsafe {
+        libc::setxattr(
+            name.as_ptr(),
+            c"user.sheepdog.version".as_ptr(),
+            zero.as_ptr().cast(),
+            zero.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr");
+    let out = c.dog_ok(0, &["vdi", "check", "Alice"]);
+    assert!(out.contains("fixed replica"), "{out}");
+    common::store::assert_copies_agree(&c);
+    for i in 0..2 {
+        assert!(read_vdi(&c, i, "Alice", 4 << 20) == good, "node {i}");
+    }
+}
