@@ -8,6 +8,7 @@ use clap::Parser;
 use proto::node::NodeId;
 use proto::SdNode;
 use sheep::node::Node;
+use sheep::server::{self, Limits};
 use sheep::store::Store;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -32,10 +33,11 @@ struct Opts {
     /// Zone id (default: derived from the address)
     #[arg(short = 'z', long)]
     zone: Option<u32>,
-    /// Address to listen on
+    /// Address to listen on, Sheepdog and NBD (default: the -y address, else 127.0.0.1 only;
+    /// 0.0.0.0 for every address)
     #[arg(short = 'b', long)]
     bindaddr: Option<IpAddr>,
-    /// Address advertised to the other sheep
+    /// Address advertised to the other sheep (default: the -b address, else 127.0.0.1)
     #[arg(short = 'y', long)]
     myaddr: Option<IpAddr>,
     /// Cluster driver: local[:PATH]
@@ -65,6 +67,22 @@ struct Opts {
     /// Let NBD writers from different clients share a VDI (qemu-nbd's --shared)
     #[arg(long)]
     nbd_shared: bool,
+    /// Connections each listener (Sheepdog and NBD, TCP and unix socket) serves at once;
+    /// one more is closed at once (0: no limit)
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Close a connection that has nothing in flight and sends no request for SECS, or whose
+    /// client takes no reply for SECS (0: never)
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    idle_timeout: f64,
+    /// Requests one connection may have in flight or answered but not yet sent; at the limit
+    /// the connection is not read from
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_REQUESTS)]
+    max_requests: usize,
+    /// Bytes of request payloads and unsent replies one connection may hold (K, M, G); at the
+    /// limit the connection is not read from; a larger request takes all of it
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    conn_buffer: usize,
     #[arg(short = 'D', long)]
     directio: bool,
     #[arg(short = 'g', long)]
@@ -116,6 +134,108 @@ impl Opts {
         }
         Ok(())
     }
+
+    /// The limits of the listeners and connections.
+    fn limits(&self) -> Result<Limits> {
+        if self.max_requests == 0 {
+            bail!("--max-requests must be at least 1");
+        }
+        if self.conn_buffer == 0 || self.conn_buffer > u32::MAX as usize {
+            bail!("--conn-buffer must be between 1 byte and 4G");
+        }
+        if !(self.idle_timeout >= 0.0 && self.idle_timeout.is_finite()) {
+            bail!("--idle-timeout must be a number of seconds (0: never)");
+        }
+        Ok(Limits {
+            max_connections: self.max_connections,
+            idle_timeout: (self.idle_timeout > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(self.idle_timeout)),
+            max_requests: self.max_requests,
+            conn_buffer: self.conn_buffer,
+        })
+    }
+}
+
+/// A size in bytes, with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("bad size '{s}' (a number, with K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size '{s}' (a number, with K, M, G or T)"))?;
+    n.checked_mul(1u64 << shift)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// What the log says about the addresses at start.
+enum Note {
+    Info(String),
+    Warn(String),
+}
+
+/// (address to listen on, address advertised to the other sheep, what to log about them).
+/// The daemon binds what it advertises: -b defaults to -y; with neither it listens on
+/// 127.0.0.1 only. An unspecified -b (0.0.0.0, ::) without -y advertises 127.0.0.1.
+fn addresses(bind: Option<IpAddr>, my: Option<IpAddr>) -> (IpAddr, IpAddr, Option<Note>) {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    match (bind, my) {
+        (None, None) => (
+            loopback,
+            loopback,
+            Some(Note::Info(
+                "listening on 127.0.0.1 only (no -b or -y given): other machines cannot reach \
+                 this sheep; give -y ADDR (the address to serve and advertise) or -b ADDR"
+                    .into(),
+            )),
+        ),
+        (None, Some(y)) => (y, y, None),
+        (Some(b), None) if b.is_unspecified() => (
+            b,
+            loopback,
+            Some(Note::Warn(format!(
+                "listening on every address ({b}) but advertising 127.0.0.1 to the other sheep: \
+                 sheep on other machines cannot reach this one; give -y ADDR"
+            ))),
+        ),
+        (Some(b), None) => (b, b, None),
+        (Some(b), Some(y)) if !b.is_unspecified() && b != y => (
+            b,
+            y,
+            Some(Note::Warn(format!(
+                "listening on {b} but advertising {y}: the other sheep connect to {y}"
+            ))),
+        ),
+        (Some(b), Some(y)) => (b, y, None),
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: every connection is a descriptor,
+/// and each listener may serve --max-connections of them.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 struct LogOpts {
@@ -166,6 +286,7 @@ fn main() {
 
 fn run(opts: Opts) -> Result<()> {
     opts.refuse_unsupported()?;
+    let limits = opts.limits()?;
     let log = parse_log(opts.log.as_deref())?;
     // Checked now for a clear error; built again after the fork, as it records its pid.
     sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
@@ -174,7 +295,8 @@ fn run(opts: Opts) -> Result<()> {
     let dir = opts.dir.canonicalize()?;
     let store = Arc::new(Store::open(&dir, opts.nosync)?);
 
-    let bind = opts.bindaddr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    raise_nofile();
+    let (bind, advertised, note) = addresses(opts.bindaddr, opts.myaddr);
     let listener = std::net::TcpListener::bind(SocketAddr::new(bind, opts.port))
         .with_context(|| format!("cannot listen on {bind}:{}", opts.port))?;
     listener.set_nonblocking(true)?;
@@ -185,10 +307,6 @@ fn run(opts: Opts) -> Result<()> {
     unix.set_nonblocking(true)?;
     let nbd = nbd_listeners(&opts, bind)?;
 
-    let advertised = opts
-        .myaddr
-        .or(opts.bindaddr.filter(|a| !a.is_unspecified()))
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let nid = NodeId::new(advertised, opts.port);
     let space = store.space().map(|(t, _)| t).unwrap_or(0);
     let me = SdNode {
@@ -205,6 +323,21 @@ fn run(opts: Opts) -> Result<()> {
         Some(daemonize()?)
     };
     init_logging(&log_dir, log.level, opts.foreground)?;
+    match &note {
+        Some(Note::Info(m)) => tracing::info!("{m}"),
+        Some(Note::Warn(m)) => tracing::warn!("{m}"),
+        None => {}
+    }
+    let nbd_at = match nbd.tcp.as_ref().and_then(|l| l.local_addr().ok()) {
+        Some(a) => format!(", NBD on {a}"),
+        None => String::new(),
+    };
+    tracing::info!(
+        "listening on {}{nbd_at}, advertising {}:{}",
+        SocketAddr::new(bind, opts.port),
+        advertised,
+        opts.port
+    );
     let driver = sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
     let pidfile = opts
         .pidfile
@@ -218,27 +351,45 @@ fn run(opts: Opts) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(serve(store, driver, me, listener, unix, nbd, ready));
+    let listeners = Listeners {
+        tcp: listener,
+        unix,
+        nbd,
+        limits,
+    };
+    let result = rt.block_on(serve(store, driver, me, listeners, ready));
     let _ = std::fs::remove_file(&pidfile);
     let _ = std::fs::remove_file(&sock_path);
     result
+}
+
+/// Every listener, bound before the fork, and the limits they apply.
+struct Listeners {
+    tcp: std::net::TcpListener,
+    unix: std::os::unix::net::UnixListener,
+    nbd: NbdListeners,
+    limits: Limits,
 }
 
 async fn serve(
     store: Arc<Store>,
     driver: Arc<dyn sheep::cluster::Driver>,
     me: SdNode,
-    listener: std::net::TcpListener,
-    unix: std::os::unix::net::UnixListener,
-    nbd: NbdListeners,
+    listeners: Listeners,
     ready: Option<std::fs::File>,
 ) -> Result<()> {
+    let Listeners {
+        tcp,
+        unix,
+        nbd,
+        limits,
+    } = listeners;
     let node = Node::new(me, store, driver);
-    let tcp = tokio::net::TcpListener::from_std(listener)?;
+    let tcp = tokio::net::TcpListener::from_std(tcp)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;
-    tokio::spawn(sheep::server::listen_tcp(node.clone(), tcp));
-    tokio::spawn(sheep::server::listen_unix(node.clone(), unix));
-    let nbd_server = sheep::nbd::NbdServer::new(node.clone(), nbd.shared);
+    tokio::spawn(server::listen_tcp(node.clone(), tcp, limits));
+    tokio::spawn(server::listen_unix(node.clone(), unix, limits));
+    let nbd_server = sheep::nbd::NbdServer::new(node.clone(), nbd.shared, limits);
     if let Some(l) = nbd.tcp {
         let l = tokio::net::TcpListener::from_std(l)?;
         tokio::spawn(sheep::nbd::listen_tcp(nbd_server.clone(), l));
@@ -378,5 +529,44 @@ fn daemonize() -> Result<std::fs::File> {
             eprintln!("sheep: {msg}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("4160k"), Ok(4160 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("8X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_daemon_binds_what_it_advertises() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lo = ip("127.0.0.1");
+        let (b, a, n) = addresses(None, None);
+        assert_eq!((b, a), (lo, lo));
+        assert!(matches!(n, Some(Note::Info(m)) if m.contains("127.0.0.1 only")));
+        let (b, a, n) = addresses(None, Some(ip("10.0.0.11")));
+        assert_eq!((b, a), (ip("10.0.0.11"), ip("10.0.0.11")));
+        assert!(n.is_none());
+        let (b, a, n) = addresses(Some(ip("10.0.0.11")), None);
+        assert_eq!((b, a), (ip("10.0.0.11"), ip("10.0.0.11")));
+        assert!(n.is_none());
+        let (b, a, n) = addresses(Some(ip("0.0.0.0")), None);
+        assert_eq!((b, a), (ip("0.0.0.0"), lo));
+        assert!(matches!(n, Some(Note::Warn(_))));
+        let (b, a, n) = addresses(Some(ip("0.0.0.0")), Some(ip("10.0.0.11")));
+        assert_eq!((b, a), (ip("0.0.0.0"), ip("10.0.0.11")));
+        assert!(n.is_none());
+        let (_, _, n) = addresses(Some(ip("10.0.0.12")), Some(ip("10.0.0.11")));
+        assert!(matches!(n, Some(Note::Warn(_))));
     }
 }

@@ -8,6 +8,7 @@ pub mod transmission;
 
 use crate::cluster::state::{LockHolder, Message};
 use crate::node::Node;
+use crate::server::{ConnLimit, Limits};
 use crate::vdi;
 use crate::volume::Volume;
 use handshake::{Catalog, ExportInfo};
@@ -56,6 +57,8 @@ pub struct NbdServer {
     node: Arc<Node>,
     /// Writers from different clients may share a VDI (qemu-nbd's --shared).
     shared: bool,
+    /// Connections per listener, idle time, requests and bytes per connection.
+    limits: Limits,
     /// Open volumes, so that connections to one VDI share one object table.
     volumes: Mutex<Vec<Weak<Volume>>>,
     /// Serialises the opening of volumes.
@@ -65,10 +68,11 @@ pub struct NbdServer {
 }
 
 impl NbdServer {
-    pub fn new(node: Arc<Node>, shared: bool) -> Arc<NbdServer> {
+    pub fn new(node: Arc<Node>, shared: bool, limits: Limits) -> Arc<NbdServer> {
         Arc::new(NbdServer {
             node,
             shared,
+            limits,
             volumes: Mutex::new(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
             writers: tokio::sync::Mutex::new(HashMap::new()),
@@ -225,7 +229,7 @@ impl NbdServer {
             locked: tokio::sync::OnceCell::new(),
         });
         let (rd, wr) = tokio::io::split(stream);
-        transmission::serve(rd, wr, session.clone(), neg).await;
+        transmission::serve(rd, wr, session.clone(), neg, self.limits).await;
         if let Some(&vid) = session.locked.get() {
             self.release(vid, &session.client).await;
         }
@@ -331,12 +335,22 @@ fn describe(h: &proto::inode::InodeHeader) -> String {
 
 /// Accepts NBD connections on TCP until the node stops.
 pub async fn listen_tcp(server: Arc<NbdServer>, listener: tokio::net::TcpListener) {
+    let gate = ConnLimit::new("nbd port", server.limits.max_connections);
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
+                    let Some(slot) = gate.admit(&peer.to_string()) else {
+                        drop(s);
+                        continue;
+                    };
                     let _ = s.set_nodelay(true);
-                    tokio::spawn(server.clone().serve_conn(s, Some(peer)));
+                    crate::server::keepalive(&s);
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        server.serve_conn(s, Some(peer)).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("nbd accept: {e}");
@@ -350,10 +364,23 @@ pub async fn listen_tcp(server: Arc<NbdServer>, listener: tokio::net::TcpListene
 
 /// Accepts NBD connections on a unix socket until the node stops.
 pub async fn listen_unix(server: Arc<NbdServer>, listener: tokio::net::UnixListener) {
+    let gate = ConnLimit::new("nbd unix socket", server.limits.max_connections);
+    let mut seq = 0u64;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => { tokio::spawn(server.clone().serve_conn(s, None)); }
+                Ok((s, _)) => {
+                    seq += 1;
+                    let Some(slot) = gate.admit(&format!("unix #{seq}")) else {
+                        drop(s);
+                        continue;
+                    };
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        server.serve_conn(s, None).await;
+                        drop(slot);
+                    });
+                }
                 Err(e) => {
                     tracing::warn!("nbd accept (unix): {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

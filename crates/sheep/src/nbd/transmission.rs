@@ -5,15 +5,14 @@
 
 use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAX_REQUEST};
 use super::Session;
+use crate::server::{self, Answer, Budget, Limits, Wait};
 use bytes::Bytes;
 use proto::nbd::{self, cflag, chunk, cmd, errno, Request};
 use proto::SdResult;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::sync::mpsc;
 
-/// Requests one connection may have in flight.
-const MAX_INFLIGHT: usize = 64;
 /// Extents one BLOCK_STATUS reply may carry.
 const MAX_EXTENTS: usize = 4096;
 
@@ -47,34 +46,33 @@ fn from_sd(r: SdResult) -> Failure {
     fail(e, r.text())
 }
 
-/// Serves requests until the client disconnects, sends DISC, or breaks the framing.
-pub async fn serve<R, W>(mut rd: R, wr: W, session: Arc<Session>, neg: Negotiated)
+/// Serves requests until the client disconnects, sends DISC, breaks the framing, or stays
+/// idle (nothing in flight) for the idle timeout.
+pub async fn serve<R, W>(rd: R, wr: W, session: Arc<Session>, neg: Negotiated, limits: Limits)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<Reply>(MAX_INFLIGHT);
-    let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(256 * 1024, wr);
-        while let Some(r) = rx.recv().await {
-            let mut next = Some(r);
-            while let Some(r) = next.take() {
-                if w.write_all(&r.head).await.is_err() || w.write_all(&r.data).await.is_err() {
-                    return;
-                }
-                next = rx.try_recv().ok();
-            }
-            if w.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = w.shutdown().await;
-    });
+    let mut rd = BufReader::with_capacity(64 << 10, rd);
+    let budget = Budget::new(&limits);
+    let (tx, rx) = mpsc::channel::<Answer>(limits.max_requests.max(1));
+    let writer = tokio::spawn(server::write_answers(wr, rx, limits.idle_timeout));
     let neg = Arc::new(neg);
-    let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
     loop {
+        match server::wait_request(&mut rd, limits.idle_timeout, &budget, &tx).await {
+            Wait::Ready => {}
+            Wait::Idle => {
+                tracing::debug!(
+                    "nbd {}: idle for {:?}, closing",
+                    neg.name,
+                    limits.idle_timeout
+                );
+                break;
+            }
+            Wait::Closed | Wait::WriterGone => break,
+        }
         let mut b = [0u8; nbd::REQUEST_SIZE];
-        if rd.read_exact(&mut b).await.is_err() {
+        if !server::within(limits.idle_timeout, server::read_all(&mut rd, &mut b)).await {
             break;
         }
         let Some(req) = Request::decode(&b) else {
@@ -84,38 +82,56 @@ where
         if req.kind == cmd::DISC {
             break;
         }
+        // A write holds its payload, a read its data, until the reply is written; at the
+        // connection's limit the next request waits (back-pressure).
+        let bytes = match req.kind {
+            cmd::WRITE | cmd::READ if req.length <= MAX_REQUEST => req.length as u64,
+            _ => 0,
+        };
+        let mut held = tokio::select! {
+            h = budget.take(bytes) => h,
+            _ = tx.closed() => break,
+        };
         let payload = if req.kind == cmd::WRITE {
             if req.length > MAX_REQUEST {
                 // The payload cannot be skipped safely: refuse and close.
                 let f = fail(errno::EOVERFLOW, "write larger than 32 MiB");
-                let _ = tx.send(error_reply(&neg, req.handle, f)).await;
+                let _ = tx
+                    .send(answer(error_reply(&neg, req.handle, f), held))
+                    .await;
                 break;
             }
-            let mut buf = vec![0u8; req.length as usize];
-            if rd.read_exact(&mut buf).await.is_err() {
-                break;
+            // Allocated as the data arrives.
+            match server::read_payload(&mut rd, req.length as usize).await {
+                Ok(b) => Bytes::from(b),
+                Err(_) => break,
             }
-            Bytes::from(buf)
         } else {
             Bytes::new()
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
         let (tx, session, neg) = (tx.clone(), session.clone(), neg.clone());
         tokio::spawn(async move {
-            let reply = match handle(&session, &neg, req, payload).await {
+            let mut reply = match handle(&session, &neg, req, payload).await {
                 Ok(r) => r,
                 Err(f) => error_reply(&neg, req.handle, f),
             };
-            let _ = tx.send(reply).await;
-            drop(permit);
+            server::trim(&mut reply.data);
+            held.shrink_to(reply.data.capacity());
+            let _ = tx.send(answer(reply, held)).await;
         });
     }
     // Let requests already taken finish and their replies go out, then close.
-    let _ = slots.acquire_many(MAX_INFLIGHT as u32).await;
     drop(tx);
     let _ = writer.await;
+    budget.drained().await;
+}
+
+fn answer(r: Reply, held: server::Held) -> Answer {
+    Answer {
+        head: r.head,
+        data: r.data,
+        held,
+    }
 }
 
 fn error_reply(neg: &Negotiated, handle: u64, f: Failure) -> Reply {
