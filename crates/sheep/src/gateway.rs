@@ -311,7 +311,7 @@ async fn agree(
     results: Vec<Result<Done, SdResult>>,
     range: Range<'_>,
 ) -> Result<(), SdResult> {
-    let mut took = Vec::new();
+    let mut took: Vec<(proto::node::NodeId, u64)> = Vec::new();
     let mut failed = Vec::new();
     for (t, r) in targets.iter().zip(results) {
         match r {
@@ -323,6 +323,12 @@ async fn agree(
     let Some(&(best, newest)) = took.iter().max_by_key(|(_, v)| *v) else {
         return Err(failed.first().map(|f| f.1).unwrap_or(SdResult::EIO));
     };
+    // Versions say something only of a write that had the object to itself: with other
+    // writes to it in flight, copies take them in different orders and answer different
+    // counts for the same history. Then only copies that failed are healed.
+    if !range.alone() {
+        took.retain(|(n, _)| *n == best);
+    }
     if failed.is_empty() && took.iter().all(|(_, v)| *v == newest) {
         return Ok(());
     }
@@ -357,33 +363,40 @@ async fn agree(
 /// writes reach every copy in the same order; a heal takes the whole object.
 #[derive(Default)]
 pub struct Writes {
-    /// The last id given, and per object the ranges held or waited for: (start, end, id).
+    /// The last id given, and per object with writes in flight: the ranges held or waited
+    /// for (start, end, id), and the last id given for it.
     inner: std::sync::Mutex<(u64, InFlight)>,
     released: tokio::sync::Notify,
 }
 
-type InFlight = std::collections::HashMap<Oid, Vec<(u64, u64, u64)>>;
+type InFlight = std::collections::HashMap<Oid, (Vec<(u64, u64, u64)>, u64)>;
 
 /// Bytes `start..end` of an object, held by one write.
 pub struct Range<'a> {
     writes: &'a Writes,
     oid: Oid,
     id: u64,
+    /// No other write to the object was in flight when this one began.
+    first: bool,
 }
 
 impl Writes {
     pub async fn lock(&self, oid: Oid, start: u64, end: u64) -> Range<'_> {
-        let id = {
+        let (id, first) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             g.0 += 1;
             let id = g.0;
-            g.1.entry(oid).or_default().push((start, end, id));
-            id
+            let e = g.1.entry(oid).or_default();
+            let first = e.0.is_empty();
+            e.0.push((start, end, id));
+            e.1 = id;
+            (id, first)
         };
         let range = Range {
             writes: self,
             oid,
             id,
+            first,
         };
         loop {
             let released = self.released.notified();
@@ -392,7 +405,7 @@ impl Writes {
             let blocked = {
                 let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                 g.1.get(&oid)
-                    .is_some_and(|l| l.iter().any(|&(s, e, i)| i < id && s < end && start < e))
+                    .is_some_and(|(l, _)| l.iter().any(|&(s, e, i)| i < id && s < end && start < e))
             };
             if !blocked {
                 return range;
@@ -402,11 +415,20 @@ impl Writes {
     }
 }
 
+impl Range<'_> {
+    /// Whether this write has had the object to itself on this gateway all along: none in
+    /// flight when it began, none begun since.
+    pub fn alone(&self) -> bool {
+        let g = self.writes.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.first && g.1.get(&self.oid).is_some_and(|(_, last)| *last == self.id)
+    }
+}
+
 impl Drop for Range<'_> {
     fn drop(&mut self) {
         {
             let mut g = self.writes.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(l) = g.1.get_mut(&self.oid) {
+            if let Some((l, _)) = g.1.get_mut(&self.oid) {
                 l.retain(|&(_, _, i)| i != self.id);
                 if l.is_empty() {
                     g.1.remove(&self.oid);
