@@ -23,7 +23,15 @@ pub fn request_stream(mut data: &[u8]) {
         assert_eq!(rsp.id(), h.id());
         match frame::check_request(&h) {
             Err(r) if r.close => return,
-            Err(_) => continue,
+            // The refused request's payload is skipped, never read as the next header.
+            Err(r) => {
+                let n = r.skip as usize;
+                if data.len() < n {
+                    return;
+                }
+                data = &data[n..];
+                continue;
+            }
             Ok(()) => {}
         }
         if h.carries_payload() {

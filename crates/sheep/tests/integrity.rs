@@ -500,3 +500,50 @@ fn vdi_check_with_two_copies_keeps_the_newest_not_the_larger_digest() {
         assert!(read_vdi(&c, i, "Alice", 4 << 20) == good, "node {i}");
     }
 }
+
+#[test]
+fn two_nodes_down_at_once_under_a_writer_then_every_copy_is_the_same() {
+    let mut c = Cluster::start(5);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
+    let uri = c.nbd_uri(0, "Alice");
+    let fio = std::process::Command::new("fio")
+        .current_dir(c.tmp.path())
+        .args([
+            "--name=two-down",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=16k",
+            "--size=64m",
+            "--iodepth=8",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fio is installed by scripts/test.sh");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    c.kill(2);
+    c.kill(4);
+    c.wait_members(3);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    c.restart(2);
+    c.restart(4);
+    let out = fio.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("err= 0"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_members(5);
+    common::store::wait_recovered(&c, 3);
+    common::store::assert_copies_agree(&c);
+    // And every node serves the same bytes.
+    let first = read_vdi(&c, 0, "Alice", 64 << 20);
+    for i in 1..5 {
+        assert!(read_vdi(&c, i, "Alice", 64 << 20) == first, "node {i}");
+    }
+}
