@@ -57,6 +57,23 @@ fn next_vid(v: u32) -> u32 {
     }
 }
 
+/// The header and data table of the VDI a snapshot or clone starts from.
+async fn read_base(node: &Arc<Node>, base: u32) -> Result<(InodeHeader, Vec<u8>), SdResult> {
+    let b = read_header(node, base)
+        .await
+        .map_err(|_| SdResult::NO_BASE_VDI)?;
+    let table = gateway::read(
+        node,
+        Oid::inode(Vid(base)),
+        SD_INODE_HEADER_SIZE as u64,
+        SD_INODE_DATA_SIZE - SD_INODE_HEADER_SIZE,
+        0,
+    )
+    .await
+    .map_err(|_| SdResult::BASE_VDI_READ)?;
+    Ok((b, table))
+}
+
 pub async fn read_header(node: &Arc<Node>, vid: u32) -> Result<InodeHeader, SdResult> {
     let b = gateway::read(node, Oid::inode(Vid(vid)), 0, SD_INODE_HEADER_SIZE, 0).await?;
     InodeHeader::decode(&b).ok_or(SdResult::VDI_READ)
@@ -198,18 +215,7 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     if base != 0 {
         // Snapshot of the working VDI, or a clone of a snapshot: the new inode starts with the
         // base's data table.
-        let b = read_header(node, base)
-            .await
-            .map_err(|_| SdResult::NO_BASE_VDI)?;
-        let t = gateway::read(
-            node,
-            Oid::inode(Vid(base)),
-            SD_INODE_HEADER_SIZE as u64,
-            SD_INODE_DATA_SIZE - SD_INODE_HEADER_SIZE,
-            0,
-        )
-        .await
-        .map_err(|_| SdResult::BASE_VDI_READ)?;
+        let (b, t) = read_base(node, base).await?;
         table = Bytes::from(t);
         new.parent_vdi_id = base;
         new.vdi_size = if new.vdi_size == 0 {
@@ -321,17 +327,7 @@ async fn snapshot(
         // the new inode. If the base cannot be restored, the snapshot goes ahead instead.
         let restored = match original {
             None => Ok(()),
-            Some(h) => {
-                gateway::write(
-                    node,
-                    Oid::inode(Vid(base)),
-                    0,
-                    Bytes::from(h.to_bytes()),
-                    false,
-                    0,
-                )
-                .await
-            }
+            Some(h) => write_header(node, &h).await,
         };
         if restored.is_ok() {
             tracing::warn!("snapshot of {base:x}: {e}; it stays the working VDI");
@@ -358,18 +354,7 @@ async fn frozen_snapshot(
 ) -> Result<(), SdResult> {
     drain_everywhere(node, seq, base).await?;
     fail::fail_point!("vdi::snapshot_drained");
-    let b = read_header(node, base)
-        .await
-        .map_err(|_| SdResult::NO_BASE_VDI)?;
-    let table = gateway::read(
-        node,
-        Oid::inode(Vid(base)),
-        SD_INODE_HEADER_SIZE as u64,
-        SD_INODE_DATA_SIZE - SD_INODE_HEADER_SIZE,
-        0,
-    )
-    .await
-    .map_err(|_| SdResult::BASE_VDI_READ)?;
+    let (b, table) = read_base(node, base).await?;
     new.parent_vdi_id = base;
     if new.vdi_size == 0 {
         new.vdi_size = b.vdi_size;
@@ -388,16 +373,9 @@ async fn frozen_snapshot(
     if !tag.is_empty() {
         frozen.tag = tag.to_vec();
     }
-    gateway::write(
-        node,
-        Oid::inode(Vid(base)),
-        0,
-        Bytes::from(frozen.to_bytes()),
-        false,
-        0,
-    )
-    .await
-    .map_err(|_| SdResult::BASE_VDI_WRITE)?;
+    write_header(node, &frozen)
+        .await
+        .map_err(|_| SdResult::BASE_VDI_WRITE)?;
     fail::fail_point!("vdi::snapshot_committed_on_disk");
     Ok(())
 }
@@ -442,15 +420,13 @@ async fn blank_inode(node: &Arc<Node>, vid: u32) -> Result<(), SdResult> {
         vdi_id: vid,
         ..Default::default()
     };
-    gateway::write(
-        node,
-        Oid::inode(Vid(vid)),
-        0,
-        Bytes::from(blank.to_bytes()),
-        false,
-        0,
-    )
-    .await
+    write_header(node, &blank).await
+}
+
+/// Writes `h` over the header of its (existing) inode object; the table stays.
+async fn write_header(node: &Arc<Node>, h: &InodeHeader) -> Result<(), SdResult> {
+    let oid = Oid::inode(Vid(h.vdi_id));
+    gateway::write(node, oid, 0, Bytes::from(h.to_bytes()), false, 0).await
 }
 
 /// Waits until every member has applied event `seq` (the freeze of `base`) and has no write

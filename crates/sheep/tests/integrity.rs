@@ -101,17 +101,9 @@ fn qemu_io(uri: &str, cmds: &[String], read_only: bool) -> String {
 
 #[test]
 fn online_snapshots_keep_writes_that_race_them() {
-    let mut c = Cluster::start_with(0, &[]);
     // Every first write to an object pauses between creating the object and recording it in
     // the inode's table: the window in which a snapshot used to copy the table without it.
-    c.env = vec![(
-        "FAILPOINTS".into(),
-        "volume::before_set_slot=sleep(250)".into(),
-    )];
-    for z in 0..3 {
-        c.add(z);
-    }
-    c.wait_members(3);
+    let mut c = Cluster::with_failpoints(&["volume::before_set_slot=sleep(250)"; 3], &[]);
     c.dog_ok(0, &["cluster", "format", "--copies=2"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
     let objects = 12u64;
@@ -161,21 +153,16 @@ fn vdi_list(c: &Cluster, i: usize) -> String {
 
 #[test]
 fn a_snapshot_that_fails_halfway_leaves_the_vdi_as_it_was_or_done() {
-    let mut c = Cluster::start_with(0, &[]);
     // Each node fails a snapshot it takes at another step.
-    for (z, fp) in [
-        "",
-        "vdi::snapshot_before_commit_record=return",
-        "vdi::snapshot_drained=pause",
-        "vdi::snapshot_committed_on_disk=pause",
-    ]
-    .iter()
-    .enumerate()
-    {
-        c.env = vec![("FAILPOINTS".into(), fp.to_string())];
-        c.add(z as u32);
-    }
-    c.wait_members(4);
+    let mut c = Cluster::with_failpoints(
+        &[
+            "",
+            "vdi::snapshot_before_commit_record=return",
+            "vdi::snapshot_drained=pause",
+            "vdi::snapshot_committed_on_disk=pause",
+        ],
+        &[],
+    );
     c.dog_ok(0, &["cluster", "format", "--copies=2"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "16M"]);
     let uri = c.nbd_uri(0, "Alice");
@@ -260,16 +247,8 @@ fn a_snapshot_that_fails_halfway_leaves_the_vdi_as_it_was_or_done() {
 
 #[test]
 fn vdi_check_repairs_a_copy_without_undoing_a_write_that_lands_meanwhile() {
-    let mut c = Cluster::start_with(0, &[]);
     // The repair of a copy pauses between reading the good copy and installing it.
-    c.env = vec![(
-        "FAILPOINTS".into(),
-        "recovery::repair_before_install=sleep(1000)".into(),
-    )];
-    for z in 0..3 {
-        c.add(z);
-    }
-    c.wait_members(3);
+    let c = Cluster::with_failpoints(&["recovery::repair_before_install=sleep(1000)"; 3], &[]);
     c.dog_ok(0, &["cluster", "format", "--copies=3"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "8M"]);
     let uri = c.nbd_uri(0, "Alice");
@@ -307,16 +286,11 @@ fn vdi_check_repairs_a_copy_without_undoing_a_write_that_lands_meanwhile() {
 
 #[test]
 fn a_copy_that_fails_or_loses_a_write_is_healed_before_the_write_is_acknowledged() {
-    let mut c = Cluster::start_with(0, &[]);
     // Node 1 fails its first two writes; node 2 says it took its first two but did not.
-    for (z, fp) in ["", "peer::write=2*return", "peer::lose_write=2*return"]
-        .iter()
-        .enumerate()
-    {
-        c.env = vec![("FAILPOINTS".into(), fp.to_string())];
-        c.add(z as u32);
-    }
-    c.wait_members(3);
+    let c = Cluster::with_failpoints(
+        &["", "peer::write=2*return", "peer::lose_write=2*return"],
+        &[],
+    );
     c.dog_ok(0, &["cluster", "format", "--copies=3"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "8M"]);
     let uri = c.nbd_uri(0, "Alice");
@@ -407,15 +381,10 @@ fn exports_on_different_nodes_see_each_others_copy_on_write_and_trim() {
 fn first_writes_and_copy_on_write_through_two_nodes_at_once_lose_nothing() {
     // Both writers pause between making an object and recording it, so each finds the
     // object absent (or still the parent's) and makes it: the second must not undo the first.
-    let mut c = Cluster::start_with(0, &["--nbd-shared"]);
-    c.env = vec![(
-        "FAILPOINTS".into(),
-        "volume::before_set_slot=sleep(300)".into(),
-    )];
-    for z in 0..3 {
-        c.add(z);
-    }
-    c.wait_members(3);
+    let c = Cluster::with_failpoints(
+        &["volume::before_set_slot=sleep(300)"; 3],
+        &["--nbd-shared"],
+    );
     c.dog_ok(0, &["cluster", "format", "--copies=2"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "32M"]);
     let objects = 6u64;
@@ -507,23 +476,7 @@ fn two_nodes_down_at_once_under_a_writer_then_every_copy_is_the_same() {
     c.dog_ok(0, &["cluster", "format", "--copies=3"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "64M"]);
     let uri = c.nbd_uri(0, "Alice");
-    let fio = std::process::Command::new("fio")
-        .current_dir(c.tmp.path())
-        .args([
-            "--name=two-down",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=16k",
-            "--size=64m",
-            "--iodepth=8",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("fio is installed by scripts/test.sh");
+    let fio = common::fio_randwrite(&c, &uri, "16k", "64m");
     std::thread::sleep(std::time::Duration::from_millis(800));
     c.kill(2);
     c.kill(4);
@@ -531,13 +484,7 @@ fn two_nodes_down_at_once_under_a_writer_then_every_copy_is_the_same() {
     std::thread::sleep(std::time::Duration::from_millis(800));
     c.restart(2);
     c.restart(4);
-    let out = fio.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("err= 0"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::fio_ok(fio);
     c.wait_members(5);
     common::store::wait_recovered(&c, 3);
     common::store::assert_copies_agree(&c);

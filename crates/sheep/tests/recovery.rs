@@ -197,34 +197,12 @@ fn io_never_stops_while_nodes_die_and_join() {
     // Recovery throttled to a few objects at a time: I/O and recovery share the nodes.
     c.dog_ok(0, &["cluster", "recover", "throttle", "2", "5"]);
     let uri = c.nbd_uri(0, "Bob");
-    let fio = std::process::Command::new("fio")
-        .current_dir(c.tmp.path())
-        .args([
-            "--name=churn",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=64k",
-            "--size=64m",
-            "--iodepth=8",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("fio is installed by scripts/test.sh");
+    let fio = common::fio_randwrite(&c, &uri, "64k", "64m");
     std::thread::sleep(Duration::from_millis(500));
     c.kill(2);
     std::thread::sleep(Duration::from_millis(500));
     c.add(4);
-    let out = fio.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("err= 0"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::fio_ok(fio);
     c.wait_members(4);
     wait_recovered(&c, 3);
 }

@@ -97,6 +97,18 @@ impl Cluster {
         c
     }
 
+    /// Starts one sheep per entry of `failpoints` (zones 0..), each with that FAILPOINTS
+    /// setting ("" for none) and the options `args`, and waits until all are members.
+    pub fn with_failpoints(failpoints: &[&str], args: &[&str]) -> Cluster {
+        let mut c = Cluster::start_with(0, args);
+        for (z, fp) in failpoints.iter().enumerate() {
+            c.env = vec![("FAILPOINTS".into(), fp.to_string())];
+            c.add(z as u32);
+        }
+        c.wait_members(failpoints.len());
+        c
+    }
+
     /// Starts one more sheep in zone `zone`, in the foreground so the harness owns its PID.
     pub fn add(&mut self, zone: u32) -> usize {
         let port = free_port();
@@ -278,6 +290,38 @@ pub fn wait_port(port: u16) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// fio's random writes of `bs`, verified (crc32c), over the first `size` of NBD export `uri`,
+/// started in the background; `fio_ok` waits for it and checks it saw no error.
+pub fn fio_randwrite(c: &Cluster, uri: &str, bs: &str, size: &str) -> Child {
+    Command::new("fio")
+        .current_dir(c.tmp.path())
+        .args([
+            "--name=randwrite",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            &format!("--bs={bs}"),
+            &format!("--size={size}"),
+            "--iodepth=8",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio is installed by scripts/test.sh")
+}
+
+pub fn fio_ok(fio: Child) {
+    let out = fio.wait_with_output().expect("fio");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("err= 0"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures can be reproduced.
