@@ -147,6 +147,32 @@ fn online_snapshots_keep_writes_that_race_them() {
     }
 }
 
+/// `dog vdi snapshot Alice` through node `i`, left running (it is to hang), then after a
+/// moment a qemu-io write through node 0's NBD export, in a thread.
+fn snapshot_then_write(
+    c: &Cluster,
+    i: usize,
+    write: &str,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let snap = std::process::Command::new(common::bin("dog"))
+        .args(["vdi", "snapshot", "Alice", "-p", &c.port(i).to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (uri, cmd) = (c.nbd_uri(0, "Alice"), write.to_string());
+    (
+        snap,
+        std::thread::spawn(move || qemu_io(&uri, &[cmd], false)),
+    )
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn vdi_list(c: &Cluster, i: usize) -> String {
     c.dog_ok(i, &["vdi", "list", "-r"])
 }
@@ -178,19 +204,7 @@ fn a_snapshot_that_fails_halfway_leaves_the_vdi_as_it_was_or_done() {
 
     // The snapshotting node dies with Alice frozen, before the commit record: writers wait,
     // then the snapshot is undone and they go on in Alice.
-    let snap = {
-        let mut cmd = std::process::Command::new(common::bin("dog"));
-        cmd.args(["vdi", "snapshot", "Alice", "-p", &c.port(2).to_string()]);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let writer = {
-        let uri = uri.clone();
-        std::thread::spawn(move || qemu_io(&uri, &["write -P 3 8M 64k".into()], false))
-    };
+    let (snap, writer) = snapshot_then_write(&c, 2, "write -P 3 8M 64k");
     std::thread::sleep(std::time::Duration::from_millis(700));
     assert!(
         !writer.is_finished(),
@@ -198,34 +212,18 @@ fn a_snapshot_that_fails_halfway_leaves_the_vdi_as_it_was_or_done() {
     );
     c.kill(2);
     writer.join().unwrap();
-    let mut snap = snap;
-    let _ = snap.kill();
-    let _ = snap.wait();
+    stop(snap);
     c.wait_members(3);
     let list = vdi_list(&c, 0);
     assert_eq!(list.lines().count(), 1, "undone: {list}");
 
     // It dies after the commit record: the snapshot is finished for it, and the writer
     // follows the name to the new working VDI.
-    let snap = {
-        let mut cmd = std::process::Command::new(common::bin("dog"));
-        cmd.args(["vdi", "snapshot", "Alice", "-p", &c.port(3).to_string()]);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let writer = {
-        let uri = uri.clone();
-        std::thread::spawn(move || qemu_io(&uri, &["write -P 4 12M 64k".into()], false))
-    };
+    let (snap, writer) = snapshot_then_write(&c, 3, "write -P 4 12M 64k");
     std::thread::sleep(std::time::Duration::from_millis(300));
     c.kill(3);
     writer.join().unwrap();
-    let mut snap = snap;
-    let _ = snap.kill();
-    let _ = snap.wait();
+    stop(snap);
     c.wait_members(2);
     let list = vdi_list(&c, 0);
     assert_eq!(list.lines().count(), 2, "committed: {list}");
