@@ -448,12 +448,7 @@ pub async fn flush(node: &Arc<Node>) -> Result<(), SdResult> {
             let view = &view;
             async move {
                 if n.nid == node.me.nid {
-                    let store = node.store.clone();
-                    return tokio::task::spawn_blocking(move || store.sync_all())
-                        .await
-                        .map_err(|_| SdResult::EIO)?
-                        .map(|_| Vec::new())
-                        .map_err(|e| e.result());
+                    return peer::sync(node).await.map(|_| Vec::new());
                 }
                 node.peers
                     .flush(n.nid, view.state.epoch)

@@ -270,7 +270,7 @@ async fn run(
         }
         opcode::STAT_SHEEP => {
             node.gate(false)?;
-            let (total, free) = node.store.space().map_err(|e| e.result())?;
+            let (total, free) = peer::space(node)?;
             rsp.set_rsp_store_size(total).set_rsp_store_free(free);
             Ok(Vec::new())
         }
@@ -335,16 +335,7 @@ async fn run(
         }
         opcode::GET_HASH => {
             node.gate(false)?;
-            let oid = Oid(req.oid());
-            let store = node.store.clone();
-            let digest = tokio::task::spawn_blocking(move || -> Result<[u8; 20], SdResult> {
-                use sha1::Digest;
-                let size = store.object_size(oid).map_err(|e| e.result())?;
-                let b = store.read(oid, 0, size as usize).map_err(|e| e.result())?;
-                Ok(sha1::Sha1::digest(&b).into())
-            })
-            .await
-            .map_err(|_| SdResult::EIO)??;
+            let digest = peer::digest(node, Oid(req.oid())).await?;
             rsp.set_rsp_digest(&digest);
             Ok(Vec::new())
         }
@@ -367,25 +358,14 @@ async fn run(
         }
         opcode::OBJ_TAG => {
             node.gate(false)?;
-            let oid = Oid(req.oid());
-            let store = node.store.clone();
-            let (tag, version) = tokio::task::spawn_blocking(move || store.best(oid))
-                .await
-                .map_err(|_| SdResult::EIO)?
-                .map_err(|e| e.result())?
-                .ok_or(SdResult::NO_OBJ)?;
+            let (tag, version) = peer::best(node, Oid(req.oid())).await?;
             rsp.set_rsp_obj_offset(tag as u64)
                 .set_rsp_obj_version(version);
             Ok(Vec::new())
         }
         opcode::OBJ_LIST_TAGGED => {
             node.gate(false)?;
-            let store = node.store.clone();
-            let l = tokio::task::spawn_blocking(move || store.tagged_list())
-                .await
-                .map_err(|_| SdResult::EIO)?
-                .map_err(|e| e.result())?;
-            let b = proto::objlist::encode(&l);
+            let b = proto::objlist::encode(&peer::list(node).await?);
             if b.len() > req.data_length() as usize {
                 return Err(SdResult::BUFFER_SMALL);
             }
@@ -401,7 +381,7 @@ async fn run(
         }
         opcode::EXIST => {
             node.gate(true)?;
-            if node.store.exists(Oid(req.oid())) {
+            if peer::exists(node, Oid(req.oid())) {
                 Ok(Vec::new())
             } else {
                 Err(SdResult::NO_OBJ)
@@ -409,22 +389,14 @@ async fn run(
         }
         opcode::GET_EPOCH => {
             node.gate(true)?;
-            match node
-                .store
-                .read_epoch(req.tgt_epoch())
-                .map_err(|e| e.result())?
-            {
+            match peer::epoch(node, req.tgt_epoch())? {
                 Some((nodes, t)) => Ok(proto::node::encode_epoch_file(&nodes, t)),
                 None => Err(SdResult::NO_TAG),
             }
         }
         opcode::FLUSH_PEER => {
             node.gate(false)?;
-            let store = node.store.clone();
-            tokio::task::spawn_blocking(move || store.sync_all())
-                .await
-                .map_err(|_| SdResult::EIO)?
-                .map_err(|e| e.result())?;
+            peer::sync(node).await?;
             Ok(Vec::new())
         }
         opcode::GET_VDI_LOCKS => {
@@ -637,11 +609,7 @@ fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
     let mut out = Vec::new();
     let mut epoch = view.state.epoch;
     while epoch > 0 && out.len() / EpochLog::record_size(nodes_nr) < max {
-        let (nodes, time) = node
-            .store
-            .read_epoch(epoch)
-            .map_err(|e| e.result())?
-            .unwrap_or_default();
+        let (nodes, time) = peer::epoch(node, epoch)?.unwrap_or_default();
         if nodes.len() > nodes_nr {
             // The caller's slots cannot hold this epoch's members: say how many it needs.
             rsp.set_rsp_nr_nodes(nodes.len() as u32);

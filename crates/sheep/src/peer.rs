@@ -1,6 +1,9 @@
 //! Peer operations: what a sheep does with its own store when a gateway (possibly itself)
-//! sends it CREATE_AND_WRITE/READ/WRITE/REMOVE_PEER. Checks the sender's epoch against ours.
-//! Owns: the store-level meaning of the peer opcodes. Never: forwarding to other nodes.
+//! sends it CREATE_AND_WRITE/READ/WRITE/REMOVE_PEER, and the questions other nodes and `dog`
+//! ask of it (a copy's digest, tag and version, the list of copies, a sync, epochs, space).
+//! Checks the sender's epoch against ours.
+//! Owns: the store-level meaning of the peer opcodes; with recovery's installs, the only
+//! access to the objects in the store. Never: forwarding to other nodes.
 
 use crate::node::{Node, View};
 use crate::store::StoreError;
@@ -232,4 +235,59 @@ pub fn op_len(op: &StoreOp) -> u64 {
         StoreOp::Read { len, .. } | StoreOp::RecoveryRead { len, .. } => *len as u64,
         StoreOp::Remove => 0,
     }
+}
+
+/// Runs `f` on the store in a blocking thread.
+async fn blocking<T: Send + 'static>(
+    node: &Arc<Node>,
+    f: impl FnOnce(&crate::store::Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, SdResult> {
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|_| SdResult::EIO)?
+        .map_err(err)
+}
+
+/// GET_HASH: the SHA-1 of this node's current copy of `oid`.
+pub async fn digest(node: &Arc<Node>, oid: Oid) -> Result<[u8; 20], SdResult> {
+    blocking(node, move |store| {
+        use sha1::Digest;
+        let size = store.object_size(oid)?;
+        let b = store.read(oid, 0, size as usize)?;
+        Ok(sha1::Sha1::digest(&b).into())
+    })
+    .await
+}
+
+/// OBJ_TAG: the tag and version of this node's best copy of `oid`.
+pub async fn best(node: &Arc<Node>, oid: Oid) -> Result<(u32, u64), SdResult> {
+    blocking(node, move |store| store.best(oid))
+        .await?
+        .ok_or(SdResult::NO_OBJ)
+}
+
+/// OBJ_LIST_TAGGED: the best copy of every object here.
+pub async fn list(node: &Arc<Node>) -> Result<Vec<proto::objlist::Record>, SdResult> {
+    blocking(node, |store| store.tagged_list()).await
+}
+
+/// EXIST: whether this node holds a current copy of `oid`.
+pub fn exists(node: &Node, oid: Oid) -> bool {
+    node.store.exists(oid)
+}
+
+/// FLUSH_PEER: every write this node took is durable.
+pub async fn sync(node: &Arc<Node>) -> Result<(), SdResult> {
+    blocking(node, |store| store.sync_all()).await
+}
+
+/// The members of `epoch` in this node's epoch log, and when it began.
+pub fn epoch(node: &Node, epoch: u32) -> Result<Option<(Vec<proto::SdNode>, u64)>, SdResult> {
+    node.store.read_epoch(epoch).map_err(err)
+}
+
+/// (total, free) bytes of this node's store.
+pub fn space(node: &Node) -> Result<(u64, u64), SdResult> {
+    node.store.space().map_err(err)
 }
