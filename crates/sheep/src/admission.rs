@@ -141,6 +141,8 @@ impl Admission {
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
+                let n = self.lock().active.get(&vid).copied().unwrap_or(0);
+                tracing::warn!("{n} writes to {vid:x} still in flight after {max:?}");
                 return false;
             }
             w.wait(left).await;

@@ -13,8 +13,9 @@ use proto::{Header, Oid, SdResult, Vid};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a snapshot waits for the writes in flight on every node to end.
-const DRAIN_WAIT: Duration = Duration::from_secs(20);
+/// How long a snapshot waits for the writes in flight on every node to end; past it the
+/// snapshot fails and the VDI stays as it was (writers wait no longer than that).
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// How long an open waits for a snapshot of its VDI to commit or thaw.
 const FREEZE_WAIT: Duration = Duration::from_secs(60);
 
@@ -462,7 +463,8 @@ pub async fn drain_here(node: &Arc<Node>, seq: u64, vid: u32) -> Result<(), SdRe
     tokio::time::timeout(Duration::from_secs(5), node.wait_applied(seq))
         .await
         .map_err(|_| SdResult::CLUSTER_ERROR)?;
-    if node.admission.drain(vid, DRAIN_WAIT).await {
+    // Shorter than the snapshotting node's own bound, so that it hears back in time.
+    if node.admission.drain(vid, DRAIN_WAIT / 2).await {
         Ok(())
     } else {
         Err(SdResult::EIO)
