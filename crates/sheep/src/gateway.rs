@@ -85,6 +85,7 @@ async fn one_copy(
             data,
             sync,
             keep,
+            id,
         } => {
             let kind = if keep {
                 WriteKind::CreateIfAbsent
@@ -92,12 +93,26 @@ async fn one_copy(
                 WriteKind::Create
             };
             peers
-                .write(nid, epoch, oid, offset, data, kind, sync)
+                .write(nid, epoch, oid, offset, data, kind, sync, id)
                 .await
                 .map(version)
         }
-        StoreOp::Write { offset, data, sync } => peers
-            .write(nid, epoch, oid, offset, data, WriteKind::Overwrite, sync)
+        StoreOp::Write {
+            offset,
+            data,
+            sync,
+            id,
+        } => peers
+            .write(
+                nid,
+                epoch,
+                oid,
+                offset,
+                data,
+                WriteKind::Overwrite,
+                sync,
+                id,
+            )
             .await
             .map(version),
         StoreOp::Read { offset, len } => peers
@@ -267,6 +282,8 @@ async fn write_one(
     copies: u8,
     sync: bool,
 ) -> Result<(), SdResult> {
+    // One id for every attempt: a copy that takes the write twice counts it once.
+    let id = node.writes.next_id();
     with_retries(node, |view| {
         let data = data.clone();
         async move {
@@ -281,12 +298,18 @@ async fn write_one(
             let ops = t.iter().map(|target| {
                 let data = data.clone();
                 let op = match kind {
-                    WriteKind::Overwrite => StoreOp::Write { offset, data, sync },
+                    WriteKind::Overwrite => StoreOp::Write {
+                        offset,
+                        data,
+                        sync,
+                        id,
+                    },
                     WriteKind::Create | WriteKind::CreateIfAbsent => StoreOp::Create {
                         offset,
                         data,
                         sync,
                         keep: kind == WriteKind::CreateIfAbsent,
+                        id,
                     },
                 };
                 one_copy(node, &view, target, oid, op)
@@ -367,6 +390,9 @@ pub struct Writes {
     /// for (start, end, id), and the last id given for it.
     inner: std::sync::Mutex<(u64, InFlight)>,
     released: tokio::sync::Notify,
+    /// Write ids: a base drawn at the first write, and a count.
+    id_base: std::sync::OnceLock<u64>,
+    ids: std::sync::atomic::AtomicU64,
 }
 
 type InFlight = std::collections::HashMap<Oid, (Vec<(u64, u64, u64)>, u64)>;
@@ -381,6 +407,22 @@ pub struct Range<'a> {
 }
 
 impl Writes {
+    /// A new write id, unique to this start of this node (its start time in the high bits).
+    pub fn next_id(&self) -> u64 {
+        let base = *self.id_base.get_or_init(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+            (t << 24) | 1
+        });
+        base.wrapping_add(
+            self.ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_mul(2),
+        )
+    }
+
     pub async fn lock(&self, oid: Oid, start: u64, end: u64) -> Range<'_> {
         let (id, first) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 /// One store operation, the same whether it came over the network or from the local gateway.
 /// `sync`: durable before the answer; otherwise durable at the next flush (FLUSH_PEER).
+/// `id`: the gateway's id of the write (the same on its retries; 0 from older peers), so that
+/// a copy that takes a write again does not count it twice in its version.
 #[derive(Clone)]
 pub enum StoreOp {
     /// Creates the object with `data` at `offset`; if it exists, a plain write, unless
@@ -24,11 +26,13 @@ pub enum StoreOp {
         data: Bytes,
         sync: bool,
         keep: bool,
+        id: u64,
     },
     Write {
         offset: u64,
         data: Bytes,
         sync: bool,
+        id: u64,
     },
     Read {
         offset: u64,
@@ -124,12 +128,18 @@ async fn run(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Don
                 data,
                 sync,
                 keep,
+                id,
             } => store
-                .create_and_write(oid, size, offset, &data, sync, keep)
+                .create_and_write(oid, size, offset, &data, sync, keep, id)
                 .map(Done::version),
-            StoreOp::Write { offset, data, sync } => {
-                store.write(oid, offset, &data, sync).map(Done::version)
-            }
+            StoreOp::Write {
+                offset,
+                data,
+                sync,
+                id,
+            } => store
+                .write_as(oid, offset, &data, sync, id)
+                .map(Done::version),
             StoreOp::Read { offset, len } => store
                 .read(oid, offset, len)
                 .map(|data| Done { data, version: 0 }),
@@ -190,13 +200,20 @@ pub async fn serve(node: &Arc<Node>, hdr: &Header, data: Bytes) -> Result<Done, 
     // CMD_CACHE (the original's writeback flag): the gateway will flush later.
     let sync = !hdr.has_flag(proto::flags::CMD_CACHE);
     let op = match hdr.opcode() {
+        // The write's id travels in cow_oid, which peer writes do not use otherwise.
         opcode::CREATE_AND_WRITE_PEER => StoreOp::Create {
             offset,
             data,
             sync,
             keep: hdr.has_flag(proto::flags::CMD_EXCL),
+            id: hdr.cow_oid(),
         },
-        opcode::WRITE_PEER => StoreOp::Write { offset, data, sync },
+        opcode::WRITE_PEER => StoreOp::Write {
+            offset,
+            data,
+            sync,
+            id: hdr.cow_oid(),
+        },
         opcode::READ_PEER if hdr.has_flag(proto::flags::CMD_RECOVERY) => StoreOp::RecoveryRead {
             offset,
             len: hdr.data_length() as usize,

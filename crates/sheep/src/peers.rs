@@ -233,6 +233,7 @@ impl Peers {
         data: Bytes,
         kind: WriteKind,
         sync: bool,
+        id: u64,
     ) -> Result<u64, SdResult> {
         let mut h = Header::request(match kind {
             WriteKind::Overwrite => opcode::WRITE_PEER,
@@ -246,6 +247,7 @@ impl Peers {
         }
         h.set_epoch(epoch)
             .set_oid(oid.0)
+            .set_cow_oid(id)
             .set_obj_offset(offset)
             .set_data_length(data.len() as u32);
         if !data.is_empty() {
@@ -402,7 +404,8 @@ mod tests {
                 0,
                 Bytes::from_static(b"x"),
                 WriteKind::Overwrite,
-                true
+                true,
+                7
             )
             .await,
             Err(SdResult::OLD_NODE_VER)

@@ -181,6 +181,7 @@ impl Store {
     /// Creates the object (`obj_size` bytes, zero-filled) with `data` at `offset`; if it
     /// exists already, this is a plain write, or nothing with `keep`. With `sync` it is
     /// durable when this returns, else once `sync_all` has run. Returns the copy's version.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_and_write(
         &self,
         oid: Oid,
@@ -189,12 +190,13 @@ impl Store {
         data: &[u8],
         sync: bool,
         keep: bool,
+        id: u64,
     ) -> Result<u64, StoreError> {
         let existing = |s: &Store| {
             if keep {
                 s.version(oid, CURRENT)
             } else {
-                s.write(oid, offset, data, sync)
+                s.write_as(oid, offset, data, sync, id)
             }
         };
         if offset
@@ -218,7 +220,7 @@ impl Store {
             let f = File::create(&tmp).map_err(io("create", &tmp))?;
             f.set_len(obj_size).map_err(io("create", &tmp))?;
             f.write_all_at(data, offset).map_err(io("write", &tmp))?;
-            version::set(&f, &tmp, 1)?;
+            version::set_with_id(&f, &tmp, 1, id)?;
             if sync {
                 self.sync(&f, &tmp)?;
             }
@@ -241,6 +243,18 @@ impl Store {
     /// Overwrites part of an object; durable on return with `sync`, else after `sync_all`.
     /// Returns the copy's version after the write.
     pub fn write(&self, oid: Oid, offset: u64, data: &[u8], sync: bool) -> Result<u64, StoreError> {
+        self.write_as(oid, offset, data, sync, 0)
+    }
+
+    /// `write` of the write `id` (see `version`): sent again, it is not counted again.
+    pub fn write_as(
+        &self,
+        oid: Oid,
+        offset: u64,
+        data: &[u8],
+        sync: bool,
+        id: u64,
+    ) -> Result<u64, StoreError> {
         let path = self.path(oid);
         let f = OpenOptions::new()
             .write(true)
@@ -254,7 +268,7 @@ impl Store {
             return Err(StoreError::OutOfRange);
         }
         f.write_all_at(data, offset).map_err(io("write", &path))?;
-        let v = self.bump(oid, &f, &path)?;
+        let v = self.bump(oid, &f, &path, id)?;
         if sync {
             self.sync(&f, &path)?;
         }
@@ -423,7 +437,7 @@ mod tests {
             s.write(oid(0), 0, b"x", true),
             Err(StoreError::NoObj)
         ));
-        s.create_and_write(oid(0), 4096, 100, b"hello", true, false)
+        s.create_and_write(oid(0), 4096, 100, b"hello", true, false, 0)
             .unwrap();
         assert_eq!(s.read(oid(0), 98, 9).unwrap(), b"\0\0hello\0\0");
         s.write(oid(0), 0, b"ab", false).unwrap();
@@ -436,12 +450,12 @@ mod tests {
             Err(StoreError::OutOfRange)
         ));
         assert!(matches!(
-            s.create_and_write(oid(1), 10, 5, b"toolong", true, false),
+            s.create_and_write(oid(1), 10, 5, b"toolong", true, false, 0),
             Err(StoreError::OutOfRange)
         ));
         assert!(!s.exists(oid(1)));
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"ab");
-        s.create_and_write(oid(0), 4096, 0, b"c", true, false)
+        s.create_and_write(oid(0), 4096, 0, b"c", true, false, 0)
             .unwrap();
         assert_eq!(s.read(oid(0), 0, 2).unwrap(), b"cb");
         assert_eq!(s.list().unwrap(), vec![oid(0)]);
@@ -453,7 +467,7 @@ mod tests {
         assert!(d.path().join("obj/0015d16700000000").exists());
         s.remove(oid(0)).unwrap();
         assert!(matches!(s.remove(oid(0)), Err(StoreError::NoObj)));
-        s.create_and_write(oid(2), 8, 0, b"z", false, false)
+        s.create_and_write(oid(2), 8, 0, b"z", false, false, 0)
             .unwrap();
         s.purge_objects().unwrap();
         assert!(s.list().unwrap().is_empty());
@@ -467,11 +481,12 @@ mod tests {
         // The first create stops between its existence check and its rename.
         fail::cfg("store::create_after_check", "1*pause").unwrap();
         let s2 = s.clone();
-        let first =
-            std::thread::spawn(move || s2.create_and_write(oid(5), 4096, 0, b"AAAA", true, false));
+        let first = std::thread::spawn(move || {
+            s2.create_and_write(oid(5), 4096, 0, b"AAAA", true, false, 0)
+        });
         std::thread::sleep(std::time::Duration::from_millis(200));
         // Meanwhile a second one (the failpoint's one pause is used up) creates the object.
-        s.create_and_write(oid(5), 4096, 100, b"BBBB", true, false)
+        s.create_and_write(oid(5), 4096, 100, b"BBBB", true, false, 0)
             .unwrap();
         fail::remove("store::create_after_check");
         first.join().unwrap().unwrap();
@@ -491,29 +506,35 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path(), true).unwrap();
         assert_eq!(
-            s.create_and_write(oid(1), 4096, 0, b"a", true, false)
+            s.create_and_write(oid(1), 4096, 0, b"a", true, false, 0)
                 .unwrap(),
             1
         );
         assert_eq!(s.write(oid(1), 1, b"b", true).unwrap(), 2);
         assert_eq!(
-            s.create_and_write(oid(1), 4096, 2, b"c", true, false)
+            s.create_and_write(oid(1), 4096, 2, b"c", true, false, 0)
                 .unwrap(),
             3
         );
+        // A write sent again (a gateway's retry, same id) is not counted again.
+        assert_eq!(s.write_as(oid(1), 0, b"a", true, 77).unwrap(), 4);
+        assert_eq!(s.write_as(oid(1), 0, b"a", true, 77).unwrap(), 4);
+        assert_eq!(s.write_as(oid(1), 0, b"a", true, 78).unwrap(), 5);
+        assert_eq!(s.write(oid(1), 1, b"b", true).unwrap(), 6);
+        assert_eq!(s.write(oid(1), 1, b"b", true).unwrap(), 7);
         // Kept as it is: a copy-on-write that came second.
         assert_eq!(
-            s.create_and_write(oid(1), 4096, 0, b"zzz", true, true)
+            s.create_and_write(oid(1), 4096, 0, b"zzz", true, true, 0)
                 .unwrap(),
-            3
+            7
         );
         assert_eq!(s.read(oid(1), 0, 3).unwrap(), b"abc");
-        assert_eq!(s.version(oid(1), CURRENT).unwrap(), 3);
+        assert_eq!(s.version(oid(1), CURRENT).unwrap(), 7);
         s.install(oid(2), &[0u8; 4096], 41).unwrap();
         assert_eq!(s.write(oid(2), 0, b"x", false).unwrap(), 42);
         assert_eq!(
             s.tagged_list().unwrap(),
-            vec![(oid(1), CURRENT, 3), (oid(2), CURRENT, 42)]
+            vec![(oid(1), CURRENT, 7), (oid(2), CURRENT, 42)]
         );
         s.make_stale(oid(2), 7).unwrap();
         assert_eq!(s.best(oid(2)).unwrap(), Some((7, 42)));

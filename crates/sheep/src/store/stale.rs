@@ -185,10 +185,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path(), true).unwrap();
         let a = Oid::data(Vid(7), 1);
-        s.create_and_write(a, 8, 0, b"old", true, false).unwrap();
+        s.create_and_write(a, 8, 0, b"old", true, false, 0).unwrap();
         s.make_stale(a, 3).unwrap();
         assert!(!s.exists(a));
-        s.create_and_write(a, 8, 0, b"newer", true, false).unwrap();
+        s.create_and_write(a, 8, 0, b"newer", true, false, 0)
+            .unwrap();
         s.make_stale(a, 5).unwrap();
         assert_eq!(s.stale_list().unwrap(), vec![(a, 3), (a, 5)]);
         assert_eq!(s.tagged_list().unwrap(), vec![(a, 5, 1)]);
