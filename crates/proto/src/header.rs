@@ -193,6 +193,8 @@ impl Header {
     // Extension of this implementation, in the padding of the original's obj response: the
     // version of the copy (the writes it has taken) after a peer write, or as read.
     field!(rsp_obj_version, set_rsp_obj_version, u64, 32);
+    // Extension, with a recovery read: the id of the last write the copy counted.
+    field!(rsp_obj_last, set_rsp_obj_last, u64, 40);
 
     // Response: vdi.
     field!(rsp_vdi_id, set_rsp_vdi_id, u32, 24);

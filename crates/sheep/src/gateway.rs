@@ -76,8 +76,8 @@ async fn one_copy(
     }
     let (peers, nid, epoch) = (&node.peers, target.nid, view.state.epoch);
     let version = |version| Done {
-        data: Vec::new(),
         version,
+        ..Done::default()
     };
     match op {
         StoreOp::Create {
@@ -115,10 +115,15 @@ async fn one_copy(
             )
             .await
             .map(version),
-        StoreOp::Read { offset, len } => peers
-            .read(nid, epoch, oid, offset, len)
-            .await
-            .map(|data| Done { data, version: 0 }),
+        StoreOp::Read { offset, len } => {
+            peers
+                .read(nid, epoch, oid, offset, len)
+                .await
+                .map(|data| Done {
+                    data,
+                    ..Done::default()
+                })
+        }
         StoreOp::RecoveryRead { .. } => Err(SdResult::INVALID_PARMS),
         StoreOp::Remove => peers.remove(nid, epoch, oid).await.map(|_| Done::default()),
     }

@@ -434,7 +434,8 @@ async fn run(
         | opcode::WRITE_PEER
         | opcode::REMOVE_PEER => {
             let done = peer::serve(node, req, data).await?;
-            rsp.set_rsp_obj_version(done.version);
+            rsp.set_rsp_obj_version(done.version)
+                .set_rsp_obj_last(done.last);
             Ok(done.data)
         }
         _ => Err(SdResult::INVALID_PARMS),

@@ -57,13 +57,15 @@ fn err(e: StoreError) -> SdResult {
 pub struct Done {
     pub data: Vec<u8>,
     pub version: u64,
+    /// With a recovery read: the id of the last write the copy counted.
+    pub last: u64,
 }
 
 impl Done {
     fn version(version: u64) -> Done {
         Done {
-            data: Vec::new(),
             version,
+            ..Done::default()
         }
     }
 }
@@ -140,18 +142,20 @@ async fn run(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Result<Don
             } => store
                 .write_as(oid, offset, &data, sync, id)
                 .map(Done::version),
-            StoreOp::Read { offset, len } => store
-                .read(oid, offset, len)
-                .map(|data| Done { data, version: 0 }),
+            StoreOp::Read { offset, len } => store.read(oid, offset, len).map(|data| Done {
+                data,
+                ..Done::default()
+            }),
             StoreOp::RecoveryRead { offset, len, tag } => {
                 // The version the bytes belong to: unchanged across the read, else again.
                 for _ in 0..3 {
-                    let before = store.version(oid, tag)?;
+                    let before = store.stamp(oid, tag)?;
                     let data = store.read_tagged(oid, tag, offset, len)?;
-                    if store.version(oid, tag)? == before {
+                    if store.stamp(oid, tag)? == before {
                         return Ok(Done {
                             data,
-                            version: before,
+                            version: before.0,
+                            last: before.1,
                         });
                     }
                 }

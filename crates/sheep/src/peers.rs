@@ -198,7 +198,7 @@ impl Peers {
     }
 
     /// READ_PEER for recovery: of the copy tagged `tag` (current, or a stale epoch), with the
-    /// version of the copy the bytes were read from.
+    /// version of the copy the bytes were read from and the id of its last write counted.
     pub async fn read_tagged(
         &self,
         nid: NodeId,
@@ -207,7 +207,7 @@ impl Peers {
         tag: u32,
         offset: u64,
         len: usize,
-    ) -> Result<(Vec<u8>, u64), SdResult> {
+    ) -> Result<(Vec<u8>, u64, u64), SdResult> {
         let mut h = Header::request(opcode::READ_PEER);
         h.set_epoch(epoch)
             .set_flags(flags::CMD_RECOVERY)
@@ -216,8 +216,8 @@ impl Peers {
             .set_obj_offset(offset)
             .set_data_length(len as u32);
         let r = self.checked(nid, h, len, self.io_timeout).await?;
-        let version = r.header.rsp_obj_version();
-        Ok((r.data, version))
+        let (version, last) = (r.header.rsp_obj_version(), r.header.rsp_obj_last());
+        Ok((r.data, version, last))
     }
 
     /// WRITE_PEER, or CREATE_AND_WRITE_PEER, of `data` at `offset`; durable on the peer

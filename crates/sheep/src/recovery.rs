@@ -449,16 +449,20 @@ async fn fetch(
             read_remote(node, view, nid, oid, tag, size).await
         };
         match copy {
-            Ok((data, version)) => return install(node, oid, data, version).await,
+            Ok((data, stamp)) => return install(node, oid, data, stamp).await,
             Err(e) => last = e,
         }
     }
     Err(last)
 }
 
-async fn install(node: &Arc<Node>, oid: Oid, data: Vec<u8>, version: u64) -> Result<(), SdResult> {
+/// A copy's version and the id of the last write it counted, carried to where it is
+/// installed: the write in flight that it already holds is then not counted twice there.
+type Stamp = (u64, u64);
+
+async fn install(node: &Arc<Node>, oid: Oid, data: Vec<u8>, stamp: Stamp) -> Result<(), SdResult> {
     let store = node.store.clone();
-    tokio::task::spawn_blocking(move || store.install(oid, &data, version))
+    tokio::task::spawn_blocking(move || store.install(oid, &data, stamp))
         .await
         .map_err(|_| SdResult::EIO)?
         .map_err(|e| e.result())
@@ -476,23 +480,23 @@ pub async fn repair(node: &Arc<Node>, view: &View, oid: Oid, from: NodeId) -> Re
     }
     let _g = node.recovery.stripe(oid).write().await;
     let size = node.object_size(view, oid) as usize;
-    let (data, version) = read_remote(node, view, from, oid, CURRENT, size).await?;
+    let (data, stamp) = read_remote(node, view, from, oid, CURRENT, size).await?;
     fail::fail_point!("recovery::repair_before_install");
-    install(node, oid, data, version).await
+    install(node, oid, data, stamp).await
 }
 
-/// This node's own copy tagged `tag` of `oid`, whole, with its version.
+/// This node's own copy tagged `tag` of `oid`, whole, with its stamp.
 async fn read_own(
     node: &Arc<Node>,
     oid: Oid,
     tag: u32,
     size: usize,
-) -> Result<(Vec<u8>, u64), SdResult> {
+) -> Result<(Vec<u8>, Stamp), SdResult> {
     let store = node.store.clone();
     tokio::task::spawn_blocking(
-        move || -> Result<(Vec<u8>, u64), crate::store::StoreError> {
-            let v = store.version(oid, tag)?;
-            Ok((store.read_tagged(oid, tag, 0, size)?, v))
+        move || -> Result<(Vec<u8>, Stamp), crate::store::StoreError> {
+            let stamp = store.stamp(oid, tag)?;
+            Ok((store.read_tagged(oid, tag, 0, size)?, stamp))
         },
     )
     .await
@@ -500,8 +504,8 @@ async fn read_own(
     .map_err(|e| e.result())
 }
 
-/// Reads the whole copy tagged `tag` of `oid` from `nid`, in pieces, with its version (the
-/// same for every piece, else the copy changed meanwhile and it is read again later).
+/// Reads the whole copy tagged `tag` of `oid` from `nid`, in pieces, with its stamp (the same
+/// for every piece, else the copy changed meanwhile and it is read again later).
 async fn read_remote(
     node: &Arc<Node>,
     view: &View,
@@ -509,22 +513,22 @@ async fn read_remote(
     oid: Oid,
     tag: u32,
     size: usize,
-) -> Result<(Vec<u8>, u64), SdResult> {
+) -> Result<(Vec<u8>, Stamp), SdResult> {
     let mut out = Vec::with_capacity(size);
-    let mut version = None;
+    let mut stamp = None;
     while out.len() < size {
         let n = (size - out.len()).min(FETCH_CHUNK);
         let at = out.len() as u64;
-        let (piece, v) = node
+        let (piece, v, last) = node
             .peers
             .read_tagged(nid, view.state.epoch, oid, tag, at, n)
             .await?;
-        if *version.get_or_insert(v) != v {
+        if *stamp.get_or_insert((v, last)) != (v, last) {
             return Err(SdResult::NETWORK_ERROR);
         }
         out.extend_from_slice(&piece);
     }
-    Ok((out, version.unwrap_or(0)))
+    Ok((out, stamp.unwrap_or((0, 0))))
 }
 
 #[cfg(test)]

@@ -530,7 +530,7 @@ mod tests {
         );
         assert_eq!(s.read(oid(1), 0, 3).unwrap(), b"abc");
         assert_eq!(s.version(oid(1), CURRENT).unwrap(), 7);
-        s.install(oid(2), &[0u8; 4096], 41).unwrap();
+        s.install(oid(2), &[0u8; 4096], (41, 0)).unwrap();
         assert_eq!(s.write(oid(2), 0, b"x", false).unwrap(), 42);
         assert_eq!(
             s.tagged_list().unwrap(),

@@ -126,9 +126,9 @@ impl Store {
         std::fs::rename(&from, &to).map_err(io("rename", &from))
     }
 
-    /// Installs a whole recovered object as the current copy, durably, with the version of
-    /// the copy it came from.
-    pub fn install(&self, oid: Oid, data: &[u8], version: u64) -> Result<(), StoreError> {
+    /// Installs a whole recovered object as the current copy, durably, with the version (and
+    /// the last write id) of the copy it came from.
+    pub fn install(&self, oid: Oid, data: &[u8], stamp: (u64, u64)) -> Result<(), StoreError> {
         let path = self.path(oid);
         let tmp = path.with_extension(format!(
             "tmp{}",
@@ -138,7 +138,7 @@ impl Store {
         let result = (|| {
             let f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
             std::os::unix::fs::FileExt::write_all_at(&f, data, 0).map_err(io("write", &tmp))?;
-            super::version::set(&f, &tmp, version)?;
+            super::version::set_with_id(&f, &tmp, stamp.0, stamp.1)?;
             f.sync_all().map_err(io("sync", &tmp))?;
             std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
             self.sync_dir(&self.obj)
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(s.best(a).unwrap(), Some((5, 1)));
         assert_eq!(s.read_tagged(a, 5, 0, 5).unwrap(), b"newer");
         assert_eq!(s.read_tagged(a, 3, 0, 3).unwrap(), b"old");
-        s.install(a, b"current!", 9).unwrap();
+        s.install(a, b"current!", (9, 0)).unwrap();
         assert_eq!(s.best(a).unwrap(), Some((CURRENT, 9)));
         assert_eq!(
             s.list().unwrap(),

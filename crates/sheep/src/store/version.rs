@@ -18,12 +18,8 @@ const NAME: &[u8] = b"user.sheepdog.version\0";
 /// Locks (by oid hash) that make an increment atomic against concurrent writes of one object.
 pub(super) const STRIPES: usize = 64;
 
-pub(super) fn get(f: &File, path: &Path) -> Result<u64, StoreError> {
-    get_with_id(f, path).map(|(v, _)| v)
-}
-
 /// The version and the id of the last write counted.
-fn get_with_id(f: &File, path: &Path) -> Result<(u64, u64), StoreError> {
+pub(super) fn get_with_id(f: &File, path: &Path) -> Result<(u64, u64), StoreError> {
     let mut b = [0u8; 16];
     // SAFETY: a valid fd, a NUL-terminated name and a buffer of the length given.
     let n = unsafe {
@@ -52,10 +48,6 @@ fn get_with_id(f: &File, path: &Path) -> Result<(u64, u64), StoreError> {
         // A damaged attribute: the copy counts as the oldest.
         _ => Ok((0, 0)),
     }
-}
-
-pub(super) fn set(f: &File, path: &Path, v: u64) -> Result<(), StoreError> {
-    set_with_id(f, path, v, 0)
 }
 
 pub(super) fn set_with_id(f: &File, path: &Path, v: u64, id: u64) -> Result<(), StoreError> {
@@ -104,8 +96,13 @@ impl Store {
 
     /// The version of the current copy of `oid`, or of its stale copy tagged `tag`.
     pub fn version(&self, oid: proto::Oid, tag: u32) -> Result<u64, StoreError> {
+        self.stamp(oid, tag).map(|(v, _)| v)
+    }
+
+    /// The version of that copy and the id of the last write it counted.
+    pub fn stamp(&self, oid: proto::Oid, tag: u32) -> Result<(u64, u64), StoreError> {
         let p = self.tagged_path(oid, tag);
         let f = File::open(&p).map_err(io("open", &p))?;
-        get(&f, &p)
+        get_with_id(&f, &p)
     }
 }
