@@ -134,14 +134,7 @@ fn online_snapshots_keep_writes_that_race_them() {
         qemu_io(&c.nbd_uri(i, "Alice"), &reads, true);
     }
     // And after a restart of the whole cluster, from what is on disk.
-    c.dog_ok(0, &["cluster", "shutdown"]);
-    for i in 0..3 {
-        c.wait_exit(i);
-    }
-    for i in 0..3 {
-        c.restart(i);
-    }
-    c.wait_members(3);
+    c.restart_all();
     for i in 0..3 {
         qemu_io(&c.nbd_uri(i, "Alice"), &reads, true);
     }

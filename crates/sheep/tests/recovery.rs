@@ -95,14 +95,7 @@ fn nodes_die_join_and_come_back_and_no_byte_is_lost() {
     }
 
     // The whole cluster stops and comes back with every byte.
-    c.dog_ok(0, &["cluster", "shutdown"]);
-    for i in 0..5 {
-        c.wait_exit(i);
-    }
-    for i in 0..5 {
-        c.restart(i);
-    }
-    c.wait_members(5);
+    c.restart_all();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let o = c.dog(3, &["vdi", "read", "Alice", "0", "48M"]);
@@ -375,14 +368,7 @@ fn a_recovery_cut_short_by_a_shutdown_goes_on_after_the_restart() {
     std::thread::sleep(Duration::from_millis(1500));
     let busy = (0..3).any(|i| !c.dog(i, &["node", "recovery", "-r"]).stdout.is_empty());
     assert!(busy, "recovery ended before the shutdown");
-    c.dog_ok(0, &["cluster", "shutdown"]);
-    for i in 0..3 {
-        c.wait_exit(i);
-    }
-    for i in 0..3 {
-        c.restart(i);
-    }
-    c.wait_members(3);
+    c.restart_all();
     wait_recovered(&c, 3);
     for i in 0..3 {
         assert!(read_all(&c, i, "40M") == data, "node {i}");

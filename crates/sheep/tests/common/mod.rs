@@ -187,6 +187,22 @@ impl Cluster {
         self.nodes[i].child = None;
     }
 
+    /// `dog cluster shutdown` through node 0, then every node that was running started
+    /// again on its store; returns once all of them are members.
+    pub fn restart_all(&mut self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
+        self.dog_ok(0, &["cluster", "shutdown"]);
+        for &i in &running {
+            self.wait_exit(i);
+        }
+        for &i in &running {
+            self.restart(i);
+        }
+        self.wait_members(running.len());
+    }
+
     /// kill -9 node `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
