@@ -12,13 +12,28 @@
 use proto::SdResult;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// A drain that waits longer than this says what it waits for.
+const SLOW_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Inner {
     frozen: BTreeSet<u32>,
-    active: HashMap<u32, usize>,
+    /// Per VDI, the tickets out: their number and when each was taken.
+    active: HashMap<u32, HashMap<u64, Instant>>,
+    next: u64,
+}
+
+impl Inner {
+    /// How many writes to `vid` are in flight and how long the oldest has run.
+    fn in_flight(&self, vid: u32) -> (usize, Duration) {
+        self.active.get(&vid).map_or((0, Duration::ZERO), |t| {
+            let oldest = t.values().min().map_or(Duration::ZERO, |s| s.elapsed());
+            (t.len(), oldest)
+        })
+    }
 }
 
 pub struct Admission {
@@ -40,15 +55,20 @@ impl Default for Admission {
 pub struct Ticket<'a> {
     adm: &'a Admission,
     vid: u32,
+    id: u64,
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         let last = {
             let mut g = self.adm.lock();
-            let n = g.active.entry(self.vid).or_insert(1);
-            *n -= 1;
-            let last = *n == 0;
+            let last = match g.active.get_mut(&self.vid) {
+                Some(t) => {
+                    t.remove(&self.id);
+                    t.is_empty()
+                }
+                None => false,
+            };
             if last {
                 g.active.remove(&self.vid);
             }
@@ -92,8 +112,10 @@ impl Admission {
         if g.frozen.contains(&vid) {
             return None;
         }
-        *g.active.entry(vid).or_insert(0) += 1;
-        Some(Ticket { adm: self, vid })
+        g.next += 1;
+        let id = g.next;
+        g.active.entry(vid).or_default().insert(id, Instant::now());
+        Some(Ticket { adm: self, vid, id })
     }
 
     /// A ticket for `vid`, waiting (at most `max`) while it is frozen.
@@ -133,19 +155,36 @@ impl Admission {
 
     /// Waits (at most `max`) until no write to `vid` is in flight here; false on timeout.
     pub async fn drain(&self, vid: u32, max: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + max;
+        let start = tokio::time::Instant::now();
+        let deadline = start + max;
+        let mut said = false;
         loop {
             let w = self.waiter();
             if !self.lock().active.contains_key(&vid) {
+                if said {
+                    tracing::info!("writes to {vid:x} drained in {:?}", start.elapsed());
+                }
                 return true;
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                let n = self.lock().active.get(&vid).copied().unwrap_or(0);
-                tracing::warn!("{n} writes to {vid:x} still in flight after {max:?}");
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                let (n, oldest) = self.lock().in_flight(vid);
+                tracing::warn!(
+                    "{n} writes to {vid:x} still in flight after {max:?} (the oldest for {oldest:?})"
+                );
                 return false;
             }
-            w.wait(left).await;
+            let slow = start + SLOW_DRAIN;
+            if !said && now >= slow {
+                said = true;
+                let (n, oldest) = self.lock().in_flight(vid);
+                tracing::info!(
+                    "draining writes to {vid:x}: {n} in flight after {SLOW_DRAIN:?} (the oldest \
+                     for {oldest:?})"
+                );
+            }
+            let until = if said { deadline } else { deadline.min(slow) };
+            w.wait(until - now).await;
         }
     }
 }

@@ -17,6 +17,8 @@ use std::time::Duration;
 /// that stops answering is out of the membership well before that).
 const RETRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// A request that takes longer than this says so in the log, with why it was retried.
+const SLOW: Duration = Duration::from_secs(2);
 
 fn retryable(r: SdResult) -> bool {
     matches!(
@@ -135,18 +137,30 @@ where
     F: FnMut(View) -> Fut,
     Fut: std::future::Future<Output = Result<T, SdResult>>,
 {
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let start = tokio::time::Instant::now();
+    let deadline = start + RETRY_FOR;
+    let mut retries = Vec::new();
     loop {
         let view = node.gate(false)?;
+        let epoch = view.state.epoch;
         match attempt(view).await {
             Err(e) if retryable(e) && tokio::time::Instant::now() < deadline => {
+                retries.push((epoch, e));
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Err(e) if retryable(e) => {
                 tracing::warn!("a request gave up after {RETRY_FOR:?} of membership changes: {e}");
                 return Err(SdResult::EIO);
             }
-            other => return other,
+            other => {
+                if start.elapsed() >= SLOW {
+                    tracing::info!(
+                        "a request took {:?} (retries at epochs: {retries:?})",
+                        start.elapsed()
+                    );
+                }
+                return other;
+            }
         }
     }
 }

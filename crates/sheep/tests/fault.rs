@@ -1,7 +1,7 @@
 //! The fault checker: a writer sends random writes with unique bytes through one node (the
 //! gateway) over NBD and keeps a shadow of every acknowledged write, while a nemesis kills -9
-//! and restarts other nodes, takes online snapshots through other nodes and restarts the
-//! whole cluster. After every step the writer pauses, flushes, and every block of the VDI is
+//! and restarts other nodes, takes online snapshots through other nodes (and deletes the
+//! older ones) and restarts the whole cluster. After every step the writer pauses, flushes, and every block of the VDI is
 //! compared with the shadow through every running node.
 //!
 //! Every 4 KiB block written carries a header (magic, write id, block index) and bytes derived
@@ -10,7 +10,9 @@
 //!
 //! Knobs (environment): FAULT_SEED (printed), FAULT_CYCLES, FAULT_SECS (wall-time bound on
 //! the cycles), FAULT_VDI_MB, FAULT_TASKS (writes in flight), FAULT_MAX_WRITE_KB,
-//! FAULT_IO_TIMEOUT (seconds), FAULT_ALLOW_ERRORS (client errors reported, not fatal).
+//! FAULT_IO_TIMEOUT (seconds), FAULT_ALLOW_ERRORS (client errors reported, not fatal),
+//! FAULT_STEPS (a comma list of kill1, kill2, snapshot, restart: each cycle runs those steps
+//! in that order instead of the random mix, to repeat one sequence).
 //! `bench/soak.sh` runs the long form.
 
 mod common;
@@ -45,6 +47,8 @@ struct Config {
     max_write_blocks: u64,
     io_timeout: Duration,
     allow_errors: bool,
+    /// Each cycle's steps, in order; None: the random mix.
+    steps: Option<Vec<Step>>,
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -77,6 +81,17 @@ impl Config {
             max_write_blocks: (env_u64("FAULT_MAX_WRITE_KB", 64) / 4).clamp(1, 8192),
             io_timeout: Duration::from_secs(env_u64("FAULT_IO_TIMEOUT", 60)),
             allow_errors: std::env::var_os("FAULT_ALLOW_ERRORS").is_some(),
+            steps: std::env::var("FAULT_STEPS").ok().map(|v| {
+                v.split(',')
+                    .map(|s| match s.trim() {
+                        "kill1" => Step::KillOne,
+                        "kill2" => Step::KillTwo,
+                        "snapshot" => Step::Snapshot,
+                        "restart" => Step::Restart,
+                        other => panic!("FAULT_STEPS: unknown step {other:?}"),
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -806,6 +821,9 @@ struct Run {
     t: Tally,
     /// Write stalls of the steps that change membership.
     stalls: Vec<Duration>,
+    /// How long each snapshot took, and the writer's longest write during each snapshot step.
+    snapshot_times: Vec<Duration>,
+    snapshot_stalls: Vec<Duration>,
     steps: u64,
     snapshots: u64,
     /// Snapshots still checked after each whole-cluster restart: (export, what it may hold).
@@ -847,6 +865,8 @@ impl Run {
             rng: Rng::new(cfg.seed),
             t: Tally::default(),
             stalls: Vec::new(),
+            snapshot_times: Vec::new(),
+            snapshot_stalls: Vec::new(),
             steps: 0,
             snapshots: 0,
             snaps: Vec::new(),
@@ -859,6 +879,17 @@ impl Run {
 
     fn cfg(&self) -> &Config {
         &self.w.cfg
+    }
+
+    /// Writes whose copies disagreed and were healed before the acknowledgement, from every
+    /// node's log (a heal costs time, never data: this says how often copies diverged).
+    fn heals(&self) -> usize {
+        self.c
+            .nodes
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(n.dir.join("sheep.log")).ok())
+            .map(|log| log.matches("disagree (versions").count())
+            .sum()
     }
 
     /// Lets the writer run for lo..=hi ms.
@@ -990,11 +1021,19 @@ impl Run {
         );
         self.w.shadow.lock().unwrap().end_snapshot(&mut accept);
         let took = t0.elapsed();
+        self.snapshot_times.push(took);
         match r {
             Ok(_) => {
                 self.snaps.push((format!("{EXPORT}@{tag}"), accept));
                 if self.snaps.len() > self.keep_snaps {
-                    self.snaps.remove(0);
+                    // The oldest is deleted while the writer runs (what the working VDI still
+                    // shares with it must stay), which also bounds a long soak's disk use.
+                    let (old, _) = self.snaps.remove(0);
+                    let old_tag = old.rsplit('@').next().unwrap_or_default().to_string();
+                    let del = ["vdi", "delete", "-s", old_tag.as_str(), EXPORT];
+                    if let Err(e) = dog_within(&self.c, node, &del, Duration::from_secs(60)) {
+                        self.nemesis_errors.push(e);
+                    }
                 }
             }
             Err(e) => self.nemesis_errors.push(e),
@@ -1068,6 +1107,9 @@ impl Run {
         if matches!(step, Step::KillOne | Step::KillTwo) {
             self.stalls.push(win.max_latency);
         }
+        if step == Step::Snapshot {
+            self.snapshot_stalls.push(win.max_latency);
+        }
         say!(
             self,
             "  writer: writes={} errors={} max_latency={}ms max_ack_gap={}ms",
@@ -1085,17 +1127,18 @@ impl Run {
             t.join().expect("writer thread");
         }
         let s = self.w.stats.lock().unwrap();
-        let mut stalls: Vec<u128> = self.stalls.iter().map(|d| d.as_millis()).collect();
-        stalls.sort();
-        let median = stalls.get(stalls.len() / 2).copied().unwrap_or(0);
-        let max = stalls.last().copied().unwrap_or(0);
+        let (median, max) = median_max(&self.stalls);
+        let (snap_median, snap_max) = median_max(&self.snapshot_times);
+        let (_, snap_stall_max) = median_max(&self.snapshot_stalls);
+        let heals = self.heals();
         let t = &self.t;
         let client_errors = s.write_errors + t.read_errors + self.flush_errors;
         println!(
             "cycles={cycles} blocks_checked={} lost={} wrong={} client_errors={client_errors} \
-             stall_ms_median={median} stall_ms_max={max} writes={} written_mb={} \
-             write_errors={} read_errors={} flush_errors={} nemesis_errors={} snapshots={} \
-             seed={} secs={:.0} test={}",
+             stall_ms_median={median} stall_ms_max={max} snapshot_ms_median={snap_median} \
+             snapshot_ms_max={snap_max} snapshot_stall_ms_max={snap_stall_max} heals={heals} \
+             writes={} written_mb={} write_errors={} read_errors={} flush_errors={} \
+             nemesis_errors={} snapshots={} seed={} secs={:.0} test={}",
             t.checked,
             t.lost,
             t.wrong,
@@ -1159,6 +1202,16 @@ impl Run {
     }
 }
 
+/// Median and maximum, in milliseconds.
+fn median_max(d: &[Duration]) -> (u128, u128) {
+    let mut ms: Vec<u128> = d.iter().map(|d| d.as_millis()).collect();
+    ms.sort();
+    (
+        ms.get(ms.len() / 2).copied().unwrap_or(0),
+        ms.last().copied().unwrap_or(0),
+    )
+}
+
 /// The fault checker: FAULT_CYCLES cycles (bounded by FAULT_SECS) of kill -9 of one node,
 /// of two nodes at once and an online snapshot in random order, and every third cycle a
 /// whole-cluster restart.
@@ -1170,6 +1223,13 @@ fn acknowledged_writes_survive_kills_snapshots_and_restarts() {
     run.step(Step::Steady);
     let mut done = 0;
     while done < cycles && run.started.elapsed() < Duration::from_secs(secs) {
+        if let Some(steps) = run.cfg().steps.clone() {
+            for s in steps {
+                run.step(s);
+            }
+            done += 1;
+            continue;
+        }
         let mut steps = [Step::KillOne, Step::KillTwo, Step::Snapshot];
         for i in (1..steps.len()).rev() {
             let j = run.rng.below(i as u64 + 1) as usize;
