@@ -16,11 +16,21 @@ The cluster may need to be force recovered if:\n  \
 - some nodes fail to start after a cluster shutdown.\n\n\
 Are you sure you want to continue? [yes/no]: ";
 
-/// STAT_RECOVERY of one node: (in recovery, finished, total).
-async fn stat(n: &proto::SdNode) -> Result<(bool, u64, u64), String> {
+/// What STAT_RECOVERY says of one node.
+struct Stat {
+    running: bool,
+    done: u64,
+    total: u64,
+    /// Why it is not done yet, if the node says (this sheep appends it to the original's
+    /// 24-byte `struct recovery_state` for a reader that asks for more).
+    problem: Option<String>,
+}
+
+/// STAT_RECOVERY of one node.
+async fn stat(n: &proto::SdNode) -> Result<Stat, String> {
     let s = Sheep::connect_node(&n.nid).await.map_err(|f| f.msg)?;
     let r = s
-        .read(Header::request(opcode::STAT_RECOVERY), 24)
+        .read(Header::request(opcode::STAT_RECOVERY), 256)
         .await
         .map_err(|f| f.msg)?;
     if r.result() != SdResult::SUCCESS || r.data.len() < 24 {
@@ -31,7 +41,13 @@ async fn stat(n: &proto::SdNode) -> Result<(bool, u64, u64), String> {
         a.copy_from_slice(&r.data[o..o + 8]);
         u64::from_le_bytes(a)
     };
-    Ok((r.data[0] != 0, u64_at(8), u64_at(16)))
+    let problem = proto::cstr_bytes(&r.data[24..]);
+    Ok(Stat {
+        running: r.data[0] != 0,
+        done: u64_at(8),
+        total: u64_at(16),
+        problem: (!problem.is_empty()).then(|| String::from_utf8_lossy(problem).into_owned()),
+    })
 }
 
 /// Percentage done, as the original prints it.
@@ -60,7 +76,7 @@ pub async fn node_recovery(ctx: &Ctx<'_>) -> Res<()> {
     let mut rows = Vec::new();
     for (i, n) in nl.nodes.iter().enumerate() {
         match stat(n).await {
-            Ok((true, done, total)) => rows.push((i, n, done, total)),
+            Ok(s) if s.running => rows.push((i, n, s)),
             Ok(_) => {}
             Err(msg) => errln!("{msg}"),
         }
@@ -68,12 +84,13 @@ pub async fn node_recovery(ctx: &Ctx<'_>) -> Res<()> {
     if o.json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(i, n, done, total)| {
+            .map(|(i, n, s)| {
                 json!({
                     "id": i,
                     "address": fmt::addr(&n.nid.addr, n.nid.port),
-                    "finished": done,
-                    "total": total,
+                    "finished": s.done,
+                    "total": s.total,
+                    "problem": s.problem,
                 })
             })
             .collect();
@@ -84,12 +101,26 @@ pub async fn node_recovery(ctx: &Ctx<'_>) -> Res<()> {
         outln!("Nodes In Recovery:");
         outln!("  Id   Host:Port         V-Nodes       Zone       Progress");
     }
-    for (i, n, done, total) in rows {
+    for (i, n, s) in &rows {
         let host = fmt::addr(&n.nid.addr, n.nid.port);
         outln!(
             "{}",
-            row(i, &host, n.nr_vnodes, n.zone, percent(done, total), o.raw)
+            row(
+                *i,
+                &host,
+                n.nr_vnodes,
+                n.zone,
+                percent(s.done, s.total),
+                o.raw
+            )
         );
+    }
+    // Below the original's table: why a node's recovery is not done yet.
+    for (i, n, s) in &rows {
+        if let Some(p) = &s.problem {
+            let host = fmt::addr(&n.nid.addr, n.nid.port);
+            outln!("Node {i} ({host}): {p}");
+        }
     }
     Ok(())
 }

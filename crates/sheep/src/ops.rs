@@ -277,7 +277,18 @@ async fn run(
         opcode::STAT_CLUSTER => stat_cluster(node, req, rsp),
         opcode::STAT_RECOVERY => {
             node.gate(false)?;
-            Ok(node.recovery.progress().encode())
+            let progress = node.recovery.progress();
+            let mut b = progress.encode();
+            // Past `struct recovery_state`, for a reader that asks for more: why a running
+            // recovery is not done yet (NUL-terminated text).
+            let room = (req.data_length() as usize).saturating_sub(b.len() + 1);
+            if let Some(why) = node.recovery.problem().filter(|_| progress.running) {
+                if room > 0 {
+                    b.extend(why.bytes().take(room));
+                    b.push(0);
+                }
+            }
+            Ok(b)
         }
         opcode::ENABLE_RECOVER | opcode::DISABLE_RECOVER => {
             node.gate(false)?;

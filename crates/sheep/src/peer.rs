@@ -78,6 +78,9 @@ pub async fn local(node: &Arc<Node>, view: &View, oid: Oid, op: StoreOp) -> Resu
     if !node.settled(view.state.epoch).await {
         return Err(SdResult::NEW_NODE_VER);
     }
+    if !matches!(op, StoreOp::RecoveryRead { .. }) {
+        node.recovery.client_io();
+    }
     let fetchable = matches!(op, StoreOp::Read { .. } | StoreOp::Write { .. });
     let retry = if fetchable { Some(op.clone()) } else { None };
     match (guarded(node, view, oid, op).await, retry) {

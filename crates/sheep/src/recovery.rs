@@ -2,7 +2,11 @@
 //! new epoch. Each node works out which objects it must now hold, fetches the ones it lacks
 //! from whichever node has the best copy (a current copy, else the stale copy that was current
 //! most recently), and tells the cluster when it is done; once every node is done, stale copies
-//! are purged. An object a request needs before its turn is recovered at once.
+//! are purged. An object a request needs before its turn is recovered at once. What to fetch
+//! is worked out by a pure function of the gathered lists (`plan`); a run reports done only
+//! when every list was had, every fetch succeeded and a fresh look at its own store finds
+//! nothing left to fetch. Client I/O goes first: recovery rests after each batch of fetches
+//! during which clients used this node's copies.
 //!
 //! Invariant: `obj/` holds only current copies. At each new epoch, a node moves the objects the
 //! ring no longer gives it into the stale area (tagged with the last epoch they were current
@@ -11,14 +15,16 @@
 //! Owns: working out and fetching what is missing, progress, throttling. Never: serving client
 //! requests (it is called from the peer path only to fetch an object first).
 
+mod plan;
+
 use crate::cluster::state::{ClusterState, Message};
 use crate::node::{Node, View};
 use crate::store::CURRENT;
 use futures::future::join_all;
+use plan::{Holder, Lists};
 use proto::node::NodeId;
 use proto::oid::OidKind;
 use proto::{Oid, SdResult};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +38,11 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Objects fetched at once by default.
 const DEFAULT_MAX_EXEC: u32 = 8;
+/// Client I/O goes first: after a batch of fetches during which clients did I/O on this
+/// node, recovery rests this many times as long as the batch took (it then takes about a
+/// third of the time it would alone), at most `MAX_REST`.
+const TRANQUILITY: u32 = 2;
+const MAX_REST: Duration = Duration::from_secs(2);
 
 /// What `dog node recovery` shows (the original's `struct recovery_state`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +68,9 @@ impl Progress {
 
 pub struct Recovery {
     progress: Mutex<Progress>,
+    /// Why the running recovery is not done yet, when a try of it failed (`dog node
+    /// recovery` shows it).
+    problem: Mutex<Option<String>>,
     /// Held by the running recovery: the next epoch's waits until the previous one's fetches
     /// in flight are done, so none of them lands after the next one has swept.
     running: tokio::sync::Mutex<()>,
@@ -68,16 +82,20 @@ pub struct Recovery {
     max_exec: AtomicU32,
     /// Pause between two fetches, in milliseconds (0: none).
     interval_ms: AtomicU64,
+    /// Client reads and writes on this node's copies so far (recovery yields to them).
+    client_ops: AtomicU64,
 }
 
 impl Default for Recovery {
     fn default() -> Self {
         Recovery {
             progress: Mutex::new(Progress::default()),
+            problem: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
             stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
             max_exec: AtomicU32::new(DEFAULT_MAX_EXEC),
             interval_ms: AtomicU64::new(0),
+            client_ops: AtomicU64::new(0),
         }
     }
 }
@@ -89,6 +107,23 @@ impl Recovery {
 
     fn set_progress(&self, f: impl FnOnce(&mut Progress)) {
         f(&mut self.progress.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A client read or write reached one of this node's copies.
+    pub fn client_io(&self) {
+        self.client_ops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Why the running recovery is not done, if a try of it failed.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_problem(&self, p: impl Into<Option<String>>) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = p.into();
     }
 
     /// (objects fetched at once, pause between fetches in ms).
@@ -182,6 +217,7 @@ pub async fn new_epoch(node: &Arc<Node>, prev: &ClusterState, view: &View) -> an
 
 /// Starts the background recovery of `epoch`.
 pub fn start(node: &Arc<Node>, epoch: u32) {
+    node.recovery.set_problem(None);
     node.recovery.set_progress(|p| {
         *p = Progress {
             epoch,
@@ -196,6 +232,7 @@ pub fn start(node: &Arc<Node>, epoch: u32) {
         loop {
             match run(&node, epoch).await {
                 Ok(true) => {
+                    node.recovery.set_problem(None);
                     node.recovery.set_progress(|p| p.running = false);
                     tracing::info!("epoch {epoch}: recovery done");
                     let msg = Message::RecoveryDone {
@@ -217,6 +254,9 @@ pub fn start(node: &Arc<Node>, epoch: u32) {
                     tracing::warn!(
                         "epoch {epoch}: recovery incomplete ({e}); again in {backoff:?}"
                     );
+                    if node.recovery.problem().is_none() {
+                        node.recovery.set_problem(format!("incomplete: {e}"));
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_MAX);
                     if node.epoch() != epoch || node.stopping.load(Ordering::Relaxed) {
@@ -230,7 +270,7 @@ pub fn start(node: &Arc<Node>, epoch: u32) {
 
 /// Every copy each member of the epoch has: oid -> [(node, tag, version)]. Every list or none: a
 /// member whose list cannot be had fails the whole gathering, as what it holds is unknown.
-async fn gather(node: &Arc<Node>, view: &View) -> Result<BTreeMap<Oid, Vec<Holder>>, SdResult> {
+async fn gather(node: &Arc<Node>, view: &View) -> Result<Lists, SdResult> {
     let lists = join_all(view.state.epoch_nodes.iter().map(|n| async move {
         if n.nid == node.me.nid {
             let store = node.store.clone();
@@ -244,9 +284,13 @@ async fn gather(node: &Arc<Node>, view: &View) -> Result<BTreeMap<Oid, Vec<Holde
         (n.nid, node.peers.list_tagged(n.nid, view.state.epoch).await)
     }))
     .await;
-    let mut all: BTreeMap<Oid, Vec<Holder>> = BTreeMap::new();
+    let mut all = Lists::new();
     for (nid, l) in lists {
-        let l = l.inspect_err(|e| tracing::warn!("object list of {nid}: {e}"))?;
+        let l = l.inspect_err(|e| {
+            tracing::warn!("object list of {nid}: {e}");
+            node.recovery
+                .set_problem(format!("the object list of {nid} cannot be had: {e}"));
+        })?;
         for (oid, tag, version) in l {
             all.entry(oid).or_default().push((nid, tag, version));
         }
@@ -261,44 +305,48 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
     if view.state.epoch != epoch {
         return Ok(false);
     }
-    let all = gather(node, &view).await?;
-    let mut todo: Vec<(Oid, Vec<Holder>)> = Vec::new();
+    let mut all = gather(node, &view).await?;
+    avoid_disk_full(node, &view, &all)?;
     let mut tables = Tables::default();
-    for (oid, holders) in all {
-        if !placed_here(node, &view, oid) || !wanted(&view, oid) || node.store.exists(oid) {
-            continue;
-        }
-        // Only stale copies left: the object may have been removed (TRIM, a discard, a
-        // delete) while their nodes were away. Deletions win: it comes back only if a live
-        // VDI's table still points at it.
-        let only_stale = holders.iter().all(|(_, t, _)| *t != CURRENT);
-        if only_stale && oid.is_data() && !tables.referenced(node, &view, oid).await? {
-            continue;
-        }
-        todo.push((oid, holders));
-    }
-    node.recovery.set_progress(|p| p.total = todo.len() as u64);
+    let todo = to_fetch(node, &view, &all, &mut tables).await?;
+    node.recovery.set_progress(|p| {
+        p.done = 0;
+        p.total = todo.len() as u64;
+    });
     let (max_exec, _) = node.recovery.throttle();
     let mut failed = 0usize;
+    let mut first_error = None;
     for batch in todo.chunks(max_exec.max(1) as usize) {
         if node.epoch() != epoch {
             return Ok(false);
         }
-        let results = join_all(batch.iter().map(|(oid, holders)| {
+        let (ops_before, started) = (
+            node.recovery.client_ops.load(Ordering::Relaxed),
+            tokio::time::Instant::now(),
+        );
+        let results = join_all(batch.iter().map(|f| {
             let view = &view;
-            async move { fetch(node, view, *oid, holders.clone(), true).await }
+            async move { fetch(node, view, f.oid, &f.sources, true).await }
         }))
         .await;
-        for (r, (oid, _)) in results.into_iter().zip(batch) {
+        for (r, f) in results.into_iter().zip(batch) {
             if let Err(e) = r {
                 failed += 1;
-                tracing::warn!("epoch {epoch}: cannot recover {oid}: {e}");
+                first_error.get_or_insert(e);
+                tracing::warn!("epoch {epoch}: cannot recover {}: {e}", f.oid);
             }
         }
         node.recovery.set_progress(|p| p.done += batch.len() as u64);
+        let busy = node.recovery.client_ops.load(Ordering::Relaxed) != ops_before;
+        let rest = if busy {
+            (started.elapsed() * TRANQUILITY).min(MAX_REST)
+        } else {
+            Duration::ZERO
+        };
         let (_, pause) = node.recovery.throttle();
-        if pause > 0 {
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+        let rest = rest + Duration::from_millis(pause);
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
         }
     }
     if failed > 0 {
@@ -325,10 +373,98 @@ async fn run(node: &Arc<Node>, epoch: u32) -> Result<bool, SdResult> {
     if swept > 0 {
         tracing::info!("epoch {epoch}: {swept} late copies set aside");
     }
-    if failed > 0 && node.epoch() == epoch {
+    if node.epoch() != epoch {
+        return Ok(false);
+    }
+    if failed > 0 {
+        let e = first_error.unwrap_or(SdResult::EIO);
+        node.recovery
+            .set_problem(format!("{failed} objects could not be recovered: {e}"));
+        return Err(e);
+    }
+    // Checked, not assumed: with this node's list as it is now, nothing is left to fetch.
+    let me = node.me.nid;
+    let store = node.store.clone();
+    let own = tokio::task::spawn_blocking(move || store.tagged_list())
+        .await
+        .map_err(|_| SdResult::EIO)?
+        .map_err(|e| e.result())?;
+    for holders in all.values_mut() {
+        holders.retain(|h| h.0 != me);
+    }
+    for (oid, tag, version) in own {
+        all.entry(oid).or_default().push((me, tag, version));
+    }
+    let left = to_fetch(node, &view, &all, &mut tables).await?;
+    if !left.is_empty() {
+        let msg = format!("{} objects still missing after the fetches", left.len());
+        tracing::warn!("epoch {epoch}: {msg}");
+        node.recovery.set_problem(msg);
         return Err(SdResult::EIO);
     }
     Ok(node.epoch() == epoch)
+}
+
+/// What this node must fetch at `view`'s epoch: the plan, less the objects of which only
+/// stale copies are left and that no live table points at any more.
+async fn to_fetch(
+    node: &Arc<Node>,
+    view: &View,
+    all: &Lists,
+    tables: &mut Tables,
+) -> Result<Vec<plan::Fetch>, SdResult> {
+    let placed = |oid| placed_here(node, view, oid);
+    let want = |oid| wanted(view, oid);
+    let p = plan::plan(
+        all,
+        &plan::Facts {
+            me: node.me.nid,
+            placed_here: &placed,
+            wanted: &want,
+        },
+    );
+    let mut todo = p.fetch;
+    for f in p.only_stale {
+        if tables.referenced(node, view, f.oid).await? {
+            todo.push(f);
+        }
+    }
+    Ok(todo)
+}
+
+/// `-F` (the cluster formatted to avoid a full disk): recovery does not start while a node
+/// would need more room for the data objects the ring gives it than its disk has, as the
+/// original; the copies stay where they are and nothing is purged until a node is added.
+fn avoid_disk_full(node: &Arc<Node>, view: &View, all: &Lists) -> Result<(), SdResult> {
+    if view.state.format.flags & proto::cluster_flags::AVOID_DISKFULL == 0 {
+        return Ok(());
+    }
+    let placement = |oid| {
+        let n = node.copies_of(view, oid, 0);
+        view.ring.placement(oid, n).iter().map(|n| n.nid).collect()
+    };
+    let want = |oid| wanted(view, oid);
+    let size = |oid| node.object_size(view, oid);
+    let need = plan::space_needed(all, &placement, &want, &size);
+    let short: Vec<String> = view
+        .state
+        .epoch_nodes
+        .iter()
+        .filter_map(|n| {
+            let needs = need.get(&n.nid).copied().unwrap_or(0);
+            (n.space < needs).then(|| format!("{} needs {needs} bytes, has {}", n.nid, n.space))
+        })
+        .collect();
+    if short.is_empty() {
+        return Ok(());
+    }
+    let msg = format!(
+        "not started: it would fill a disk ({}); add a node",
+        short.join(", ")
+    );
+    tracing::error!("epoch {}: recovery {msg}", view.state.epoch);
+    node.recovery.set_problem(format!("recovery {msg}"));
+    Err(SdResult::NO_SPACE)
 }
 
 /// Entries of the inode tables read during one recovery run: (vid, index) -> owner.
@@ -372,9 +508,6 @@ impl Tables {
     }
 }
 
-/// A copy of an object somewhere: its node, tag (`CURRENT` or a stale epoch) and version.
-type Holder = (NodeId, u32, u64);
-
 /// Fetches `oid` now if this node should hold it and lacks it (a request needs it first).
 pub async fn fetch_now(node: &Arc<Node>, view: &View, oid: Oid) -> Result<(), SdResult> {
     if node.store.exists(oid) || !placed_here(node, view, oid) {
@@ -395,7 +528,7 @@ pub async fn fetch_now(node: &Arc<Node>, view: &View, oid: Oid) -> Result<(), Sd
     if let Ok(Some((t, v))) = node.store.best(oid) {
         holders.push((node.me.nid, t, v));
     }
-    fetch(node, view, oid, holders, complete).await
+    fetch(node, view, oid, &holders, complete).await
 }
 
 /// Installs the best copy among `holders` as this node's current copy. `complete`: every
@@ -405,7 +538,7 @@ async fn fetch(
     node: &Arc<Node>,
     view: &View,
     oid: Oid,
-    mut holders: Vec<Holder>,
+    holders: &[Holder],
     complete: bool,
 ) -> Result<(), SdResult> {
     let _g = node.recovery.stripe(oid).write().await;
@@ -416,34 +549,17 @@ async fn fetch(
     if !placed_here(node, &node.view(), oid) {
         return Err(SdResult::NO_OBJ);
     }
-    // Best first: current copies, then stale ones by the epoch they were last current in;
-    // among those, the one that took the most writes; among equals, another node's copy
-    // before a stale one of our own.
-    holders.sort_by_key(|(n, t, v)| {
-        (
-            std::cmp::Reverse(*t),
-            std::cmp::Reverse(*v),
-            *n == node.me.nid,
-        )
-    });
     // A stale copy only when no current copy exists anywhere: if current copies exist but
     // cannot be read now (their node moved to a newer epoch, or is gone), a stale one could
     // be older than them, so this fails and is tried again.
-    let current_elsewhere = holders
-        .iter()
-        .any(|(n, t, _)| *t == CURRENT && *n != node.me.nid);
-    if current_elsewhere {
-        holders.retain(|(_, t, _)| *t == CURRENT);
-    } else if !complete {
+    let sources = plan::sources(node.me.nid, holders);
+    if !complete && sources.first().is_some_and(|s| s.1 != CURRENT) {
         return Err(SdResult::NETWORK_ERROR);
     }
     let size = node.object_size(view, oid) as usize;
     let mut last = SdResult::NO_OBJ;
-    for (nid, tag, _) in holders {
+    for (nid, tag, _) in sources {
         let copy = if nid == node.me.nid {
-            if tag == CURRENT {
-                continue;
-            }
             read_own(node, oid, tag, size).await
         } else {
             read_remote(node, view, nid, oid, tag, size).await

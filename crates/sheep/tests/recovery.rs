@@ -392,3 +392,104 @@ fn object_lists_that_fail_make_recovery_wait_and_purge_nothing() {
         assert!(read_all(&c, i, "24M") == data, "node {i}");
     }
 }
+
+/// Copies of every object, current or set aside, on the live nodes: what a purge would
+/// lose if it ran too early.
+fn copies_anywhere(c: &Cluster) -> std::collections::BTreeMap<String, usize> {
+    let mut m = copies(c);
+    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+        let stale = std::fs::read_dir(n.dir.join("obj").join(".stale"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for s in stale {
+            // Stale copies are named OID.EPOCH.
+            let oid = s.split('.').next().unwrap_or_default().to_string();
+            *m.entry(oid).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Waits (bounded) until `dog node recovery` through node 0 says why node `i` is not done,
+/// and returns what it says.
+fn wait_problem(c: &Cluster, i: usize, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = c.dog_ok(0, &["node", "recovery"]);
+        let me = format!("(127.0.0.1:{}):", c.port(i));
+        if out
+            .lines()
+            .any(|l| l.starts_with("Node ") && l.contains(&me) && l.contains(what))
+        {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dog node recovery never said \"{what}\" of node {i}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_full_disk_stops_recovery_with_a_clear_error_and_nothing_is_purged() {
+    let mut c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    let data = alice(&c, "1G", 48 << 20, 71);
+    // The third node's disk holds 16 MiB: about two thirds of the 12 objects are its now.
+    let small = c.add_on_tmpfs(2, 16);
+    c.wait_members(3);
+    let out = wait_problem(&c, small, "space");
+    assert!(out.contains("Nodes In Recovery:"), "{out}");
+    // Nothing is purged while it cannot finish: every object keeps its two copies
+    // (current, or set aside on the nodes that held them), and reads are right everywhere.
+    std::thread::sleep(Duration::from_secs(2));
+    let m = copies_anywhere(&c);
+    assert_eq!(m.len(), 13, "12 data objects and the inode: {m:?}");
+    assert!(m.values().all(|&n| n >= 2), "a copy was lost: {m:?}");
+    for i in 0..3 {
+        assert!(read_all(&c, i, "48M") == data, "node {i}");
+    }
+    // Room again: recovery goes on by itself, and ends with every copy where it belongs.
+    c.resize_tmpfs(small, 256);
+    wait_recovered(&c, 2);
+    assert_placement(&c, 2);
+    for i in 0..3 {
+        assert!(read_all(&c, i, "48M") == data, "node {i}");
+    }
+}
+
+#[test]
+fn avoid_diskfull_does_not_start_a_recovery_that_would_fill_a_disk() {
+    let mut c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2", "-F"]);
+    // 24 objects: the new node's share (about two thirds) is far more than its 16 MiB.
+    let data = alice(&c, "1G", 96 << 20, 72);
+    let small = c.add_on_tmpfs(2, 16);
+    c.wait_members(3);
+    // Every node sees that the new one cannot take its share: none recovers.
+    wait_problem(&c, 0, "would fill a disk");
+    wait_problem(&c, small, "would fill a disk");
+    std::thread::sleep(Duration::from_secs(2));
+    let none: Vec<String> = objects(&c.nodes[small].dir)
+        .into_iter()
+        .filter(|o| !o.starts_with("80"))
+        .collect();
+    assert!(
+        none.is_empty(),
+        "data objects fetched onto the small disk: {none:?}"
+    );
+    let m = copies_anywhere(&c);
+    assert!(m.len() == 25 && m.values().all(|&n| n >= 2), "{m:?}");
+    // The small node goes: the two others recover everything between them.
+    c.kill(small);
+    c.wait_members(2);
+    wait_recovered(&c, 2);
+    for i in 0..2 {
+        assert!(read_all(&c, i, "96M") == data, "node {i}");
+    }
+}

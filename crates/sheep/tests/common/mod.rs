@@ -59,6 +59,8 @@ pub struct Cluster {
     pub driver: Option<String>,
     /// Environment of every sheep started from now on (e.g. FAILPOINTS).
     pub env: Vec<(String, String)>,
+    /// Stores on a file system of their own (`add_on_tmpfs`), unmounted at the end.
+    pub mounts: Vec<PathBuf>,
 }
 
 impl Cluster {
@@ -89,6 +91,7 @@ impl Cluster {
             args: args.iter().map(|a| a.to_string()).collect(),
             driver: None,
             env: Vec::new(),
+            mounts: Vec::new(),
         };
         for i in 0..n {
             c.add(i as u32);
@@ -123,6 +126,35 @@ impl Cluster {
         let i = self.nodes.len() - 1;
         self.restart(i);
         i
+    }
+
+    /// Starts one more sheep in zone `zone` on a store of its own `mb` MiB tmpfs (a small
+    /// disk that fills up). Needs root, as CI has: fails loudly without it.
+    pub fn add_on_tmpfs(&mut self, zone: u32, mb: u64) -> usize {
+        let dir = self.tmp.path().join(format!("st{}", self.nodes.len()));
+        std::fs::create_dir_all(&dir).expect("store dir");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mount a tmpfs on {} (this test needs root)",
+            dir.display()
+        );
+        self.mounts.push(dir);
+        self.add(zone)
+    }
+
+    /// Gives node `i`'s tmpfs store `mb` MiB (the disk is no longer full).
+    pub fn resize_tmpfs(&self, i: usize, mb: u64) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={mb}m")])
+            .arg(&self.nodes[i].dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "remount the tmpfs of node {i}");
     }
 
     /// (Re)starts node `i` on its store and port.
@@ -289,8 +321,18 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
-        // A failed test leaves its stores and logs behind for the developer.
-        if std::thread::panicking() && std::env::var_os("KEEP_FAILED").is_some() {
+        for m in std::mem::take(&mut self.mounts) {
+            // A kept store's contents are copied off its tmpfs first.
+            let keep = std::thread::panicking() || std::env::var_os("KEEP_STORES").is_some();
+            if keep {
+                let copy = m.with_extension("kept");
+                let _ = Command::new("cp").arg("-a").arg(&m).arg(&copy).status();
+            }
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        // A failed test (or any, with KEEP_STORES) leaves its stores and logs behind.
+        let failed = std::thread::panicking() && std::env::var_os("KEEP_FAILED").is_some();
+        if failed || std::env::var_os("KEEP_STORES").is_some() {
             let kept = std::mem::replace(&mut self.tmp, tempfile::tempdir().expect("tempdir"));
             eprintln!("stores and logs kept in {}", kept.keep().display());
         }
