@@ -22,7 +22,8 @@ struct Stat {
     done: u64,
     total: u64,
     /// Why it is not done yet, if the node says (this sheep appends it to the original's
-    /// 24-byte `struct recovery_state` for a reader that asks for more).
+    /// 24-byte `struct recovery_state` for a reader that asks for more). Shown in `--json`
+    /// only: the original's text stays as it was.
     problem: Option<String>,
 }
 
@@ -114,13 +115,6 @@ pub async fn node_recovery(ctx: &Ctx<'_>) -> Res<()> {
                 o.raw
             )
         );
-    }
-    // Below the original's table: why a node's recovery is not done yet.
-    for (i, n, s) in &rows {
-        if let Some(p) = &s.problem {
-            let host = fmt::addr(&n.nid.addr, n.nid.port);
-            outln!("Node {i} ({host}): {p}");
-        }
     }
     Ok(())
 }

@@ -414,18 +414,20 @@ fn copies_anywhere(c: &Cluster) -> std::collections::BTreeMap<String, usize> {
     m
 }
 
-/// Waits (bounded) until `dog node recovery` through node 0 says why node `i` is not done,
-/// and returns what it says.
+/// Waits (bounded) until `dog node recovery --json` through node 0 says why node `i` is not
+/// done, and returns what it says.
 fn wait_problem(c: &Cluster, i: usize, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let me = format!("127.0.0.1:{}", c.port(i));
     loop {
-        let out = c.dog_ok(0, &["node", "recovery"]);
-        let me = format!("(127.0.0.1:{}):", c.port(i));
-        if out
-            .lines()
-            .any(|l| l.starts_with("Node ") && l.contains(&me) && l.contains(what))
-        {
-            return out;
+        let out = c.dog_ok(0, &["node", "recovery", "--json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+        let said = rows.iter().find_map(|r| {
+            let p = r["problem"].as_str()?;
+            (r["address"] == me.as_str() && p.contains(what)).then(|| p.to_string())
+        });
+        if let Some(p) = said {
+            return p;
         }
         assert!(
             Instant::now() < deadline,
@@ -443,8 +445,12 @@ fn a_full_disk_stops_recovery_with_a_clear_error_and_nothing_is_purged() {
     // The third node's disk holds 16 MiB: about two thirds of the 12 objects are its now.
     let small = c.add_on_tmpfs(2, 16);
     c.wait_members(3);
-    let out = wait_problem(&c, small, "space");
-    assert!(out.contains("Nodes In Recovery:"), "{out}");
+    let why = wait_problem(&c, small, "space");
+    assert!(why.contains("could not be recovered"), "{why}");
+    // The original's text is as it was: the node in its table, nothing more.
+    let text = c.dog_ok(0, &["node", "recovery"]);
+    assert!(text.starts_with("Nodes In Recovery:\n"), "{text}");
+    assert!(!text.contains("space"), "{text}");
     // Nothing is purged while it cannot finish: every object keeps its two copies
     // (current, or set aside on the nodes that held them), and reads are right everywhere.
     std::thread::sleep(Duration::from_secs(2));
