@@ -126,10 +126,7 @@ fn wait_running(c: &Cluster) {
             if s.starts_with("Cluster status: running") {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} does not run:\n{s}"
-            );
+            assert!(Instant::now() < deadline, "node {i} does not run:\n{s}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -446,7 +443,12 @@ fn a_node_of_an_older_epoch_starting_first_is_taken_in_as_a_returning_node() {
         &c,
         2,
         &[&a],
-        Some(&h(&[(4, &[0, 1, 2]), (3, &[1]), (2, &[0, 1]), (1, &[0, 1, 2])])),
+        Some(&h(&[
+            (4, &[0, 1, 2]),
+            (3, &[1]),
+            (2, &[0, 1]),
+            (1, &[0, 1, 2]),
+        ])),
     );
 }
 
