@@ -154,15 +154,6 @@ fn assert_back(c: &Cluster, copies: usize, vdis: &[&Vdi], want: Option<&[(u32, V
     wait_running(c);
     wait_recovered(c, copies);
     let live = running(c);
-    let first = history(c, live[0]);
-    if let Some(w) = want {
-        assert_eq!(first, w, "epoch history of node {}", live[0]);
-    }
-    let text = info(c, live[0]);
-    for &i in &live[1..] {
-        assert_eq!(history(c, i), first, "epoch history of node {i}");
-        assert_eq!(info(c, i), text, "cluster info of node {i}");
-    }
     for v in vdis {
         for &i in &live {
             v.check(c, i);
@@ -178,6 +169,15 @@ fn assert_back(c: &Cluster, copies: usize, vdis: &[&Vdi], want: Option<&[(u32, V
             out.contains(&format!("finish check&repair {}", v.name)),
             "{out}"
         );
+    }
+    let first = history(c, live[0]);
+    if let Some(w) = want {
+        assert_eq!(first, w, "epoch history of node {}", live[0]);
+    }
+    let text = info(c, live[0]);
+    for &i in &live[1..] {
+        assert_eq!(history(c, i), first, "epoch history of node {i}");
+        assert_eq!(info(c, i), text, "cluster info of node {i}");
     }
 }
 
