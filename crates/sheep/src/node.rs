@@ -39,6 +39,11 @@ pub struct Node {
     pub writes: crate::gateway::Writes,
     /// The newest epoch in this node's store when it started, before it joined.
     pub own_epoch: std::sync::atomic::AtomicU32,
+    /// The newest epoch this node took part in as a member (its copies were current then):
+    /// at start the newest of its epoch log that lists it, then every epoch it carries out.
+    member_epoch: std::sync::atomic::AtomicU32,
+    /// Set once this node has filled the gaps of its epoch log from the others.
+    history_filled: AtomicBool,
     /// This start of the node (its join event carries it).
     incarnation: u64,
     /// Set once this start's own join event has been applied: events before it are history.
@@ -57,6 +62,10 @@ pub struct Node {
 
 /// How long a request waits for this node to settle a new epoch before it is retried.
 const SETTLE_WAIT: Duration = Duration::from_secs(10);
+/// Most epoch records looked at by one scan of the epoch log.
+const MAX_EPOCH_SCAN: usize = 1 << 20;
+/// Tries at filling the gaps of the epoch log before giving up.
+const HISTORY_ROUNDS: u32 = 6;
 
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -78,6 +87,8 @@ impl Node {
             admission: Default::default(),
             writes: Default::default(),
             own_epoch: Default::default(),
+            member_epoch: Default::default(),
+            history_filled: AtomicBool::new(false),
             incarnation: {
                 let t = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -157,10 +168,81 @@ impl Node {
         })
     }
 
+    /// The newest epoch up to `latest` whose record lists this node (0: none). A record of a
+    /// later epoch can be history it replayed, or took from the others, without a part in it.
+    fn last_member_epoch(&self, latest: u32) -> Result<u32, crate::store::StoreError> {
+        for e in (1..=latest).rev().take(MAX_EPOCH_SCAN) {
+            if let Some((nodes, _)) = self.store.read_epoch(e)? {
+                if nodes.iter().any(|n| n.nid == self.me.nid) {
+                    return Ok(e);
+                }
+            }
+        }
+        Ok(0)
+    }
+
+    /// The record of `epoch`: this node's, else (a node that was away then) a member's.
+    pub async fn epoch_log(&self, view: &View, epoch: u32) -> Option<(Vec<SdNode>, u64)> {
+        if let Ok(Some(r)) = self.store.read_epoch(epoch) {
+            return Some(r);
+        }
+        for m in view.state.members.iter().filter(|m| m.nid != self.me.nid) {
+            if let Ok(Some(r)) = self.peers.epoch_log(m.nid, epoch).await {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// Writes into this node's epoch log the records of the epochs before `upto` that it
+    /// lacks (it was away), taken from the members; with `from`, the records up to its epoch
+    /// are taken from that node even where this node has its own (the cluster went on from
+    /// that node's history). Bounded: a few rounds, then it gives up with a log line.
+    async fn fill_history(self: Arc<Self>, upto: u32, from: Option<(SdNode, u32)>) {
+        let mut pause = Duration::from_millis(200);
+        for round in 0..HISTORY_ROUNDS {
+            let view = self.view();
+            let mut missing = 0usize;
+            for e in (1..upto).rev().take(MAX_EPOCH_SCAN) {
+                let record = match from {
+                    Some((n, tag)) if e <= tag => match self.peers.epoch_log(n.nid, e).await {
+                        Ok(Some(r)) => Some(r),
+                        Ok(None) => continue,
+                        Err(_) => None,
+                    },
+                    _ => match self.store.read_epoch(e) {
+                        Ok(Some(_)) => continue,
+                        _ => self.epoch_log(&view, e).await,
+                    },
+                };
+                let Some((nodes, time)) = record else {
+                    missing += 1;
+                    continue;
+                };
+                let store = self.store.clone();
+                let written =
+                    tokio::task::spawn_blocking(move || store.write_epoch(e, &nodes, time)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    missing += 1;
+                }
+            }
+            if missing == 0 {
+                return;
+            }
+            tracing::warn!(
+                "epoch log: {missing} records before epoch {upto} not found on any member                  (round {round})"
+            );
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+
     /// Joins the cluster and runs the core loop; returns once this node is a member.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let info = self.join_info()?;
         self.own_epoch.store(info.epoch, Ordering::SeqCst);
+        self.member_epoch
+            .store(self.last_member_epoch(info.epoch)?, Ordering::SeqCst);
         let (tx, rx) = mpsc::unbounded_channel();
         self.driver.clone().start(self.me, info, tx).await?;
         tokio::spawn(self.clone().core_loop(rx));
@@ -216,12 +298,20 @@ impl Node {
                 self.peers.forget(gone.nid);
             }
             for fx in effects {
-                if let Err(e) = self.carry_out(fx, &view, &prev, time).await {
+                if let Err(e) = self.carry_out(fx, &view, time).await {
                     tracing::error!("cluster event {ev:?}: {e}");
                 }
             }
             self.settled.send_replace(view.state.epoch);
             self.applied.send_replace(seq);
+            // Once running as a member, the epochs it was away for go into its log too.
+            if view.state.status == Status::Ok
+                && self.joined.load(Ordering::SeqCst)
+                && view.state.epoch_nodes.iter().any(|n| n.nid == self.me.nid)
+                && !self.history_filled.swap(true, Ordering::SeqCst)
+            {
+                tokio::spawn(self.clone().fill_history(view.state.epoch, None));
+            }
         }
     }
 
@@ -235,13 +325,7 @@ impl Node {
         done
     }
 
-    async fn carry_out(
-        self: &Arc<Self>,
-        fx: Effect,
-        view: &View,
-        prev: &ClusterState,
-        time: u64,
-    ) -> anyhow::Result<()> {
+    async fn carry_out(self: &Arc<Self>, fx: Effect, view: &View, time: u64) -> anyhow::Result<()> {
         let store = self.store.clone();
         // Events from before this node's own join are history it replays to rebuild the
         // state: they are not to be carried out on its store again.
@@ -259,8 +343,14 @@ impl Node {
             return Ok(());
         }
         match fx {
-            Effect::NewEpoch { epoch, nodes } => {
+            Effect::NewEpoch {
+                epoch,
+                nodes,
+                prev_nodes,
+                merge,
+            } => {
                 tracing::info!("epoch {epoch}: {} nodes", nodes.len());
+                let member = nodes.iter().any(|n| n.nid == self.me.nid);
                 if !replaying {
                     let (zones, copies) = (view.ring.nr_zones(), view.state.format.copies);
                     if zones < usize::from(copies) {
@@ -269,11 +359,18 @@ impl Node {
                              keep {zones} copies until more zones join"
                         );
                     }
-                    crate::recovery::new_epoch(self, prev, view).await?;
+                    let aside = self.set_aside(epoch, &prev_nodes, merge.as_ref());
+                    crate::recovery::new_epoch(self, view, aside).await?;
                 }
                 // The time of the event that made the epoch, also when replaying history.
                 tokio::task::spawn_blocking(move || store.write_epoch(epoch, &nodes, time))
                     .await??;
+                if !replaying && member {
+                    self.member_epoch.store(epoch, Ordering::SeqCst);
+                    if let Some(m) = merge.filter(|m| m.from.nid != self.me.nid) {
+                        tokio::spawn(self.clone().fill_history(epoch, Some((m.from, m.tag))));
+                    }
+                }
             }
             Effect::Formatted(f) => {
                 tracing::info!("cluster formatted with {} copies", f.copies);
@@ -300,7 +397,14 @@ impl Node {
                 }
             }
             Effect::PurgeStale { epoch } => {
-                let n = tokio::task::spawn_blocking(move || store.purge_stale()).await??;
+                // Copies of VDIs no member knows of (their inodes are on nodes still away)
+                // are kept: recovery could not tell whether they are wanted.
+                let known: std::collections::BTreeSet<u32> =
+                    view.state.vdis.keys().copied().collect();
+                let n = tokio::task::spawn_blocking(move || {
+                    store.purge_stale_except(|oid| !known.contains(&oid.vid().0))
+                })
+                .await??;
                 tracing::info!("epoch {epoch}: every node recovered; {n} stale copies purged");
             }
             Effect::StartRecovery { epoch } => crate::recovery::start(self, epoch),
@@ -329,6 +433,24 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Whether this node must set all its copies aside at the new `epoch`, and the tag they
+    /// get (the last epoch they were current in): it returns from an absence (not a member of
+    /// the epoch before, or one that it never recorded: killed first), or the cluster merges
+    /// with a node that went through other epochs (then every copy competes by its version).
+    fn set_aside(
+        &self,
+        epoch: u32,
+        prev_nodes: &[SdNode],
+        merge: Option<&crate::cluster::state::Merge>,
+    ) -> Option<u32> {
+        if let Some(m) = merge {
+            return Some(m.tag);
+        }
+        let last = self.member_epoch.load(Ordering::SeqCst);
+        let was_member = prev_nodes.iter().any(|n| n.nid == self.me.nid);
+        (!was_member || last + 1 < epoch).then_some(last)
     }
 
     fn config_of(&self, f: &Format, shutdown: bool) -> Config {

@@ -274,7 +274,7 @@ async fn run(
             rsp.set_rsp_store_size(total).set_rsp_store_free(free);
             Ok(Vec::new())
         }
-        opcode::STAT_CLUSTER => stat_cluster(node, req, rsp),
+        opcode::STAT_CLUSTER => stat_cluster(node, req, rsp).await,
         opcode::STAT_RECOVERY => {
             node.gate(false)?;
             let progress = node.recovery.progress();
@@ -607,7 +607,7 @@ async fn make_fs(node: &Arc<Node>, req: &Header, data: &[u8]) -> Out {
     Ok(Vec::new())
 }
 
-fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
+async fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
     let view = node.gate(true)?;
     let status = match view.state.status {
         Status::Ok => SdResult::SUCCESS,
@@ -621,7 +621,8 @@ fn stat_cluster(node: &Arc<Node>, req: &Header, rsp: &mut Header) -> Out {
     let mut out = Vec::new();
     let mut epoch = view.state.epoch;
     while epoch > 0 && out.len() / EpochLog::record_size(nodes_nr) < max {
-        let (nodes, time) = peer::epoch(node, epoch)?.unwrap_or_default();
+        // An epoch this node was away for: a member's record of it, as the original's.
+        let (nodes, time) = node.epoch_log(&view, epoch).await.unwrap_or_default();
         if nodes.len() > nodes_nr {
             // The caller's slots cannot hold this epoch's members: say how many it needs.
             rsp.set_rsp_nr_nodes(nodes.len() as u32);

@@ -324,6 +324,29 @@ impl Peers {
         ok(&self.call(nid, h, Bytes::new(), self.long_timeout).await?)
     }
 
+    /// GET_EPOCH: the members of `epoch` in `nid`'s epoch log and the time it began; `None`
+    /// if `nid` has no record of it.
+    pub async fn epoch_log(
+        &self,
+        nid: NodeId,
+        epoch: u32,
+    ) -> Result<Option<(Vec<proto::SdNode>, u64)>, SdResult> {
+        let mut h = Header::request(opcode::GET_EPOCH);
+        let room = proto::SD_MAX_NODES * proto::node::SD_NODE_SIZE + 8;
+        h.set_tgt_epoch(epoch).set_data_length(room as u32);
+        let r = self.call(nid, h, Bytes::new(), self.io_timeout).await?;
+        match r.result() {
+            SdResult::SUCCESS => proto::node::decode_epoch_file(&r.data)
+                .map(Some)
+                .ok_or_else(|| {
+                    tracing::warn!("peer {nid}: an epoch record of {} bytes", r.data.len());
+                    SdResult::EIO
+                }),
+            SdResult::NO_TAG => Ok(None),
+            e => Err(e),
+        }
+    }
+
     /// WAIT_APPLIED: `nid` has applied every cluster event up to `seq`.
     pub async fn wait_applied(&self, nid: NodeId, seq: u64) -> Result<(), SdResult> {
         let mut h = Header::request(opcode::WAIT_APPLIED);

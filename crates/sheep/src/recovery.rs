@@ -17,7 +17,7 @@
 
 mod plan;
 
-use crate::cluster::state::{ClusterState, Message};
+use crate::cluster::state::Message;
 use crate::node::{Node, View};
 use crate::store::CURRENT;
 use futures::future::join_all;
@@ -180,16 +180,21 @@ fn wanted(view: &View, oid: Oid) -> bool {
 }
 
 /// Called for every new epoch before its epoch file is written: moves aside the copies this
-/// node must no longer serve, then starts recovery unless it is switched off.
-pub async fn new_epoch(node: &Arc<Node>, prev: &ClusterState, view: &View) -> anyhow::Result<()> {
+/// node must no longer serve, then starts recovery unless it is switched off. `all_aside`:
+/// every copy is suspect (the membership says why: a node back from an absence, or a merge of
+/// two histories) and is set aside with that tag.
+pub async fn new_epoch(
+    node: &Arc<Node>,
+    view: &View,
+    all_aside: Option<u32>,
+) -> anyhow::Result<()> {
     let st = &view.state;
     if !st.epoch_nodes.iter().any(|n| n.nid == node.me.nid) {
         return Ok(());
     }
-    // A node that joins a running cluster has copies from before it left: all suspect.
-    let rejoined = !prev.epoch_nodes.iter().any(|n| n.nid == node.me.nid);
+    let rejoined = all_aside.is_some();
     let store = node.store.clone();
-    let last_own = node.own_epoch.load(Ordering::SeqCst);
+    let last_own = all_aside.unwrap_or(0);
     let node2 = node.clone();
     let view2 = view.clone();
     let epoch = st.epoch;

@@ -156,6 +156,17 @@ pub enum Event {
     },
 }
 
+/// A joiner with a newer epoch than the running cluster's: the cluster was started without it
+/// (`recover force`), and both sides may hold copies the other lacks. Epoch numbers go on from
+/// the newer side (never reused), every member sets all its copies aside tagged `tag`, and
+/// recovery keeps, per object, the copy that took the most writes (its version). The members
+/// take the epoch log up to `tag` from `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merge {
+    pub tag: u32,
+    pub from: SdNode,
+}
+
 /// What a node must do after applying an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -163,6 +174,12 @@ pub enum Effect {
     NewEpoch {
         epoch: u32,
         nodes: Vec<SdNode>,
+        /// Members of the epoch it follows, as the cluster decided it (after a restart, the
+        /// newest epoch any joiner had): a member not among them is a returning node.
+        prev_nodes: Vec<SdNode>,
+        /// The running cluster and a joiner went through different epochs (the cluster was
+        /// started with `recover force` without it): see `Merge`.
+        merge: Option<Merge>,
     },
     /// The cluster was formatted: wipe objects and epochs, write the config.
     Formatted(Format),
@@ -209,6 +226,8 @@ pub struct ClusterState {
     pub recovered: std::collections::BTreeSet<String>,
     /// Snapshots in progress, by base VDI.
     pub freezing: BTreeMap<u32, Freeze>,
+    /// While the cluster waits for its members: the epoch each one brought (address:port).
+    pub join_epochs: BTreeMap<String, u32>,
 }
 
 impl Default for ClusterState {
@@ -224,6 +243,7 @@ impl Default for ClusterState {
             recovery_disabled: false,
             recovered: Default::default(),
             freezing: BTreeMap::new(),
+            join_epochs: BTreeMap::new(),
         }
     }
 }
@@ -244,12 +264,21 @@ impl ClusterState {
     }
 
     fn new_epoch(&mut self, effects: &mut Vec<Effect>) {
+        self.new_epoch_after(None, effects)
+    }
+
+    fn new_epoch_after(&mut self, merge: Option<Merge>, effects: &mut Vec<Effect>) {
+        if let Some(m) = &merge {
+            self.epoch = self.epoch.max(m.tag);
+        }
         self.epoch += 1;
-        self.epoch_nodes = self.members.clone();
+        let prev_nodes = std::mem::replace(&mut self.epoch_nodes, self.members.clone());
         self.recovered.clear();
         effects.push(Effect::NewEpoch {
             epoch: self.epoch,
             nodes: self.epoch_nodes.clone(),
+            prev_nodes,
+            merge,
         });
     }
 
@@ -271,7 +300,15 @@ impl ClusterState {
             return;
         }
         self.status = Status::Ok;
-        let same = self.members.len() == self.epoch_nodes.len();
+        // A member of the last epoch that did not record it (killed before it wrote it) may
+        // have missed its writes: a new epoch takes it in as a returning node.
+        let behind = self.members.iter().any(|m| {
+            self.join_epochs
+                .get(&m.nid.to_string())
+                .is_some_and(|&e| e < self.epoch)
+        });
+        self.join_epochs.clear();
+        let same = self.members.len() == self.epoch_nodes.len() && !behind;
         if !same || self.epoch == 0 {
             self.new_epoch(effects);
         } else if !self.recovery_disabled {
@@ -336,6 +373,7 @@ impl ClusterState {
     }
 
     fn join(&mut self, node: &SdNode, info: &JoinInfo, fx: &mut Vec<Effect>) {
+        let mut merge = None;
         if self.is_member(node) {
             fx.push(Effect::JoinRefused {
                 node: *node,
@@ -361,6 +399,14 @@ impl ClusterState {
                 return;
             } else if self.status == Status::WaitForJoin && info.epoch > self.epoch {
                 self.adopt(info, f);
+            } else if self.status == Status::Ok && info.epoch > self.epoch {
+                merge = Some(Merge {
+                    tag: info.epoch,
+                    from: *node,
+                });
+            }
+            if self.status == Status::WaitForJoin {
+                self.join_epochs.insert(node.nid.to_string(), info.epoch);
             }
             for (vid, v) in &info.vdis {
                 let e = self.vdis.entry(*vid).or_insert_with(|| v.clone());
@@ -371,7 +417,7 @@ impl ClusterState {
         }
         self.members = sorted([self.members.clone(), vec![*node]].concat());
         match self.status {
-            Status::Ok => self.new_epoch(fx),
+            Status::Ok => self.new_epoch_after(merge, fx),
             Status::WaitForJoin => self.check_gathered(fx),
             Status::WaitForFormat | Status::Shutdown => {}
         }
@@ -390,6 +436,7 @@ impl ClusterState {
                 self.vdis.clear();
                 self.locks.clear();
                 self.freezing.clear();
+                self.join_epochs.clear();
                 self.recovery_disabled = false;
                 self.epoch = 0;
                 self.status = Status::Ok;
@@ -432,6 +479,7 @@ impl ClusterState {
             }
             Message::ForceRecover => {
                 if self.status == Status::WaitForJoin {
+                    self.join_epochs.clear();
                     self.status = Status::Ok;
                     self.new_epoch(fx);
                 }
@@ -638,6 +686,77 @@ mod tests {
         assert_eq!(s.status, Status::Ok);
         assert_eq!(s.epoch, 5, "same members: no new epoch");
         assert!(!fx.iter().any(|f| matches!(f, Effect::NewEpoch { .. })));
+    }
+
+    fn info(epoch: u32, nodes: &[u16]) -> JoinInfo {
+        JoinInfo {
+            format: Some(fmt()),
+            epoch,
+            epoch_nodes: nodes.iter().map(|&p| n(p)).collect(),
+            vdis: BTreeMap::new(),
+            incarnation: 1,
+        }
+    }
+
+    fn join_with(s: &mut ClusterState, port: u16, i: JoinInfo) -> Vec<Effect> {
+        s.apply(&Event::Join {
+            node: n(port),
+            info: i,
+        })
+    }
+
+    #[test]
+    fn the_newest_epoch_decides_and_its_predecessor_is_the_one_decided() {
+        // The original's 001: node 1 (epoch 1), node 2 (epoch 3), node 3 (epoch 4) come back.
+        let mut s = ClusterState::default();
+        join_with(&mut s, 1, info(1, &[1, 2]));
+        join_with(&mut s, 2, info(3, &[2, 3]));
+        assert_eq!(s.status, Status::WaitForJoin);
+        assert_eq!((s.epoch, s.epoch_nodes.clone()), (3, vec![n(2), n(3)]));
+        let fx = join_with(&mut s, 3, info(4, &[3]));
+        assert_eq!(s.status, Status::Ok);
+        let Some(Effect::NewEpoch {
+            epoch, prev_nodes, ..
+        }) = fx.iter().find(|f| matches!(f, Effect::NewEpoch { .. }))
+        else {
+            panic!("no new epoch: {fx:?}");
+        };
+        assert_eq!(*epoch, 5);
+        assert_eq!(prev_nodes, &vec![n(3)], "epoch 4's members, not epoch 3's");
+    }
+
+    #[test]
+    fn a_member_back_without_the_last_epoch_gets_a_new_one() {
+        let mut s = ClusterState::default();
+        join_with(&mut s, 1, info(5, &[1, 2]));
+        // Node 2 was killed before it recorded epoch 5.
+        let fx = join_with(&mut s, 2, info(4, &[1, 2]));
+        assert_eq!(s.status, Status::Ok);
+        assert_eq!(s.epoch, 6);
+        assert!(fx.iter().any(|f| matches!(f, Effect::NewEpoch { .. })));
+    }
+
+    #[test]
+    fn a_newer_joiner_of_a_forced_cluster_merges_and_epochs_go_on_from_it() {
+        let mut s = ClusterState::default();
+        join_with(&mut s, 1, info(1, &[1, 2, 3]));
+        s.apply(&Event::Notify {
+            from: n(1),
+            msg: Message::ForceRecover,
+        });
+        assert_eq!((s.status, s.epoch), (Status::Ok, 2));
+        let fx = join_with(&mut s, 3, info(3, &[3]));
+        assert_eq!(s.epoch, 4, "epoch numbers are not reused");
+        assert!(fx.iter().any(|f| matches!(
+            f,
+            Effect::NewEpoch { merge: Some(Merge { tag: 3, from }), .. } if *from == n(3)
+        )));
+        // An older one is an ordinary returning node.
+        let fx = join_with(&mut s, 2, info(2, &[2, 3]));
+        assert_eq!(s.epoch, 5);
+        assert!(fx
+            .iter()
+            .any(|f| matches!(f, Effect::NewEpoch { merge: None, .. })));
     }
 
     #[test]

@@ -162,7 +162,13 @@ impl Store {
 
     /// Removes every stale copy (every node has recovered the current epoch).
     pub fn purge_stale(&self) -> Result<usize, StoreError> {
-        let list = self.stale_list()?;
+        self.purge_stale_except(|_| false)
+    }
+
+    /// Removes every stale copy but those of the objects `keep` names; returns how many went.
+    pub fn purge_stale_except(&self, keep: impl Fn(Oid) -> bool) -> Result<usize, StoreError> {
+        let mut list = self.stale_list()?;
+        list.retain(|(oid, _)| !keep(*oid));
         for (oid, tag) in &list {
             let p = self.stale_path(*oid, *tag);
             match std::fs::remove_file(&p) {
