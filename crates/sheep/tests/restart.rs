@@ -119,7 +119,7 @@ fn history(c: &Cluster, i: usize) -> Vec<(u32, Vec<usize>)> {
 
 /// Waits (bounded) until every running node says the cluster is running.
 fn wait_running(c: &Cluster) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     for i in running(c) {
         loop {
             let s = info(c, i);
