@@ -53,7 +53,8 @@ pub async fn format(ctx: &Ctx<'_>) -> Res<()> {
     let o = ctx.opts;
     let (copies, policy) = o.copies.unwrap_or((proto::SD_DEFAULT_COPIES, 0));
     let zones = ctx.nodes()?.zones();
-    if !o.force && usize::from(copies) > zones {
+    // As the original: asked only of copies given with -c (the default is the sheep's).
+    if !o.force && o.copies.is_some() && usize::from(copies) > zones {
         confirm(&format!(
             "Number of copies ({copies}) is larger than number of zones ({zones}).\n\
              Are you sure you want to continue? [yes/no]: "
