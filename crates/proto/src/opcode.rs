@@ -66,6 +66,25 @@ pub const OBJ_LIST_TAGGED: u8 = 0xf3;
 /// there.
 pub const DRAIN_VDI: u8 = 0xf4;
 
+/// Opcodes only a sheep sends to another sheep (`sheep::peers`): object copies, store syncs,
+/// object lists, the tags of copies, waits on cluster events. (GET_HASH, OBJ_TAG and
+/// REPAIR_REPLICA are sent by `dog vdi check` too, as by the original's dog, and are not
+/// among them.)
+pub fn is_peer(op: u8) -> bool {
+    matches!(
+        op,
+        CREATE_AND_WRITE_PEER
+            | READ_PEER
+            | WRITE_PEER
+            | REMOVE_PEER
+            | FLUSH_PEER
+            | GET_OBJ_LIST
+            | OBJ_LIST_TAGGED
+            | WAIT_APPLIED
+            | DRAIN_VDI
+    )
+}
+
 /// Opcodes >= 0x80 are internal and must carry SD_SHEEP_PROTO_VER.
 pub fn is_internal(op: u8) -> bool {
     op >= 0x80
