@@ -790,3 +790,95 @@ fn listens_on_loopback_only_unless_told_otherwise() {
     assert!(log_of(&c, 0).contains("advertising 127.0.0.1"));
     assert_eq!(members(local(port)), [format!("127.0.0.1:{port}")]);
 }
+
+#[test]
+fn peer_opcodes_are_refused_from_connections_that_are_not_members() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "16M"]);
+    let data = common::pattern(1 << 20, 7);
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&data).unwrap();
+    let out = c.dog_stdin(0, &["vdi", "write", "Alice"], Some(f.path()));
+    assert!(out.status.success(), "dog vdi write: {out:?}");
+    let oid = Oid::data(inode_of("Alice").vid(), 0);
+    let epoch = 1;
+    let peer_request = |op: u8, id: u32| {
+        let mut h = Header::request(op);
+        h.set_id(id).set_epoch(epoch).set_oid(oid.0);
+        h
+    };
+    for i in 0..2 {
+        let mut s = connect(local(c.port(i)));
+        // A read of a copy: refused, no data.
+        let mut h = peer_request(opcode::READ_PEER, 1);
+        h.set_data_length(4096);
+        let (r, d) = ask(&mut s, h, &[]).unwrap();
+        assert_eq!((r.id(), r.sd_result()), (1, SdResult::INVALID_PARMS));
+        assert!(d.is_empty(), "a refused read came with data");
+        // An overwrite and a new object: refused, their payloads read and dropped.
+        for (op, id) in [(opcode::WRITE_PEER, 2), (opcode::CREATE_AND_WRITE_PEER, 3)] {
+            let mut h = peer_request(op, id);
+            h.add_flags(flags::CMD_WRITE).set_data_length(4096);
+            let (r, _) = ask(&mut s, h, &[0xee; 4096]).unwrap();
+            assert_eq!((r.id(), r.sd_result()), (id, SdResult::INVALID_PARMS));
+        }
+        // Removals, store syncs and object lists: refused.
+        for (op, id) in [
+            (opcode::REMOVE_PEER, 4),
+            (opcode::FLUSH_PEER, 5),
+            (opcode::GET_OBJ_LIST, 6),
+        ] {
+            let (r, _) = ask(&mut s, peer_request(op, id), &[]).unwrap();
+            assert_eq!((r.id(), r.sd_result()), (id, SdResult::INVALID_PARMS));
+        }
+        let mut h = peer_request(opcode::OBJ_LIST_TAGGED, 7);
+        h.set_data_length(1 << 20);
+        let (r, d) = ask(&mut s, h, &[]).unwrap();
+        assert_eq!((r.sd_result(), d.len()), (SdResult::INVALID_PARMS, 0));
+        // A hello from a node that is not a member, or of another cluster, identifies
+        // nothing: peer opcodes stay refused.
+        let stranger = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut h = Header::request(opcode::HELLO_PEER);
+        h.set_id(8)
+            .set_oid(0)
+            .set_forw_addr(&proto::NodeId::new(stranger.ip(), stranger.port()).addr)
+            .set_forw_port(stranger.port());
+        let (r, _) = ask(&mut s, h, &[]).unwrap();
+        assert_ne!(r.sd_result(), SdResult::SUCCESS, "a stranger's hello");
+        let member = c.nodes[1 - i].port;
+        let mut h = Header::request(opcode::HELLO_PEER);
+        h.set_id(9)
+            .set_oid(0x1234)
+            .set_forw_addr(&proto::NodeId::new([127, 0, 0, 1].into(), member).addr)
+            .set_forw_port(member);
+        let (r, _) = ask(&mut s, h, &[]).unwrap();
+        assert_eq!((r.id(), r.sd_result()), (9, SdResult::INVALID_CTIME));
+        let (r, _) = ask(&mut s, peer_request(opcode::REMOVE_PEER, 10), &[]).unwrap();
+        assert_eq!((r.id(), r.sd_result()), (10, SdResult::INVALID_PARMS));
+        // The connection still serves client opcodes.
+        node_list(&mut s, 11).unwrap();
+        let log = log_of(&c, i);
+        assert_eq!(
+            log.matches("refused peer opcode").count(),
+            1,
+            "one log line per connection"
+        );
+    }
+    // Every copy is intact, and the cluster still works: a write goes to both copies through
+    // the peers' own (identified) connections, and reads through either node see it.
+    for i in 0..2 {
+        let out = c.dog(i, &["vdi", "read", "Alice", "0", "1M"]);
+        assert!(out.stdout == data, "node {i} serves other bytes");
+    }
+    c.dog_ok(0, &["vdi", "check", "Alice"]);
+    let more = common::pattern(4096, 8);
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&more).unwrap();
+    let out = c.dog_stdin(1, &["vdi", "write", "Alice", "0", "4096"], Some(f.path()));
+    assert!(out.status.success(), "dog vdi write: {out:?}");
+    for i in 0..2 {
+        let out = c.dog(i, &["vdi", "read", "Alice", "0", "4096"]);
+        assert!(out.stdout == more, "node {i} does not serve the new write");
+    }
+}
