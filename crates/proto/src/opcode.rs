@@ -65,6 +65,31 @@ pub const OBJ_LIST_TAGGED: u8 = 0xf3;
 /// number in `oid` (a snapshot's freeze) and no write to the VDI in `tgt_epoch` is in flight
 /// there.
 pub const DRAIN_VDI: u8 = 0xf4;
+/// Extension: the first request of a sheep on each connection to another sheep, saying who it
+/// is (its address in `forw_addr` and port in `forw_port`) and which cluster (the format's
+/// ctime in `oid`). The receiver answers SUCCESS if that is one of its members and its
+/// cluster (INVALID_CTIME for another cluster, INVALID_PARMS for a node it does not know);
+/// the peer opcodes (`is_peer`) are refused on a connection that has not said so.
+pub const HELLO_PEER: u8 = 0xf5;
+
+/// Opcodes only a sheep sends to another sheep (`sheep::peers`): object copies, store syncs,
+/// object lists, the tags of copies, waits on cluster events. (GET_HASH, OBJ_TAG and
+/// REPAIR_REPLICA are sent by `dog vdi check` too, as by the original's dog, and are not
+/// among them.)
+pub fn is_peer(op: u8) -> bool {
+    matches!(
+        op,
+        CREATE_AND_WRITE_PEER
+            | READ_PEER
+            | WRITE_PEER
+            | REMOVE_PEER
+            | FLUSH_PEER
+            | GET_OBJ_LIST
+            | OBJ_LIST_TAGGED
+            | WAIT_APPLIED
+            | DRAIN_VDI
+    )
+}
 
 /// Opcodes >= 0x80 are internal and must carry SD_SHEEP_PROTO_VER.
 pub fn is_internal(op: u8) -> bool {

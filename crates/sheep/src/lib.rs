@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod attr;
+pub mod budget;
 pub mod cluster;
 pub mod gateway;
 pub mod nbd;

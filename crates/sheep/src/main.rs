@@ -83,6 +83,11 @@ struct Opts {
     /// limit the connection is not read from; a larger request takes all of it
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
     conn_buffer: usize,
+    /// Bytes of request payloads and unsent replies all client connections together may hold
+    /// (K, M, G; as many again for requests of other sheep); a connection that would go over
+    /// it is not read from until replies drain; one small request per connection always runs
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    max_buffered: usize,
     #[arg(short = 'D', long)]
     directio: bool,
     #[arg(short = 'g', long)]
@@ -143,6 +148,9 @@ impl Opts {
         if self.conn_buffer == 0 || self.conn_buffer > u32::MAX as usize {
             bail!("--conn-buffer must be between 1 byte and 4G");
         }
+        if self.max_buffered < 1 << 20 {
+            bail!("--max-buffered must be at least 1M");
+        }
         if !(self.idle_timeout >= 0.0 && self.idle_timeout.is_finite()) {
             bail!("--idle-timeout must be a number of seconds (0: never)");
         }
@@ -152,6 +160,7 @@ impl Opts {
                 .then(|| std::time::Duration::from_secs_f64(self.idle_timeout)),
             max_requests: self.max_requests,
             conn_buffer: self.conn_buffer,
+            max_buffered: self.max_buffered,
         })
     }
 }
@@ -387,9 +396,20 @@ async fn serve(
     let node = Node::new(me, store, driver);
     let tcp = tokio::net::TcpListener::from_std(tcp)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;
-    tokio::spawn(server::listen_tcp(node.clone(), tcp, limits));
-    tokio::spawn(server::listen_unix(node.clone(), unix, limits));
-    let nbd_server = sheep::nbd::NbdServer::new(node.clone(), nbd.shared, limits);
+    let buffers = sheep::budget::NodeBudget::new(limits.max_buffered);
+    tokio::spawn(server::listen_tcp(
+        node.clone(),
+        tcp,
+        limits,
+        buffers.clone(),
+    ));
+    tokio::spawn(server::listen_unix(
+        node.clone(),
+        unix,
+        limits,
+        buffers.clone(),
+    ));
+    let nbd_server = sheep::nbd::NbdServer::new(node.clone(), nbd.shared, limits, buffers);
     if let Some(l) = nbd.tcp {
         let l = tokio::net::TcpListener::from_std(l)?;
         tokio::spawn(sheep::nbd::listen_tcp(nbd_server.clone(), l));

@@ -78,11 +78,13 @@ impl Node {
     pub fn new(me: SdNode, store: Arc<Store>, driver: Arc<dyn Driver>) -> Arc<Node> {
         let state = Arc::new(ClusterState::default());
         let ring = Arc::new(Ring::new(&[]));
+        let peers = Peers::new();
+        peers.identify(me.nid, 0);
         Arc::new(Node {
             me,
             store,
             driver,
-            peers: Peers::new(),
+            peers,
             recovery: Default::default(),
             admission: Default::default(),
             writes: Default::default(),
@@ -279,6 +281,9 @@ impl Node {
                 let prev = v.state.clone();
                 let mut st = (*v.state).clone();
                 let fx = st.apply(&ev);
+                if st.format.ctime != v.state.format.ctime {
+                    self.peers.identify(self.me.nid, st.format.ctime);
+                }
                 let epoch_changed = st.epoch_nodes != v.state.epoch_nodes;
                 v.state = Arc::new(st);
                 if epoch_changed {

@@ -6,7 +6,7 @@ use crate::cluster::state::{Format, LockHolder, Message, Status};
 use crate::node::{now_secs, Node};
 use crate::{gateway, peer, vdi};
 use bytes::Bytes;
-use proto::node::{EpochLog, SdNode};
+use proto::node::{EpochLog, NodeId, SdNode};
 use proto::oid::OidKind;
 use proto::vdi_lock::LockRecord;
 use proto::{cluster_flags, flags, opcode, Header, Oid, SdResult};
@@ -19,11 +19,15 @@ pub struct Reply {
     pub data: Vec<u8>,
 }
 
-/// The client of one connection, as VDI locks know it.
+/// The client of one connection, as VDI locks know it, and whether it is another sheep.
 pub struct Client {
     name: String,
     /// VDIs this connection locked (LOCK_VDI on a cluster formatted with `--lock`).
     locks: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// The member this connection said it is (HELLO_PEER): only then are peer opcodes served.
+    member: std::sync::OnceLock<NodeId>,
+    /// A peer opcode was refused on this connection (logged once).
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -31,7 +35,14 @@ impl Client {
         Client {
             name,
             locks: Default::default(),
+            member: Default::default(),
+            refused: Default::default(),
         }
+    }
+
+    /// The connection said it is a member of the cluster (HELLO_PEER).
+    pub fn is_member(&self) -> bool {
+        self.member.get().is_some()
     }
 
     fn holder(&self, node: &Node) -> LockHolder {
@@ -142,7 +153,22 @@ async fn run(
 ) -> Out {
     // Catch up with the cluster before answering "not formatted" or "waiting".
     let _ = node.gate_synced(true).await;
+    if opcode::is_peer(req.opcode()) && !client.is_member() {
+        if !client
+            .refused
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "{}: refused peer opcode {:#x}: the connection did not say it is a member \
+                 of this cluster (HELLO_PEER); refusing every peer opcode on it",
+                client.name,
+                req.opcode()
+            );
+        }
+        return Err(SdResult::INVALID_PARMS);
+    }
     match req.opcode() {
+        opcode::HELLO_PEER => hello(node, client, req).await,
         opcode::CREATE_AND_WRITE_OBJ => create_and_write(node, req, data, rsp).await,
         opcode::READ_OBJ => {
             node.gate(false)?;
@@ -450,6 +476,47 @@ async fn run(
             Ok(done.data)
         }
         _ => Err(SdResult::INVALID_PARMS),
+    }
+}
+
+/// HELLO_PEER: the connection is member `forw_addr:forw_port` of the cluster formatted at
+/// `oid` (a sheep's peer client, once per connection). A node or ctime this node does not know
+/// yet is looked up again once it has applied what the cluster ordered so far (the sender
+/// may be ahead of it).
+async fn hello(node: &Arc<Node>, client: &Client, req: &Header) -> Out {
+    let nid = NodeId {
+        addr: req.forw_addr(),
+        port: req.forw_port(),
+    };
+    let ctime = req.oid();
+    let check = |v: &crate::node::View| {
+        if v.state.format.ctime != ctime {
+            Err(SdResult::INVALID_CTIME)
+        } else if !v.state.members.iter().any(|m| m.nid == nid) {
+            Err(SdResult::INVALID_PARMS)
+        } else {
+            Ok(())
+        }
+    };
+    let mut r = check(&node.view());
+    if r.is_err() {
+        node.catch_up().await;
+        r = check(&node.view());
+    }
+    match r {
+        Ok(()) => {
+            let _ = client.member.set(nid);
+            tracing::debug!("{}: member {nid}", client.name);
+            Ok(Vec::new())
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}: refused HELLO_PEER from {nid} (ctime {ctime:#x}): {}",
+                client.name,
+                e.text()
+            );
+            Err(e)
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! breaks). Every request has a timeout, and every reply is checked here (its result, and
 //! the length of its data), so callers get what they asked for or a result code: never a
 //! short buffer, never a wait on a peer that stopped answering. A peer that leaves the
-//! cluster is forgotten: requests waiting on it end at once.
+//! cluster is forgotten: requests waiting on it end at once. Each new connection first says
+//! who this sheep is (HELLO_PEER: its address and the cluster's ctime): the other sheep
+//! serves peer opcodes only on connections of its members.
 //! Owns: the pool, the headers of peer requests, reply checks, timeouts. Never: deciding
 //! where requests go or what to do when one fails.
 
@@ -34,6 +36,8 @@ pub enum WriteKind {
 
 pub struct Peers {
     conns: Mutex<HashMap<NodeId, Arc<Connection>>>,
+    /// Who this sheep says it is on each new connection: its id and the cluster's ctime.
+    me: Mutex<(NodeId, u64)>,
     /// Bumped by `forget`: a request cut off by it is not sent again.
     forgotten: Mutex<HashMap<NodeId, u64>>,
     io_timeout: Duration,
@@ -63,10 +67,17 @@ impl Peers {
     pub fn with_timeouts(io: Duration, long: Duration) -> Peers {
         Peers {
             conns: Mutex::default(),
+            me: Mutex::new((NodeId::new([0, 0, 0, 0].into(), 0), 0)),
             forgotten: Mutex::default(),
             io_timeout: io,
             long_timeout: long,
         }
+    }
+
+    /// Sets who this sheep says it is on new connections: `nid`, of the cluster formatted at
+    /// `ctime` (0: not formatted).
+    pub fn identify(&self, nid: NodeId, ctime: u64) {
+        *self.me.lock().unwrap_or_else(|e| e.into_inner()) = (nid, ctime);
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Arc<Connection>>> {
@@ -80,8 +91,22 @@ impl Peers {
             }
         }
         let addr = nid.socket_addr();
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(addr)).await {
-            Ok(Ok(c)) => Arc::new(c),
+        let (me, ctime) = *self.me.lock().unwrap_or_else(|e| e.into_inner());
+        let open = async {
+            let c = Connection::connect(addr).await?;
+            let mut h = Header::request(opcode::HELLO_PEER);
+            h.set_oid(ctime)
+                .set_forw_addr(&me.addr)
+                .set_forw_port(me.port);
+            let r = c.request(h, Bytes::new()).await?;
+            Ok::<_, ClientError>((c, r.result()))
+        };
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+            Ok(Ok((c, SdResult::SUCCESS))) => Arc::new(c),
+            Ok(Ok((_, refused))) => {
+                tracing::warn!("peer {nid} refused this sheep ({me}): {}", refused.text());
+                return Err(SdResult::NETWORK_ERROR);
+            }
             Ok(Err(e)) => {
                 tracing::debug!("peer {nid}: {e}");
                 return Err(SdResult::NETWORK_ERROR);
@@ -372,7 +397,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// A fake peer: answers every request with `answer(request) -> (result, data)`, or never
-    /// when it returns None.
+    /// when it returns None (the hello of a new connection always, with SUCCESS).
     async fn fake_peer(
         answer: impl Fn(&Header) -> Option<(SdResult, Vec<u8>)> + Send + 'static,
     ) -> NodeId {
@@ -387,7 +412,12 @@ mod tests {
                     let mut p = vec![0u8; h.data_length() as usize];
                     s.read_exact(&mut p).await.unwrap();
                 }
-                let Some((res, data)) = answer(&h) else {
+                let reply = if h.opcode() == opcode::HELLO_PEER {
+                    Some((SdResult::SUCCESS, Vec::new()))
+                } else {
+                    answer(&h)
+                };
+                let Some((res, data)) = reply else {
                     continue;
                 };
                 let mut r = Header::response_to(&h, h.epoch(), res);
@@ -435,6 +465,34 @@ mod tests {
         );
         let none = fake_peer(|_| Some((SdResult::NO_OBJ, Vec::new()))).await;
         assert_eq!(p.tag(none, 1, oid).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn each_connection_says_who_this_sheep_is_and_a_refusal_is_an_error() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = NodeId::new("127.0.0.1".parse().unwrap(), l.local_addr().unwrap().port());
+        let me = NodeId::new("127.0.0.1".parse().unwrap(), 7000);
+        let seen = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hb = [0u8; proto::HEADER_SIZE];
+            s.read_exact(&mut hb).await.unwrap();
+            let h = Header::from_bytes(&hb);
+            let r = Header::response_to(&h, 1, SdResult::INVALID_CTIME);
+            s.write_all(r.as_bytes()).await.unwrap();
+            (h.opcode(), h.oid(), h.forw_addr(), h.forw_port())
+        });
+        let p = quick();
+        p.identify(me, 0xabc);
+        let oid = Oid::data(proto::Vid(7), 1);
+        assert_eq!(
+            p.read(peer, 1, oid, 0, 8).await,
+            Err(SdResult::NETWORK_ERROR)
+        );
+        let (op, ctime, addr, port) = seen.await.unwrap();
+        assert_eq!(
+            (op, ctime, addr, port),
+            (opcode::HELLO_PEER, 0xabc, me.addr, 7000)
+        );
     }
 
     #[tokio::test]

@@ -4,12 +4,14 @@
 //! as they arrive, runs each request as its own task (many in flight per connection, answers
 //! in completion order, matched by id), and writes answers.
 //! Owns: framing, the connection lifecycle and its limits (connections per listener, idle
-//! time, requests and buffered bytes per connection). Never: what an opcode means (`ops`).
+//! time; requests and buffered bytes per connection and node-wide are `budget`'s). Never:
+//! what an opcode means (`ops`).
 
+use crate::budget::{Budget, Class, ConnLimits, Held, NodeBudget};
 use crate::node::Node;
 use crate::ops;
 use bytes::Bytes;
-use proto::{flags, frame, Header, HEADER_SIZE};
+use proto::{flags, frame, opcode, Header, HEADER_SIZE};
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,11 +50,25 @@ pub struct Limits {
     /// limit the connection is not read from. A request larger than this waits until it is
     /// the connection's only one.
     pub conn_buffer: usize,
+    /// Bytes all connections of the node together may hold for client requests (and as many
+    /// for requests of other sheep): `budget`.
+    pub max_buffered: usize,
 }
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_REQUESTS: usize = 128;
 pub const DEFAULT_CONN_BUFFER: usize = 8 << 20;
+pub use crate::budget::DEFAULT_MAX_BUFFERED;
+
+impl Limits {
+    /// The limits of one connection.
+    pub fn conn(&self) -> ConnLimits {
+        ConnLimits {
+            max_requests: self.max_requests,
+            max_bytes: self.conn_buffer,
+        }
+    }
+}
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -61,6 +77,7 @@ impl Default for Limits {
             idle_timeout: None,
             max_requests: DEFAULT_MAX_REQUESTS,
             conn_buffer: DEFAULT_CONN_BUFFER,
+            max_buffered: DEFAULT_MAX_BUFFERED,
         }
     }
 }
@@ -113,78 +130,6 @@ impl ConnLimit {
             *r = (0, Some(Instant::now()));
         }
         None
-    }
-}
-
-/// What one connection holds: request slots and bytes (payloads read, replies not yet sent).
-pub(crate) struct Budget {
-    requests: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
-    max_requests: u32,
-    max_bytes: u32,
-}
-
-/// One request's share of its connection's budget, given back when it is dropped (its reply
-/// was sent, or will never be).
-pub(crate) struct Held {
-    budget: Arc<Budget>,
-    bytes: u32,
-}
-
-impl Budget {
-    pub fn new(limits: &Limits) -> Arc<Budget> {
-        let max_requests = limits.max_requests.clamp(1, 1 << 20) as u32;
-        let max_bytes = limits.conn_buffer.clamp(1, u32::MAX as usize) as u32;
-        Arc::new(Budget {
-            requests: Arc::new(Semaphore::new(max_requests as usize)),
-            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
-            max_requests,
-            max_bytes,
-        })
-    }
-
-    /// Waits for a request slot and `bytes` (all of the budget, if more: the request is then
-    /// the connection's only one).
-    pub async fn take(self: &Arc<Self>, bytes: u64) -> Held {
-        let n = bytes.min(self.max_bytes as u64) as u32;
-        // Owned permits until both are there, so that a dropped wait gives back what it got.
-        let r = self.requests.clone().acquire_owned().await;
-        let b = self.bytes.clone().acquire_many_owned(n).await;
-        let (Ok(r), Ok(b)) = (r, b) else {
-            unreachable!("the budget's semaphores are never closed")
-        };
-        r.forget();
-        b.forget();
-        Held {
-            budget: self.clone(),
-            bytes: n,
-        }
-    }
-
-    /// Something is in flight or waits to be sent.
-    pub fn busy(&self) -> bool {
-        self.requests.available_permits() < self.max_requests as usize
-    }
-
-    /// Waits until every request taken has been given back.
-    pub async fn drained(&self) {
-        let _ = self.requests.acquire_many(self.max_requests).await;
-    }
-}
-
-impl Held {
-    /// Keeps only `bytes` of what was taken (a reply smaller than the buffer asked for).
-    pub fn shrink_to(&mut self, bytes: usize) {
-        let keep = bytes.min(self.bytes as usize) as u32;
-        self.budget.bytes.add_permits((self.bytes - keep) as usize);
-        self.bytes = keep;
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.budget.bytes.add_permits(self.bytes as usize);
-        self.budget.requests.add_permits(1);
     }
 }
 
@@ -352,15 +297,20 @@ pub(crate) fn keepalive(s: &tokio::net::TcpStream) {
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve_conn<S>(node: Arc<Node>, stream: S, client: String, limits: Limits)
-where
+pub async fn serve_conn<S>(
+    node: Arc<Node>,
+    stream: S,
+    client: String,
+    limits: Limits,
+    buffers: Arc<NodeBudget>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let name = client.clone();
     let client = Arc::new(ops::Client::new(client));
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
-    let budget = Budget::new(&limits);
+    let budget = Budget::new(limits.conn(), &buffers);
     let (tx, rx) = mpsc::channel::<Answer>(budget.max_requests as usize);
     let writer = tokio::spawn(write_answers(wr, rx, limits.idle_timeout));
     loop {
@@ -380,7 +330,7 @@ where
         if let Err(refusal) = frame::check_request(&req) {
             tracing::debug!("refused {req:?}: {}", refusal.result.text());
             let held = tokio::select! {
-                h = budget.take(0) => h,
+                h = budget.take(0, Class::Client) => h,
                 _ = tx.closed() => break,
             };
             if refusal.skip > 0 && skip(&mut rd, refusal.skip as u64).await.is_err() {
@@ -398,9 +348,15 @@ where
             continue;
         }
         // A write holds its payload, a read the buffer it asked for, until the answer is
-        // written; at the connection's limit the next header waits (back-pressure).
+        // written; at the connection's limit, or the node's, the next header waits
+        // (back-pressure).
+        let class = if opcode::is_peer(req.opcode()) {
+            Class::Peer
+        } else {
+            Class::Client
+        };
         let mut held = tokio::select! {
-            h = budget.take(req.data_length() as u64) => h,
+            h = budget.take(req.data_length() as u64, class) => h,
             _ = tx.closed() => break,
         };
         let data = if req.carries_payload() {
@@ -442,7 +398,12 @@ where
 }
 
 /// Accepts TCP connections until the node stops.
-pub async fn listen_tcp(node: Arc<Node>, listener: tokio::net::TcpListener, limits: Limits) {
+pub async fn listen_tcp(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    buffers: Arc<NodeBudget>,
+) {
     let gate = ConnLimit::new("sheepdog port", limits.max_connections);
     loop {
         tokio::select! {
@@ -454,9 +415,9 @@ pub async fn listen_tcp(node: Arc<Node>, listener: tokio::net::TcpListener, limi
                     };
                     let _ = s.set_nodelay(true);
                     keepalive(&s);
-                    let node = node.clone();
+                    let (node, buffers) = (node.clone(), buffers.clone());
                     tokio::spawn(async move {
-                        serve_conn(node, s, format!("sheepdog {peer}"), limits).await;
+                        serve_conn(node, s, format!("sheepdog {peer}"), limits, buffers).await;
                         drop(slot);
                     });
                 }
@@ -471,7 +432,12 @@ pub async fn listen_tcp(node: Arc<Node>, listener: tokio::net::TcpListener, limi
 }
 
 /// Accepts connections on the store's unix socket (`sheepdog+unix://` clients).
-pub async fn listen_unix(node: Arc<Node>, listener: tokio::net::UnixListener, limits: Limits) {
+pub async fn listen_unix(
+    node: Arc<Node>,
+    listener: tokio::net::UnixListener,
+    limits: Limits,
+    buffers: Arc<NodeBudget>,
+) {
     let gate = ConnLimit::new("sheepdog unix socket", limits.max_connections);
     loop {
         tokio::select! {
@@ -482,9 +448,10 @@ pub async fn listen_unix(node: Arc<Node>, listener: tokio::net::UnixListener, li
                         drop(s);
                         continue;
                     };
-                    let node = node.clone();
+                    let (node, buffers) = (node.clone(), buffers.clone());
                     tokio::spawn(async move {
-                        serve_conn(node, s, format!("sheepdog unix #{n}"), limits).await;
+                        let name = format!("sheepdog unix #{n}");
+                        serve_conn(node, s, name, limits, buffers).await;
                         drop(slot);
                     });
                 }
@@ -519,36 +486,5 @@ mod tests {
             let _ = a.write_all(&[1u8; 100]).await;
         });
         assert!(read_payload(&mut b, 1 << 30).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn budget_bounds_requests_and_bytes() {
-        let b = Budget::new(&Limits {
-            max_requests: 2,
-            conn_buffer: 1000,
-            ..Limits::default()
-        });
-        let mut one = b.take(600).await;
-        assert!(b.busy());
-        // 600 + 600 > 1000: waits, until the first gives some back.
-        let next = tokio::time::timeout(Duration::from_millis(50), b.take(600)).await;
-        assert!(next.is_err());
-        one.shrink_to(100);
-        let two = tokio::time::timeout(Duration::from_millis(50), b.take(600))
-            .await
-            .expect("fits now");
-        // Two requests: a third waits for a slot even with bytes to spare.
-        let third = tokio::time::timeout(Duration::from_millis(50), b.take(0)).await;
-        assert!(third.is_err());
-        drop(one);
-        drop(two);
-        // Larger than the whole budget: taken alone.
-        let big = b.take(1 << 30).await;
-        assert!(tokio::time::timeout(Duration::from_millis(50), b.take(1))
-            .await
-            .is_err());
-        drop(big);
-        b.drained().await;
-        assert!(!b.busy());
     }
 }

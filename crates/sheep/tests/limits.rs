@@ -110,22 +110,46 @@ fn inode_of(name: &str) -> Oid {
     Oid::inode(Vid(proto::hash::sd_hash_vdi(name.as_bytes())))
 }
 
-/// (median, worst) latency of `n` requests of a well-behaved client on `s`: GET_NODE_LIST
-/// and a 4 KiB read of the inode, alternately.
-fn latency(s: &mut TcpStream, oid: Oid, n: u32) -> (Duration, Duration) {
+/// Time each answer of the well-behaved client may take at most: a correctness bound (it is
+/// answered at all while the flood holds the node's buffers), not a measure of speed.
+const ANSWER_BOUND: Duration = Duration::from_secs(30);
+
+/// Latencies of `n` requests of a well-behaved client on `s`, in turn GET_NODE_LIST, a 4 KiB
+/// write to `data` (an object of the VDI, created beforehand) and a 4 KiB read of what it
+/// wrote, each answered within ANSWER_BOUND and the read giving back the bytes written.
+/// Returns (median, worst).
+fn latency(s: &mut TcpStream, data: Oid, n: u32) -> (Duration, Duration) {
+    s.set_read_timeout(Some(ANSWER_BOUND)).unwrap();
     let mut times = Vec::new();
     for i in 0..n {
+        let id = 10_000 + i;
+        let at = (i as u64 / 3 % 64) * 4096;
         let t = Instant::now();
-        if i % 2 == 0 {
-            node_list(s, 10_000 + i).expect("served");
-        } else {
-            let mut h = request(opcode::READ_OBJ, 10_000 + i, 4096);
-            h.set_oid(oid.0);
-            let (r, d) = ask(s, h, &[]).expect("served");
-            assert_eq!(r.sd_result(), SdResult::SUCCESS);
-            assert_eq!(d.len(), 4096);
+        match i % 3 {
+            0 => node_list(s, id).expect("node list answered"),
+            1 => {
+                let bytes = common::pattern(4096, id as u64);
+                let mut h = request(opcode::WRITE_OBJ, id, 4096);
+                h.add_flags(flags::CMD_WRITE)
+                    .set_oid(data.0)
+                    .set_obj_offset(at);
+                let (r, _) = ask(s, h, &bytes).expect("write answered");
+                assert_eq!(r.sd_result(), SdResult::SUCCESS, "write {id}");
+            }
+            _ => {
+                let mut h = request(opcode::READ_OBJ, id, 4096);
+                h.set_oid(data.0).set_obj_offset(at);
+                let (r, d) = ask(s, h, &[]).expect("read answered");
+                assert_eq!(r.sd_result(), SdResult::SUCCESS, "read {id}");
+                assert!(
+                    d == common::pattern(4096, id as u64 - 1),
+                    "read {id} did not give back the write before it"
+                );
+            }
         }
-        times.push(t.elapsed());
+        let took = t.elapsed();
+        assert!(took < ANSWER_BOUND, "request {id} took {took:?}");
+        times.push(took);
     }
     times.sort();
     (times[times.len() / 2], *times.last().unwrap())
@@ -226,33 +250,82 @@ fn flood(addr: SocketAddr, h: Header, stop: Arc<AtomicBool>, sent: Arc<AtomicU64
     }
 }
 
-/// The flood: connections that pipeline requests and never read an answer. Each reads the
-/// whole inode object (12,587,576 bytes), the largest answer a cluster of the default object
-/// size gives, so each pins the most memory a connection can: more than --conn-buffer (8 MiB),
-/// so one such answer at a time per connection.
-const FLOODERS: usize = 200;
-/// Largest answer of the flood, in MiB (rounded up).
-const FLOOD_ANSWER_MIB: u64 = 13;
-/// What a connection holds besides its answer (buffers, task, socket), generously, in MiB.
+/// One flooding NBD client: pipelines 4 MiB reads without ever reading a reply, until
+/// `stop`.
+fn nbd_flood(port: u16, export: &str, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+    let Ok(mut s) = try_nbd(port, export) else {
+        return;
+    };
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut handle = 1u64;
+    let mut buf = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        buf.clear();
+        for _ in 0..16 {
+            buf.extend_from_slice(&nbd_request(cmd::READ, handle, 0, 4 << 20));
+            handle += 1;
+        }
+        let mut at = 0;
+        while at < buf.len() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match s.write(&buf[at..]) {
+                Ok(n) => {
+                    at += n;
+                    sent.fetch_add(n as u64 / nbd::REQUEST_SIZE as u64, Ordering::Relaxed);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The flood: connections that pipeline requests and never read an answer. The Sheepdog ones
+/// read the whole inode object (12,587,576 bytes), the largest answer a cluster of the
+/// default object size gives; the NBD ones read 4 MiB at a time. Every connection alone
+/// could pin more than a 256 MiB node-wide budget allows for all of them.
+const FLOODERS: usize = 160;
+const NBD_FLOODERS: usize = 40;
+/// The node-wide budget of buffered bytes (sheep's default --max-buffered), in MiB.
+const MAX_BUFFERED_MIB: u64 = 256;
+/// What a connection holds besides the budget (its read and write buffers, a small request
+/// it may always have in flight, its tasks and socket), generously, in MiB.
 const CONN_OVERHEAD_MIB: u64 = 1;
-/// The node's own memory besides the connections (store, cluster state, allocator), in MiB.
-const NODE_SLACK_MIB: u64 = 512;
+/// The node's own memory besides (allocator slack, the store's and the gateway's buffers of
+/// requests in flight), in MiB.
+const NODE_SLACK_MIB: u64 = 128;
 
 #[test]
 fn clients_that_never_read_cannot_exhaust_memory_and_others_are_served() {
     let c = Cluster::start(1);
     c.dog_ok(0, &["cluster", "format", "--copies=1"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "1G"]);
+    // The object the well-behaved client writes and reads, created by a first write.
+    let mut zero = tempfile::NamedTempFile::new().unwrap();
+    zero.write_all(&[0u8; 4096]).unwrap();
+    let out = c.dog_stdin(
+        0,
+        &["vdi", "write", "Alice", "0", "4096"],
+        Some(zero.path()),
+    );
+    assert!(out.status.success(), "dog vdi write: {out:?}");
     let inode = inode_of("Alice");
+    let data = Oid::data(inode.vid(), 0);
     let pid = pid(&c, 0);
     let addr = local(c.port(0));
+    let nbd_port = c.nodes[0].nbd_port;
     let mut good = connect(addr);
     node_list(&mut good, 1).unwrap();
     // The well-behaved client without a flood, to compare with.
-    let (calm_median, calm_worst) = latency(&mut good, inode, 200);
+    let (calm_median, calm_worst) = latency(&mut good, data, 300);
     let rss_before = rss_kib(pid) / 1024;
-    let bound =
-        rss_before + FLOODERS as u64 * (FLOOD_ANSWER_MIB + CONN_OVERHEAD_MIB) + NODE_SLACK_MIB;
+    let bound = rss_before
+        + MAX_BUFFERED_MIB
+        + (FLOODERS + NBD_FLOODERS) as u64 * CONN_OVERHEAD_MIB
+        + NODE_SLACK_MIB;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -262,6 +335,12 @@ fn clients_that_never_read_cannot_exhaust_memory_and_others_are_served() {
         h.set_oid(inode.0);
         let (stop, sent) = (stop.clone(), sent.clone());
         threads.push(std::thread::spawn(move || flood(addr, h, stop, sent)));
+    }
+    for _ in 0..NBD_FLOODERS {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        threads.push(std::thread::spawn(move || {
+            nbd_flood(nbd_port, "Alice", stop, sent)
+        }));
     }
     // Let the flood pile up until the sheep stops taking requests, sampling its memory (and
     // stopping early, before the machine suffers, if the bound does not hold).
@@ -282,9 +361,9 @@ fn clients_that_never_read_cannot_exhaust_memory_and_others_are_served() {
         }
     }
     let settled = t0.elapsed();
-    // The well-behaved client, during the flood.
+    // The well-behaved client, during the flood: every answer within the bound, and right.
     let (flood_median, flood_worst) = if peak <= bound {
-        latency(&mut good, inode, 200)
+        latency(&mut good, data, 300)
     } else {
         (Duration::ZERO, Duration::ZERO)
     };
@@ -292,27 +371,36 @@ fn clients_that_never_read_cannot_exhaust_memory_and_others_are_served() {
         peak = peak.max(rss_kib(pid) / 1024);
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A new client is served too.
+    // A new client is served too, Sheepdog and NBD.
     let newcomer = peak <= bound && node_list(&mut connect(addr), 7).is_ok();
+    let nbd_newcomer = peak <= bound
+        && try_nbd(nbd_port, "Alice")
+            .and_then(|mut s| nbd_read(&mut s, 1, 0, 4096))
+            .is_ok();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
     let requests = sent.load(Ordering::Relaxed);
     eprintln!(
-        "flood of {FLOODERS} connections reading the whole inode, never reading answers: \
-         {requests} requests written (most of them still in socket buffers) before the sheep \
-         stopped reading (settled after {settled:?}; the kernel's TCP buffers peaked at \
-         {tcp_peak} MiB); sheep RSS {rss_before} MiB before, peak {peak} MiB during (bound \
-         {bound} MiB); well-behaved client: median {calm_median:?} / \
-         worst {calm_worst:?} without the flood, median {flood_median:?} / worst \
-         {flood_worst:?} during it"
+        "flood of {FLOODERS} Sheepdog connections reading the whole inode and {NBD_FLOODERS} \
+         NBD connections reading 4 MiB, never reading answers: {requests} requests written \
+         (most of them still in socket buffers) before the sheep stopped reading (settled \
+         after {settled:?}; the kernel's TCP buffers peaked at {tcp_peak} MiB); sheep RSS \
+         {rss_before} MiB before, peak {peak} MiB during (bound {bound} MiB); well-behaved \
+         client (node list, 4 KiB write, 4 KiB read): median {calm_median:?} / worst \
+         {calm_worst:?} without the flood, median {flood_median:?} / worst {flood_worst:?} \
+         during it"
     );
     assert!(
         peak <= bound,
         "sheep RSS reached {peak} MiB under the flood (bound {bound} MiB)"
     );
     assert!(newcomer, "a new connection was not served during the flood");
+    assert!(
+        nbd_newcomer,
+        "a new NBD connection was not served during the flood"
+    );
     // The node still answers once the flood is gone.
     node_list(&mut good, 2).unwrap();
     c.dog_ok(0, &["node", "list"]);
@@ -701,4 +789,96 @@ fn listens_on_loopback_only_unless_told_otherwise() {
     }
     assert!(log_of(&c, 0).contains("advertising 127.0.0.1"));
     assert_eq!(members(local(port)), [format!("127.0.0.1:{port}")]);
+}
+
+#[test]
+fn peer_opcodes_are_refused_from_connections_that_are_not_members() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "16M"]);
+    let data = common::pattern(1 << 20, 7);
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&data).unwrap();
+    let out = c.dog_stdin(0, &["vdi", "write", "Alice"], Some(f.path()));
+    assert!(out.status.success(), "dog vdi write: {out:?}");
+    let oid = Oid::data(inode_of("Alice").vid(), 0);
+    let epoch = 1;
+    let peer_request = |op: u8, id: u32| {
+        let mut h = Header::request(op);
+        h.set_id(id).set_epoch(epoch).set_oid(oid.0);
+        h
+    };
+    for i in 0..2 {
+        let mut s = connect(local(c.port(i)));
+        // A read of a copy: refused, no data.
+        let mut h = peer_request(opcode::READ_PEER, 1);
+        h.set_data_length(4096);
+        let (r, d) = ask(&mut s, h, &[]).unwrap();
+        assert_eq!((r.id(), r.sd_result()), (1, SdResult::INVALID_PARMS));
+        assert!(d.is_empty(), "a refused read came with data");
+        // An overwrite and a new object: refused, their payloads read and dropped.
+        for (op, id) in [(opcode::WRITE_PEER, 2), (opcode::CREATE_AND_WRITE_PEER, 3)] {
+            let mut h = peer_request(op, id);
+            h.add_flags(flags::CMD_WRITE).set_data_length(4096);
+            let (r, _) = ask(&mut s, h, &[0xee; 4096]).unwrap();
+            assert_eq!((r.id(), r.sd_result()), (id, SdResult::INVALID_PARMS));
+        }
+        // Removals, store syncs and object lists: refused.
+        for (op, id) in [
+            (opcode::REMOVE_PEER, 4),
+            (opcode::FLUSH_PEER, 5),
+            (opcode::GET_OBJ_LIST, 6),
+        ] {
+            let (r, _) = ask(&mut s, peer_request(op, id), &[]).unwrap();
+            assert_eq!((r.id(), r.sd_result()), (id, SdResult::INVALID_PARMS));
+        }
+        let mut h = peer_request(opcode::OBJ_LIST_TAGGED, 7);
+        h.set_data_length(1 << 20);
+        let (r, d) = ask(&mut s, h, &[]).unwrap();
+        assert_eq!((r.sd_result(), d.len()), (SdResult::INVALID_PARMS, 0));
+        // A hello from a node that is not a member, or of another cluster, identifies
+        // nothing: peer opcodes stay refused.
+        let stranger = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut h = Header::request(opcode::HELLO_PEER);
+        h.set_id(8)
+            .set_oid(0)
+            .set_forw_addr(&proto::NodeId::new(stranger.ip(), stranger.port()).addr)
+            .set_forw_port(stranger.port());
+        let (r, _) = ask(&mut s, h, &[]).unwrap();
+        assert_ne!(r.sd_result(), SdResult::SUCCESS, "a stranger's hello");
+        let member = c.nodes[1 - i].port;
+        let mut h = Header::request(opcode::HELLO_PEER);
+        h.set_id(9)
+            .set_oid(0x1234)
+            .set_forw_addr(&proto::NodeId::new([127, 0, 0, 1].into(), member).addr)
+            .set_forw_port(member);
+        let (r, _) = ask(&mut s, h, &[]).unwrap();
+        assert_eq!((r.id(), r.sd_result()), (9, SdResult::INVALID_CTIME));
+        let (r, _) = ask(&mut s, peer_request(opcode::REMOVE_PEER, 10), &[]).unwrap();
+        assert_eq!((r.id(), r.sd_result()), (10, SdResult::INVALID_PARMS));
+        // The connection still serves client opcodes.
+        node_list(&mut s, 11).unwrap();
+        let log = log_of(&c, i);
+        assert_eq!(
+            log.matches("refused peer opcode").count(),
+            1,
+            "one log line per connection"
+        );
+    }
+    // Every copy is intact, and the cluster still works: a write goes to both copies through
+    // the peers' own (identified) connections, and reads through either node see it.
+    for i in 0..2 {
+        let out = c.dog(i, &["vdi", "read", "Alice", "0", "1M"]);
+        assert!(out.stdout == data, "node {i} serves other bytes");
+    }
+    c.dog_ok(0, &["vdi", "check", "Alice"]);
+    let more = common::pattern(4096, 8);
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&more).unwrap();
+    let out = c.dog_stdin(1, &["vdi", "write", "Alice", "0", "4096"], Some(f.path()));
+    assert!(out.status.success(), "dog vdi write: {out:?}");
+    for i in 0..2 {
+        let out = c.dog(i, &["vdi", "read", "Alice", "0", "4096"]);
+        assert!(out.stdout == more, "node {i} does not serve the new write");
+    }
 }

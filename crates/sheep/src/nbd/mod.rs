@@ -6,6 +6,7 @@
 pub mod handshake;
 pub mod transmission;
 
+use crate::budget::NodeBudget;
 use crate::cluster::state::{LockHolder, Message};
 use crate::node::Node;
 use crate::server::{ConnLimit, Limits};
@@ -59,6 +60,8 @@ pub struct NbdServer {
     shared: bool,
     /// Connections per listener, idle time, requests and bytes per connection.
     limits: Limits,
+    /// Bytes all connections of the node may hold (shared with the Sheepdog listeners).
+    buffers: Arc<NodeBudget>,
     /// Open volumes, so that connections to one VDI share one object table.
     volumes: Mutex<Vec<Weak<Volume>>>,
     /// Serialises the opening of volumes.
@@ -68,11 +71,17 @@ pub struct NbdServer {
 }
 
 impl NbdServer {
-    pub fn new(node: Arc<Node>, shared: bool, limits: Limits) -> Arc<NbdServer> {
+    pub fn new(
+        node: Arc<Node>,
+        shared: bool,
+        limits: Limits,
+        buffers: Arc<NodeBudget>,
+    ) -> Arc<NbdServer> {
         Arc::new(NbdServer {
             node,
             shared,
             limits,
+            buffers,
             volumes: Mutex::new(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
             writers: tokio::sync::Mutex::new(HashMap::new()),
@@ -229,7 +238,7 @@ impl NbdServer {
             locked: tokio::sync::OnceCell::new(),
         });
         let (rd, wr) = tokio::io::split(stream);
-        transmission::serve(rd, wr, session.clone(), neg, self.limits).await;
+        transmission::serve(rd, wr, session.clone(), neg, self.limits, &self.buffers).await;
         if let Some(&vid) = session.locked.get() {
             self.release(vid, &session.client).await;
         }

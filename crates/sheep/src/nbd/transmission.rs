@@ -5,7 +5,8 @@
 
 use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAX_REQUEST};
 use super::Session;
-use crate::server::{self, Answer, Budget, Limits, Wait};
+use crate::budget::{Budget, Class, Held, NodeBudget};
+use crate::server::{self, Answer, Limits, Wait};
 use bytes::Bytes;
 use proto::nbd::{self, cflag, chunk, cmd, errno, Request};
 use proto::SdResult;
@@ -48,13 +49,19 @@ fn from_sd(r: SdResult) -> Failure {
 
 /// Serves requests until the client disconnects, sends DISC, breaks the framing, or stays
 /// idle (nothing in flight) for the idle timeout.
-pub async fn serve<R, W>(rd: R, wr: W, session: Arc<Session>, neg: Negotiated, limits: Limits)
-where
+pub async fn serve<R, W>(
+    rd: R,
+    wr: W,
+    session: Arc<Session>,
+    neg: Negotiated,
+    limits: Limits,
+    buffers: &Arc<NodeBudget>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut rd = BufReader::with_capacity(64 << 10, rd);
-    let budget = Budget::new(&limits);
+    let budget = Budget::new(limits.conn(), buffers);
     let (tx, rx) = mpsc::channel::<Answer>(limits.max_requests.max(1));
     let writer = tokio::spawn(server::write_answers(wr, rx, limits.idle_timeout));
     let neg = Arc::new(neg);
@@ -83,13 +90,13 @@ where
             break;
         }
         // A write holds its payload, a read its data, until the reply is written; at the
-        // connection's limit the next request waits (back-pressure).
+        // connection's limit, or the node's, the next request waits (back-pressure).
         let bytes = match req.kind {
             cmd::WRITE | cmd::READ if req.length <= MAX_REQUEST => req.length as u64,
             _ => 0,
         };
         let mut held = tokio::select! {
-            h = budget.take(bytes) => h,
+            h = budget.take(bytes, Class::Client) => h,
             _ = tx.closed() => break,
         };
         let payload = if req.kind == cmd::WRITE {
@@ -126,7 +133,7 @@ where
     budget.drained().await;
 }
 
-fn answer(r: Reply, held: server::Held) -> Answer {
+fn answer(r: Reply, held: Held) -> Answer {
     Answer {
         head: r.head,
         data: r.data,
