@@ -1,7 +1,9 @@
 //! The answer to OBJ_LIST_TAGGED (an extension of this implementation): the best copy of
 //! every object a node holds, as 24-byte records: oid u64, tag u32 (`TAG_CURRENT` for a
 //! current copy, else the epoch in which the stale copy was last current), pad u32, version
-//! u64 (writes the copy has taken); all little endian.
+//! u64 (writes the copy has taken); all little endian. The request's oid field pages the
+//! answer: the records of objects from that oid on, in oid order, as many as its data length
+//! holds (a full page means there may be more from the last oid + 1).
 //! Owns: that record layout. Never: what a tag or a version means to recovery.
 
 use crate::le::{put_u32, u32_at};

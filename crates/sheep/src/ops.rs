@@ -402,11 +402,16 @@ async fn run(
         }
         opcode::OBJ_LIST_TAGGED => {
             node.gate(false)?;
-            let b = proto::objlist::encode(&peer::list(node).await?);
-            if b.len() > req.data_length() as usize {
+            // One page: the copies of objects from `oid` on, in oid order, as many as fit.
+            let mut list = peer::list(node).await?;
+            list.sort_unstable_by_key(|r| r.0);
+            let from = list.partition_point(|r| r.0 .0 < req.oid());
+            let room = req.data_length() as usize / proto::objlist::RECORD_SIZE;
+            if room == 0 {
                 return Err(SdResult::BUFFER_SMALL);
             }
-            Ok(b)
+            let page = &list[from..list.len().min(from.saturating_add(room))];
+            Ok(proto::objlist::encode(page))
         }
         opcode::GET_STORE_LIST => Ok(b"plain ".to_vec()),
         opcode::FLUSH_DEL_CACHE => Ok(Vec::new()),

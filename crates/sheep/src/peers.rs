@@ -34,6 +34,14 @@ pub enum WriteKind {
     CreateIfAbsent,
 }
 
+/// Bytes per page of an object list (a failpoint makes pages small in tests).
+fn list_page() -> u32 {
+    fail::fail_point!("peers::list_page", |v| v
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(proto::frame::MAX_READ));
+    proto::frame::MAX_READ
+}
+
 pub struct Peers {
     conns: Mutex<HashMap<NodeId, Arc<Connection>>>,
     /// Who this sheep says it is on each new connection: its id and the cluster's ctime.
@@ -303,14 +311,31 @@ impl Peers {
         nid: NodeId,
         epoch: u32,
     ) -> Result<Vec<proto::objlist::Record>, SdResult> {
-        let mut h = Header::request(opcode::OBJ_LIST_TAGGED);
-        h.set_epoch(epoch).set_data_length(proto::frame::MAX_READ);
-        let r = self.call(nid, h, Bytes::new(), self.long_timeout).await?;
-        ok(&r)?;
-        proto::objlist::decode(&r.data).ok_or_else(|| {
-            tracing::warn!("peer {nid}: an object list of {} bytes", r.data.len());
-            SdResult::EIO
-        })
+        // Page by page (a node may hold more objects than one answer carries): each page
+        // has the copies of objects from `oid` on; a full page means there may be more.
+        let page = list_page();
+        let per_page = page as usize / proto::objlist::RECORD_SIZE;
+        let mut all = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let mut h = Header::request(opcode::OBJ_LIST_TAGGED);
+            h.set_epoch(epoch).set_oid(from).set_data_length(page);
+            let r = self.call(nid, h, Bytes::new(), self.long_timeout).await?;
+            ok(&r)?;
+            let records = proto::objlist::decode(&r.data)
+                .filter(|l| l.len() <= per_page && l.iter().all(|rec| rec.0 .0 >= from))
+                .ok_or_else(|| {
+                    tracing::warn!("peer {nid}: an object list page of {} bytes", r.data.len());
+                    SdResult::EIO
+                })?;
+            let full = records.len() == per_page;
+            let next = records.last().map(|rec| rec.0 .0.checked_add(1));
+            all.extend(records);
+            match next {
+                Some(Some(n)) if full => from = n,
+                _ => return Ok(all),
+            }
+        }
     }
 
     /// OBJ_TAG: the tag and version of `nid`'s best copy of `oid`, `None` if it has none.

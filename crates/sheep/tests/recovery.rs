@@ -499,3 +499,20 @@ fn avoid_diskfull_does_not_start_a_recovery_that_would_fill_a_disk() {
         assert!(read_all(&c, i, "96M") == data, "node {i}");
     }
 }
+
+#[test]
+fn object_lists_longer_than_one_answer_are_read_page_by_page() {
+    // Pages of two records: every node's list takes several answers (as a node with more
+    // objects than one 32 MiB answer holds would).
+    let mut c = Cluster::with_failpoints(&["peers::list_page=return(48)"; 3], &[]);
+    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    let data = alice(&c, "1G", 40 << 20, 81);
+    c.env = vec![("FAILPOINTS".into(), "peers::list_page=return(48)".into())];
+    c.add(3);
+    c.wait_members(4);
+    wait_recovered(&c, 2);
+    assert_placement(&c, 2);
+    for i in 0..4 {
+        assert!(read_all(&c, i, "40M") == data, "node {i}");
+    }
+}
