@@ -107,11 +107,11 @@ async fn check_object(ring: &Ring, oid: u64, copies: usize) -> Res<bool> {
         match c {
             Copy::Missing => {
                 repair(n, &source, oid).await?;
-                outln!("fixed missing {oid:x}");
+                outln!("fixed missing {oid:016x}");
             }
             Copy::Digest(d, _) if *d != good => {
                 repair(n, &source, oid).await?;
-                outln!("fixed replica {oid:x}");
+                outln!("fixed replica {oid:016x}");
             }
             Copy::Digest(..) => {}
         }

@@ -151,21 +151,20 @@ pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
     };
     let logs = EpochLog::decode_all(&r.data, slots);
     if ctx.opts.json {
-        outln!("{}", info_json(r.result(), &logs, ctx.opts.verbose));
+        let mut v = info_json(r.result(), &logs, ctx.opts.verbose);
+        // Ours, so in --json only: a cluster with fewer zones than copies keeps fewer copies.
+        let copies = logs.first().map(|l| usize::from(l.nr_copies)).unwrap_or(0);
+        let zones = nl.zones();
+        if r.result() == SdResult::SUCCESS {
+            v["zones"] = json!(zones);
+            v["degraded"] = json!(zones < copies);
+        }
+        outln!("{v}");
     } else {
         out!(
             "{}",
             info_text(r.result(), &logs, ctx.opts.verbose, ctx.opts.raw)
         );
-        // A cluster with fewer zones than copies keeps fewer copies: say so.
-        let copies = logs.first().map(|l| usize::from(l.nr_copies)).unwrap_or(0);
-        let zones = nl.zones();
-        if r.result() == SdResult::SUCCESS && zones < copies && !ctx.opts.raw {
-            outln!(
-                "\nDegraded: {zones} zones for {copies} copies; objects have {zones} copies \
-                 until more zones join"
-            );
-        }
     }
     Ok(())
 }

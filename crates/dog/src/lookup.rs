@@ -155,7 +155,7 @@ pub async fn read_object(
             d.resize(len as usize, 0);
             Ok(d)
         }
-        e => Err(format!("Failed to read object {oid:x} {}", e.text())),
+        e => Err(format!("Failed to read object {oid:016x} {}", e.text())),
     })
 }
 
@@ -167,7 +167,7 @@ pub async fn read_inode(s: &Sheep, vid: u32, table: bool) -> Res<Result<Inode, S
         Err(e) => return Ok(Err(e)),
     };
     let Some(hdr) = InodeHeader::decode(&head) else {
-        return Ok(Err(format!("Failed to read object {oid:x} short inode")));
+        return Ok(Err(format!("Failed to read object {oid:016x} short inode")));
     };
     let mut ino = Inode {
         hdr,

@@ -169,7 +169,7 @@ async fn set_owner(s: &Sheep, ino: &InodeHeader, idx: u32, extra: u16) -> Res<()
     if r.result() != SdResult::SUCCESS {
         return Err(Fail::new(
             EXIT_FAILURE,
-            format!("Failed to write object {oid:x}: {}", r.result().text()),
+            format!("Failed to write object {oid:016x}: {}", r.result().text()),
         ));
     }
     Ok(())
@@ -196,7 +196,7 @@ async fn create_data(
     if r.result() != SdResult::SUCCESS {
         return Err(Fail::new(
             EXIT_FAILURE,
-            format!("Failed to write object {oid:x}: {}", r.result().text()),
+            format!("Failed to write object {oid:016x}: {}", r.result().text()),
         ));
     }
     Ok(())
@@ -220,7 +220,7 @@ pub async fn write_object_range(
         if r.result() != SdResult::SUCCESS {
             return Err(Fail::new(
                 EXIT_FAILURE,
-                format!("Failed to write object {oid:x}: {}", r.result().text()),
+                format!("Failed to write object {oid:016x}: {}", r.result().text()),
             ));
         }
         return Ok(());
@@ -277,7 +277,7 @@ async fn write_piece(
                 return Err(Fail::new(
                     EXIT_FAILURE,
                     format!(
-                        "Failed to write object {oid:x}: {}\nFailed to write VDI",
+                        "Failed to write object {oid:016x}: {}\nFailed to write VDI",
                         r.result().text()
                     ),
                 ));
