@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, pattern, Cluster};
+use common::{free_port, pattern, stall, Cluster};
 use sheep::cluster::state::{ClusterState, Event, JoinInfo, Message};
 use sheep::cluster::zookeeper::{parse_options, ZkDriver};
 use sheep::cluster::{Delivery, Driver};
@@ -385,4 +385,29 @@ fn a_history_is_replayed_from_its_start_and_cleared_when_nobody_is_left() {
         assert_eq!(c.list_children(queue).await.unwrap().len(), 1);
         assert_eq!(evs3[0].0, mark(c).await + 1);
     });
+}
+
+/// A sheep that stops answering (SIGSTOP) loses its session after the session timeout (2 s
+/// here); its member node goes, the others see it leave and I/O through node 0 goes on. When
+/// it resumes it serves nothing it had (its session is gone), restarts itself and rejoins as
+/// a returning node.
+#[test]
+fn a_stopped_sheep_s_session_expires_and_it_rejoins_when_it_resumes() {
+    let zdir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(zdir.path());
+    let mut c = Cluster::start_driver(4, &zk.option("stall"));
+    let shadow = stall::alice(&c, 16 << 20);
+    let r = stall::io_goes_on_while_a_node_is_stopped(
+        &mut c,
+        shadow,
+        2,
+        Duration::from_secs(30),
+        stall::RESTARTED,
+    );
+    eprintln!("zookeeper (session timeout 2 s), node 2 stopped: {r:?}");
+    assert!(log_of_expired(&c, 2), "{}", stall::log_of(&c, 2));
+}
+
+fn log_of_expired(c: &Cluster, i: usize) -> bool {
+    stall::log_of(c, i).contains("zookeeper session expired")
 }

@@ -20,6 +20,17 @@
 //! which changes nothing. A node whose own session expires stops serving at once (it starts
 //! itself again and rejoins as a new member): never a split brain.
 //!
+//! Liveness. A sheep that stops answering (kill -STOP, a hung process) stops its session's
+//! pings too: ZooKeeper expires the session after its timeout, the member node goes, and the
+//! others announce the leave. Such a sheep, when it resumes, still holds its old view, and a
+//! request it finds waiting could be served from its old copies before its client even notices
+//! that the session is gone. So every member asks ZooKeeper for its own member node every
+//! 500 ms (less with short sessions) and remembers when the newest answered question was sent:
+//! the session was alive then, so it cannot expire (nor the others see this node leave) before
+//! one session timeout after it. While that moment is older than 3/4 of the session timeout the
+//! node answers no request (`Driver::fenced`); the next answer unfences it, or tells it that its
+//! session or member node is gone, and then it restarts itself and rejoins as a returning node.
+//!
 //! The client is `zookeeper-client`: async on tokio, maintained, with session-state watchers
 //! and the lock recipe built in. Owns: that layout. Never: object data.
 
@@ -27,9 +38,9 @@ use super::state::{Event, JoinInfo, Message};
 use super::{BoxFut, ClusterError, Delivery, Driver, LockGuard};
 use proto::SdNode;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OnceCell};
 use zookeeper_client as zk;
 
@@ -39,6 +50,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(500);
 /// Most queue positions read or deleted at once.
 const BATCH: u64 = 256;
+/// How often a member asks for its own member node (less with sessions under 2 s).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 fn zerr(what: &str) -> impl FnOnce(zk::Error) -> ClusterError + '_ {
     move |e| ClusterError::Other(format!("zookeeper: {what}: {e}"))
@@ -129,6 +142,15 @@ pub struct ZkDriver {
     me: Mutex<Option<SdNode>>,
     /// Every event before this sequence number is known to be in the queue.
     tip: AtomicU64,
+    /// Origin of `alive_at`.
+    clock: Instant,
+    /// When the newest question that ZooKeeper answered within this session was sent (ns since
+    /// `clock`, plus 1; 0 before the first).
+    alive_at: AtomicU64,
+    /// 3/4 of the session timeout the server granted, in ns (0 before the start).
+    fence_ns: AtomicU64,
+    /// Set when this node leaves cleanly (its member node goes on purpose).
+    leaving: AtomicBool,
 }
 
 impl ZkDriver {
@@ -138,7 +160,26 @@ impl ZkDriver {
             client: OnceCell::new(),
             me: Mutex::new(None),
             tip: AtomicU64::new(0),
+            clock: Instant::now(),
+            alive_at: AtomicU64::new(0),
+            fence_ns: AtomicU64::new(0),
+            leaving: AtomicBool::new(false),
         }
+    }
+
+    /// Records that a question sent at `at` was answered within this session.
+    fn stamp(&self, at: Instant) {
+        let ns = at.saturating_duration_since(self.clock).as_nanos() as u64 + 1;
+        self.alive_at.fetch_max(ns, Ordering::SeqCst);
+    }
+
+    /// Whether the session may have expired unnoticed: no answer to a question sent in the
+    /// last 3/4 of the session timeout.
+    fn is_fenced(&self) -> bool {
+        let at = self.alive_at.load(Ordering::SeqCst);
+        let fence = self.fence_ns.load(Ordering::SeqCst);
+        let now = self.clock.elapsed().as_nanos() as u64 + 1;
+        at != 0 && fence != 0 && now.saturating_sub(at) > fence
     }
 
     fn path(&self, sub: &str) -> String {
@@ -422,8 +463,13 @@ impl Driver for ZkDriver {
                         .await
                         .map_err(zerr("clearing the history"))?;
                 }
+                let asked = Instant::now();
                 let joined = self.register(me, info, new_history).await?;
                 self.tip.fetch_max(joined, Ordering::SeqCst);
+                let timeout = client.session_timeout();
+                self.fence_ns
+                    .store((timeout * 3 / 4).as_nanos() as u64, Ordering::SeqCst);
+                self.stamp(asked);
             }
             let first = history_start(&client, &self.path("queue"))
                 .await
@@ -431,6 +477,7 @@ impl Driver for ZkDriver {
             let tracked: Tracked = Arc::new(Mutex::new(BTreeMap::new()));
             tokio::spawn(read_queue(self.clone(), first, tx, tracked.clone()));
             tokio::spawn(watch_members(self.clone(), me, tracked));
+            tokio::spawn(probe_session(self.clone(), client.clone(), me_path));
             tokio::spawn(watch_session(client));
             Ok(())
         })
@@ -482,6 +529,7 @@ impl Driver for ZkDriver {
         Box::pin(async move {
             let me = *self.me.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(me) = me {
+                self.leaving.store(true, Ordering::SeqCst);
                 self.append(&Event::Leave { node: me }).await?;
                 let c = self.client()?;
                 let _ = c
@@ -490,6 +538,53 @@ impl Driver for ZkDriver {
             }
             Ok(())
         })
+    }
+
+    fn fenced(&self) -> bool {
+        self.is_fenced()
+    }
+}
+
+/// Asks for this node's member node at a fixed interval and stamps every answer that shows it
+/// still owned by this session (see the module's comment on liveness). A session that expired
+/// or a member node that is gone or another's means the others declared this node gone: it
+/// restarts itself.
+async fn probe_session(d: Arc<ZkDriver>, c: zk::Client, me_path: String) {
+    let timeout = c.session_timeout();
+    let every = PROBE_EVERY.min(timeout / 4);
+    let session = c.session_id().0;
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(every).await;
+        if d.leaving.load(Ordering::SeqCst) {
+            return;
+        }
+        if d.is_fenced() && !warned {
+            warned = true;
+            tracing::warn!(
+                "zookeeper: no answer within this session for 3/4 of its timeout {timeout:?} \
+                 (stopped, starved or cut off?): serving nothing until ZooKeeper answers"
+            );
+        }
+        let asked = Instant::now();
+        let answer = tokio::time::timeout(timeout, c.check_stat(&me_path)).await;
+        if d.leaving.load(Ordering::SeqCst) {
+            return;
+        }
+        match answer {
+            Ok(Ok(Some(stat))) if stat.ephemeral_owner == session => {
+                d.stamp(asked);
+                if std::mem::take(&mut warned) {
+                    tracing::info!("zookeeper: the session is alive; serving again");
+                }
+            }
+            Ok(Ok(_)) => super::restart_self("zookeeper: this node's member node is gone"),
+            Ok(Err(zk::Error::SessionExpired)) => super::restart_self("zookeeper session expired"),
+            Ok(Err(e)) => tracing::warn!("zookeeper: looking at this node's member node: {e}"),
+            Err(_) => tracing::warn!(
+                "zookeeper: no answer about this node's member node within {timeout:?}"
+            ),
+        }
     }
 }
 
