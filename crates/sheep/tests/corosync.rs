@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{pattern, Cluster};
+use common::{pattern, stall, Cluster};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -146,4 +146,31 @@ fn three_sheep_in_one_cpg_group() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(c.dog_ok(0, &["vdi", "list", "-r"]).lines().count(), 1);
+}
+
+/// A sheep that stops answering (SIGSTOP) stays a CPG member (its corosync daemon is alive):
+/// its heartbeats stop, and after the driver's timeout (2 s here) the oldest live member
+/// evicts it, which every member turns into a leave at the same point of the order. I/O
+/// through node 0 goes on; when the stopped sheep resumes it reads its own eviction, serves
+/// nothing, restarts itself and rejoins as a returning node.
+#[test]
+fn a_stopped_sheep_is_evicted_and_rejoins_when_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cs = Corosync::start(dir.path());
+    let group = format!("corosync:stall-{},timeout=2000", std::process::id());
+    let mut c = Cluster::start_driver(4, &group);
+    let shadow = stall::alice(&c, 16 << 20);
+    let r = stall::io_goes_on_while_a_node_is_stopped(
+        &mut c,
+        shadow,
+        2,
+        Duration::from_secs(30),
+        stall::RESTARTED,
+    );
+    eprintln!("corosync (timeout 2 s), node 2 stopped: {r:?}");
+    assert!(
+        stall::log_of(&c, 2).contains("evicted this node"),
+        "{}",
+        stall::log_of(&c, 2)
+    );
 }

@@ -1,6 +1,6 @@
-//! The `corosync` cluster driver (`-c corosync[:GROUP]`): membership and the total order of
-//! events come from corosync's closed process groups (CPG), which deliver messages and
-//! membership changes in the same order to every member (virtual synchrony).
+//! The `corosync` cluster driver (`-c corosync[:GROUP][,timeout=MS]`): membership and the
+//! total order of events come from corosync's closed process groups (CPG), which deliver
+//! messages and membership changes in the same order to every member (virtual synchrony).
 //!
 //! Every sheep joins the CPG group (default `sheepdog`) and multicasts its join; a member that
 //! leaves or dies shows up in a configuration change, which becomes a leave event at the same
@@ -10,6 +10,28 @@
 //! queue of lock requests kept by every member in the same order. A node in a partition
 //! without quorum (votequorum) stops serving and restarts, waiting for quorum.
 //!
+//! Liveness. CPG membership follows a process's connection to its corosync daemon, not whether
+//! the process answers: a sheep that stops (kill -STOP, a hung process) stays a CPG member for
+//! ever. So every member multicasts a heartbeat (`Wire::Beat`, not a cluster event) every
+//! 500 ms (less with timeouts under 2 s) from a thread of its own, and each member remembers,
+//! by its own monotonic clock, when it last heard each other one. A member not heard from for
+//! the timeout (5 s; `timeout=MS`) is evicted: the oldest member that is itself not overdue
+//! multicasts `Wire::Evict`, which every member turns into a leave at that point of the total
+//! order (a second eviction of the same member finds it gone and changes nothing). A node that
+//! stopped looking for more than half the timeout (it was stopped itself) starts counting again
+//! rather than blame the others for its own pause.
+//!
+//! A sheep that resumes after such a pause must not go on as a member. Each beat carries when
+//! it was sent; when this node's own beat comes back in the order with no eviction of it before
+//! it, nobody can evict it until a timeout after that beat was sent (the others count from
+//! when they heard it, which is later). While the newest such beat is older than 3/4 of the
+//! timeout it answers no request (`Driver::fenced`); it unfences when its next beat comes back,
+//! or it reads its own eviction first (everything queued for it comes before its next beat) and
+//! restarts itself (`restart_self`), to rejoin as a returning node. Messages of an evicted
+//! process (events, locks, beats) change nothing. `restart_self` keeps the pid, which CPG uses
+//! to name a member: the restarted sheep joins the group again once corosync has seen its
+//! former connection close.
+//!
 //! libcpg and libquorum are loaded at run time (`libloading`), so building sheep needs no
 //! corosync headers; only `-c corosync` needs the libraries (Debian: libcpg4, libquorum5).
 //! Owns: the CPG wire messages. Never: object data.
@@ -18,14 +40,16 @@ use super::state::{Event, JoinInfo, Message};
 use super::{BoxFut, ClusterError, Delivery, Driver, LockGuard};
 use proto::SdNode;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 const CS_OK: c_int = 1;
 const CS_ERR_TRY_AGAIN: c_int = 6;
+const CS_ERR_EXIST: c_int = 14;
 const CS_DISPATCH_BLOCKING: c_int = 3;
 const CPG_TYPE_AGREED: c_int = 2;
 
@@ -128,6 +152,84 @@ impl Api {
 /// A CPG member: corosync node id and process id.
 type Member = (u32, u32);
 
+/// A member not heard from for this long is evicted.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How often a member multicasts its heartbeat (less with timeouts under 2 s).
+const BEAT_EVERY: Duration = Duration::from_millis(500);
+/// How often the members' heartbeats are looked at (less with timeouts under 1 s).
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How long a restarted sheep waits for corosync to forget its former connection.
+const REJOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// What follows `-c corosync:`: `[GROUP][,timeout=MS]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub group: String,
+    pub timeout: Duration,
+}
+
+impl Options {
+    fn beat_every(&self) -> Duration {
+        BEAT_EVERY.min(self.timeout / 4)
+    }
+    fn watch_every(&self) -> Duration {
+        WATCH_EVERY.min(self.timeout / 10)
+    }
+    /// A node whose own newest beat back in the order is older than this may have been
+    /// evicted: it serves nothing until the next one comes back.
+    fn fence(&self) -> Duration {
+        self.timeout * 3 / 4
+    }
+}
+
+/// Parses `[GROUP][,timeout=MS]` (an empty group is the default one, `sheepdog`).
+pub fn parse_options(arg: &str) -> Result<Options, String> {
+    let mut o = Options {
+        group: "sheepdog".into(),
+        timeout: DEFAULT_TIMEOUT,
+    };
+    for (i, item) in arg.split(',').enumerate() {
+        match item.split_once('=') {
+            None if i == 0 => {
+                if !item.is_empty() {
+                    o.group = item.to_string();
+                }
+            }
+            Some(("timeout", ms)) => {
+                let ms: u64 = ms.parse().map_err(|_| {
+                    format!("corosync driver: timeout={ms}: not a number of milliseconds")
+                })?;
+                o.timeout = Duration::from_millis(ms);
+                if o.timeout < MIN_TIMEOUT {
+                    return Err(format!(
+                        "corosync driver: timeout={ms}: at least {} ms",
+                        MIN_TIMEOUT.as_millis()
+                    ));
+                }
+            }
+            _ if item.is_empty() => {}
+            _ => {
+                return Err(format!(
+                    "corosync driver: unknown option '{item}' (known: GROUP, timeout=MS)"
+                ))
+            }
+        }
+    }
+    if o.group.len() > 127 {
+        return Err("corosync group name is too long".into());
+    }
+    Ok(o)
+}
+
+/// Origin of the nanosecond readings of this process (`now_ns`).
+static CLOCK: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds since `CLOCK`, plus 1 (0 stays "never").
+fn now_ns() -> u64 {
+    CLOCK.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
 /// What sheep multicast to each other.
 #[derive(Serialize, Deserialize)]
 enum Wire {
@@ -150,6 +252,14 @@ enum Wire {
     Unlock {
         id: u64,
     },
+    /// A heartbeat; `at`: when it was sent, by the sender's clock (`now_ns`).
+    Beat {
+        at: u64,
+    },
+    /// `who` was not heard from for the timeout: it leaves here in the order.
+    Evict {
+        who: Member,
+    },
 }
 
 #[derive(Default)]
@@ -167,6 +277,11 @@ struct Shared {
     sent: HashMap<u64, oneshot::Sender<u64>>,
     locks: VecDeque<(Member, u64)>,
     lock_waiters: HashMap<u64, oneshot::Sender<u64>>,
+    /// When this node last heard each other member (a beat, or its join).
+    heard: HashMap<Member, Instant>,
+    /// When the newest beat of this node that came back while it was a member was sent
+    /// (`now_ns`; 0 before the first).
+    alive_at: u64,
 }
 
 impl Shared {
@@ -186,6 +301,20 @@ impl Shared {
         } else {
             self.pending.push((time, ev));
         }
+    }
+
+    /// `m` is no longer a member: its locks go, and its leave is delivered.
+    fn remove(&mut self, m: Member) {
+        self.locks.retain(|&(who, _)| who != m);
+        self.heard.remove(&m);
+        if let Some(pos) = self.joined.iter().position(|(j, _)| *j == m) {
+            let (_, node) = self.joined.remove(pos);
+            self.event(Event::Leave { node });
+        }
+    }
+
+    fn is_member(&self, m: Member) -> bool {
+        self.joined.iter().any(|(j, _)| *j == m)
     }
 
     /// Grants the mutex when our request reached the head of the queue.
@@ -229,12 +358,46 @@ unsafe extern "C" fn on_deliver(
     };
     let Some(mut s) = shared() else { return };
     let sender = (nodeid, pid);
+    // An evicted process that goes on (it has not seen its eviction yet) changes nothing.
+    let evicted = s.ready && !s.is_member(sender);
     match wire {
+        Wire::Event { ev, .. } if evicted && !matches!(ev, Event::Join { .. }) => {
+            tracing::warn!("corosync: ignoring an event of {nodeid}/{pid}, not a member");
+        }
+        Wire::Lock { .. } | Wire::Unlock { .. } | Wire::Evict { .. } if evicted => {}
+        Wire::Beat { at } => {
+            if s.me == Some(sender) {
+                if s.is_member(sender) {
+                    s.alive_at = s.alive_at.max(at);
+                } else if s.ready {
+                    drop(s);
+                    restart("this node is no longer a member of the CPG group's cluster");
+                }
+            } else if s.is_member(sender) {
+                s.heard.insert(sender, Instant::now());
+            }
+        }
+        Wire::Evict { who } => {
+            if s.me == Some(who) {
+                drop(s);
+                restart("the other members evicted this node (no heartbeat within the timeout)");
+            }
+            if s.is_member(who) {
+                tracing::warn!(
+                    "corosync: member {}/{} leaves: evicted by {nodeid}/{pid}",
+                    who.0,
+                    who.1
+                );
+            }
+            s.remove(who);
+            s.grant();
+        }
         Wire::Event { id, ev } => {
             let joiner = matches!(ev, Event::Join { .. }) && s.me != Some(sender);
             if let Event::Join { node, .. } = &ev {
                 s.joined.retain(|(m, _)| *m != sender);
                 s.joined.push((sender, *node));
+                s.heard.insert(sender, Instant::now());
             }
             if let Event::Leave { .. } = &ev {
                 s.joined.retain(|(m, _)| *m != sender);
@@ -300,6 +463,10 @@ unsafe extern "C" fn on_deliver(
                 }
             }
             s.joined = all;
+            let now = Instant::now();
+            for m in s.joined.iter().map(|(m, _)| *m).collect::<Vec<_>>() {
+                s.heard.insert(m, now);
+            }
             let mut q: VecDeque<(Member, u64)> = locks.into_iter().collect();
             q.extend(s.locks.drain(..));
             s.locks = q;
@@ -351,18 +518,28 @@ unsafe extern "C" fn on_confchg(
         }
     }
     for a in left {
-        let m = (a.nodeid, a.pid);
-        s.locks.retain(|&(who, _)| who != m);
-        if let Some(pos) = s.joined.iter().position(|(j, _)| *j == m) {
-            let (_, node) = s.joined.remove(pos);
-            s.event(Event::Leave { node });
-        }
+        s.remove((a.nodeid, a.pid));
     }
     s.grant();
 }
 
+/// This node was evicted: restart (`restart_self`), once; another thread that finds the same
+/// waits for the first one's exec.
+fn restart(why: &str) -> ! {
+    static RESTARTING: AtomicBool = AtomicBool::new(false);
+    if RESTARTING.swap(true, Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    super::restart_self(&format!("corosync: {why}"))
+}
+
 pub struct CorosyncDriver {
     group: String,
+    opts: Options,
+    /// Set when this node leaves cleanly.
+    leaving: AtomicBool,
     api: OnceLock<Api>,
     handle: Mutex<u64>,
     next_id: std::sync::atomic::AtomicU64,
@@ -384,12 +561,11 @@ fn group_name(group: &str) -> CpgName {
 
 impl CorosyncDriver {
     pub fn new(arg: Option<&str>) -> Result<CorosyncDriver, String> {
-        let group = arg.filter(|a| !a.is_empty()).unwrap_or("sheepdog");
-        if group.len() > 127 {
-            return Err("corosync group name is too long".into());
-        }
+        let opts = parse_options(arg.unwrap_or(""))?;
         Ok(CorosyncDriver {
-            group: group.to_string(),
+            group: opts.group.clone(),
+            opts,
+            leaving: AtomicBool::new(false),
             api: OnceLock::new(),
             handle: Mutex::new(0),
             next_id: std::sync::atomic::AtomicU64::new(1),
@@ -430,6 +606,82 @@ impl CorosyncDriver {
         Err(ClusterError::Other(
             "corosync: multicast kept being refused".into(),
         ))
+    }
+
+    /// Whether this node's newest beat back in the order is older than the fence.
+    fn is_fenced(&self) -> bool {
+        let Some(s) = shared() else { return false };
+        let at = s.alive_at;
+        drop(s);
+        at != 0 && now_ns().saturating_sub(at) > self.opts.fence().as_nanos() as u64
+    }
+
+    /// Multicasts this node's heartbeat at a fixed interval.
+    fn heartbeat(self: Arc<Self>) {
+        loop {
+            std::thread::sleep(self.opts.beat_every());
+            if self.leaving.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = self.mcast(&Wire::Beat { at: now_ns() }) {
+                tracing::warn!("corosync: heartbeat: {e}");
+            }
+        }
+    }
+
+    /// Looks at the members' heartbeats; the oldest member that is not overdue itself evicts
+    /// the overdue ones.
+    fn watch(self: Arc<Self>) {
+        let mut looked = Instant::now();
+        let mut evicting: HashSet<Member> = HashSet::new();
+        loop {
+            std::thread::sleep(self.opts.watch_every());
+            if self.leaving.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(mut s) = shared() else { return };
+            let now = Instant::now();
+            if now.saturating_duration_since(looked) > self.opts.timeout / 2 {
+                // This node was stopped or starved itself: what it missed is no evidence
+                // against the others.
+                for t in s.heard.values_mut() {
+                    *t = now;
+                }
+            }
+            looked = now;
+            if !s.ready {
+                continue;
+            }
+            let Some(me) = s.me else { continue };
+            let overdue = |m: &Member| {
+                *m != me
+                    && s.heard
+                        .get(m)
+                        .is_none_or(|t| now.saturating_duration_since(*t) > self.opts.timeout)
+            };
+            let stale: Vec<Member> = s.joined.iter().map(|(m, _)| *m).filter(overdue).collect();
+            let evictor = s.joined.iter().map(|(m, _)| *m).find(|m| !overdue(m));
+            evicting.retain(|m| s.is_member(*m));
+            drop(s);
+            if evictor != Some(me) {
+                continue;
+            }
+            for who in stale {
+                if !evicting.insert(who) {
+                    continue;
+                }
+                tracing::warn!(
+                    "corosync: member {}/{} not heard from for {:?}: evicting it",
+                    who.0,
+                    who.1,
+                    self.opts.timeout
+                );
+                if let Err(e) = self.mcast(&Wire::Evict { who }) {
+                    tracing::warn!("corosync: evicting {}/{}: {e}", who.0, who.1);
+                    evicting.remove(&who);
+                }
+            }
+        }
     }
 
     fn quorate(api: &Api, q: u64) -> bool {
@@ -497,9 +749,21 @@ impl Driver for CorosyncDriver {
             }
             let _ = DRIVER.set(self.clone());
             let name = group_name(&self.group);
-            // SAFETY: `name` is a valid group name for the call.
-            let r = unsafe { (api.cpg_join)(h, &name) };
-            if r != CS_OK {
+            // A restarted sheep keeps its pid: corosync refuses the join until it has seen
+            // the former process's connection close.
+            let deadline = std::time::Instant::now() + REJOIN_WAIT;
+            loop {
+                // SAFETY: `name` is a valid group name for the call.
+                let r = unsafe { (api.cpg_join)(h, &name) };
+                if r == CS_OK {
+                    break;
+                }
+                if (r == CS_ERR_EXIST || r == CS_ERR_TRY_AGAIN)
+                    && std::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 return Err(ClusterError::Other(format!(
                     "corosync: cannot join group {} ({r})",
                     self.group
@@ -542,6 +806,16 @@ impl Driver for CorosyncDriver {
             })
             .await
             .map_err(|e| ClusterError::Other(e.to_string()))??;
+            let d = self.clone();
+            std::thread::Builder::new()
+                .name("corosync-heartbeat".into())
+                .spawn(move || d.heartbeat())
+                .map_err(|e| ClusterError::Other(e.to_string()))?;
+            let d = self.clone();
+            std::thread::Builder::new()
+                .name("corosync-watch".into())
+                .spawn(move || d.watch())
+                .map_err(|e| ClusterError::Other(e.to_string()))?;
             Ok(())
         })
     }
@@ -604,12 +878,17 @@ impl Driver for CorosyncDriver {
 
     fn leave(&self) -> BoxFut<'_, Result<(), ClusterError>> {
         Box::pin(async move {
+            self.leaving.store(true, Ordering::SeqCst);
             let api = self.api()?;
             let name = group_name(&self.group);
             // SAFETY: valid handle and group name.
             unsafe { (api.cpg_leave)(self.handle(), &name) };
             Ok(())
         })
+    }
+
+    fn fenced(&self) -> bool {
+        self.is_fenced()
     }
 }
 
@@ -624,5 +903,54 @@ impl Drop for Unlock {
         if let Err(e) = self.d.mcast(&Wire::Unlock { id: self.id }) {
             tracing::error!("corosync: releasing the cluster lock: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_group_and_timeout() {
+        let o = |s: &str| parse_options(s).unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (o("").group.as_str(), o("").timeout),
+            ("sheepdog", ms(5000))
+        );
+        assert_eq!(o("g1").group, "g1");
+        assert_eq!(o("g1").timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            o("g1,timeout=2000"),
+            Options {
+                group: "g1".into(),
+                timeout: ms(2000)
+            }
+        );
+        assert_eq!(o("timeout=2000").group, "sheepdog");
+        assert_eq!(o("timeout=2000").timeout, ms(2000));
+        assert_eq!(o(",timeout=1500,").timeout, ms(1500));
+        for bad in [
+            "g,timeout=",
+            "g,timeout=2s",
+            "g,timeout=10",
+            "g,timout=5000",
+            "g,x",
+        ] {
+            assert!(parse_options(bad).is_err(), "{bad}");
+        }
+        assert!(parse_options(&"g".repeat(128)).is_err());
+        let d = o("");
+        assert_eq!(
+            (d.beat_every(), d.watch_every(), d.fence()),
+            (ms(500), ms(100), ms(3750))
+        );
+        assert_eq!(
+            (
+                o("timeout=1000").beat_every(),
+                o("timeout=1000").watch_every()
+            ),
+            (ms(250), ms(100))
+        );
     }
 }
