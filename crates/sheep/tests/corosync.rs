@@ -174,3 +174,14 @@ fn a_stopped_sheep_is_evicted_and_rejoins_when_it_resumes() {
         stall::log_of(&c, 2)
     );
 }
+
+/// A pause well within the timeout changes nothing: no eviction, no restart.
+#[test]
+fn a_short_pause_evicts_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cs = Corosync::start(dir.path());
+    let group = format!("corosync:pause-{},timeout=2000", std::process::id());
+    let c = Cluster::start_driver(3, &group);
+    let data = stall::alice(&c, 8 << 20);
+    stall::a_short_pause_changes_nothing(&c, &data, 1, Duration::from_millis(700));
+}

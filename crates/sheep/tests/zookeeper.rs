@@ -408,6 +408,16 @@ fn a_stopped_sheep_s_session_expires_and_it_rejoins_when_it_resumes() {
     assert!(log_of_expired(&c, 2), "{}", stall::log_of(&c, 2));
 }
 
+/// A pause well within the session timeout changes nothing.
+#[test]
+fn a_short_pause_keeps_the_session() {
+    let zdir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(zdir.path());
+    let c = Cluster::start_driver(3, &zk.option("pause"));
+    let data = stall::alice(&c, 8 << 20);
+    stall::a_short_pause_changes_nothing(&c, &data, 1, Duration::from_millis(700));
+}
+
 fn log_of_expired(c: &Cluster, i: usize) -> bool {
     stall::log_of(c, i).contains("zookeeper session expired")
 }

@@ -285,3 +285,22 @@ pub fn io_goes_on_while_a_node_is_stopped(
         back,
     }
 }
+
+/// Node `paused` of `c` (formatted by `alice`, holding `data`) is stopped for `pause`, well
+/// under its driver's timeout, and continued: well past the timeout nobody has left, no epoch
+/// was added, it did not restart, and every node serves the data.
+pub fn a_short_pause_changes_nothing(c: &Cluster, data: &[u8], paused: usize, pause: Duration) {
+    let n = c.nodes.len();
+    let before = c.dog_ok(0, &["cluster", "info"]);
+    signal(c, paused, libc::SIGSTOP);
+    std::thread::sleep(pause);
+    signal(c, paused, libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(4));
+    for i in 0..n {
+        assert_eq!(members(c, i), Some(n), "node {i}");
+        assert_reads(c, i, data);
+    }
+    assert_eq!(c.dog_ok(0, &["cluster", "info"]), before);
+    let log = log_of(c, paused);
+    assert!(!log.contains(RESTARTED), "{log}");
+}
