@@ -29,8 +29,8 @@
 //! or it reads its own eviction first (everything queued for it comes before its next beat) and
 //! restarts itself (`restart_self`), to rejoin as a returning node. Messages of an evicted
 //! process (events, locks, beats) change nothing. `restart_self` keeps the pid, which CPG uses
-//! to name a member: the restarted sheep joins the group again once corosync has seen its
-//! former connection close.
+//! to name a member: corosync refuses the restarted sheep's join until it has delivered the
+//! former process's leave, so the two are never taken for each other.
 //!
 //! libcpg and libquorum are loaded at run time (`libloading`), so building sheep needs no
 //! corosync headers; only `-c corosync` needs the libraries (Debian: libcpg4, libquorum5).
@@ -749,8 +749,9 @@ impl Driver for CorosyncDriver {
             }
             let _ = DRIVER.set(self.clone());
             let name = group_name(&self.group);
-            // A restarted sheep keeps its pid: corosync refuses the join until it has seen
-            // the former process's connection close.
+            // A restarted sheep keeps its pid: corosync refuses the join while a connection
+            // of that pid is in the group (CS_ERR_EXIST) or its leave is not delivered yet
+            // (CS_ERR_TRY_AGAIN), so the former process's leave always comes first.
             let deadline = std::time::Instant::now() + REJOIN_WAIT;
             loop {
                 // SAFETY: `name` is a valid group name for the call.
