@@ -40,7 +40,8 @@ struct Opts {
     /// Address advertised to the other sheep (default: the -b address, else 127.0.0.1)
     #[arg(short = 'y', long)]
     myaddr: Option<IpAddr>,
-    /// Cluster driver: local[:PATH]
+    /// Cluster driver: local[:PATH][,timeout=MS], zookeeper:HOST:PORT[,HOST:PORT...][/ID][,timeout=MS]
+    /// or corosync[:GROUP][,timeout=MS]
     #[arg(short = 'c', long, default_value = "local")]
     cluster: String,
     /// Stay in the foreground
