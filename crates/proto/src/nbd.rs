@@ -81,6 +81,21 @@ pub mod cmd {
     pub const CACHE: u16 = 5;
     pub const WRITE_ZEROES: u16 = 6;
     pub const BLOCK_STATUS: u16 = 7;
+
+    /// The command's name ("WRITE_ZEROES"), "UNKNOWN" for another number.
+    pub fn name(kind: u16) -> &'static str {
+        match kind {
+            READ => "READ",
+            WRITE => "WRITE",
+            DISC => "DISC",
+            FLUSH => "FLUSH",
+            TRIM => "TRIM",
+            CACHE => "CACHE",
+            WRITE_ZEROES => "WRITE_ZEROES",
+            BLOCK_STATUS => "BLOCK_STATUS",
+            _ => "UNKNOWN",
+        }
+    }
 }
 
 /// Command flags.
@@ -112,6 +127,21 @@ pub mod errno {
     pub const EOVERFLOW: u32 = 75;
     pub const ENOTSUP: u32 = 95;
     pub const ESHUTDOWN: u32 = 108;
+
+    /// The error's name ("EPERM"), "EUNKNOWN" for another number.
+    pub fn name(e: u32) -> &'static str {
+        match e {
+            EPERM => "EPERM",
+            EIO => "EIO",
+            ENOMEM => "ENOMEM",
+            EINVAL => "EINVAL",
+            ENOSPC => "ENOSPC",
+            EOVERFLOW => "EOVERFLOW",
+            ENOTSUP => "ENOTSUP",
+            ESHUTDOWN => "ESHUTDOWN",
+            _ => "EUNKNOWN",
+        }
+    }
 }
 
 /// base:allocation block states.

@@ -106,3 +106,99 @@ pub fn gateway_to_peer(op: u8) -> Option<u8> {
         _ => None,
     }
 }
+
+/// Opcodes that only sheep send one another (the copies of a gateway's object requests,
+/// recovery's lists and fetches, cluster-event waits); every other one is a client's.
+pub fn is_peer(op: u8) -> bool {
+    matches!(
+        op,
+        CREATE_AND_WRITE_PEER
+            | READ_PEER
+            | WRITE_PEER
+            | REMOVE_PEER
+            | FLUSH_PEER
+            | GET_OBJ_LIST
+            | OBJ_LIST_TAGGED
+            | WAIT_APPLIED
+            | DRAIN_VDI
+    )
+}
+
+/// The constant's name of an opcode ("READ_OBJ"), "UNKNOWN" for one this protocol lacks.
+pub fn name(op: u8) -> &'static str {
+    match op {
+        CREATE_AND_WRITE_OBJ => "CREATE_AND_WRITE_OBJ",
+        READ_OBJ => "READ_OBJ",
+        WRITE_OBJ => "WRITE_OBJ",
+        REMOVE_OBJ => "REMOVE_OBJ",
+        DISCARD_OBJ => "DISCARD_OBJ",
+        NEW_VDI => "NEW_VDI",
+        LOCK_VDI => "LOCK_VDI",
+        RELEASE_VDI => "RELEASE_VDI",
+        GET_VDI_INFO => "GET_VDI_INFO",
+        READ_VDIS => "READ_VDIS",
+        FLUSH_VDI => "FLUSH_VDI",
+        DEL_VDI => "DEL_VDI",
+        GET_CLUSTER_DEFAULT => "GET_CLUSTER_DEFAULT",
+        GET_NODE_LIST => "GET_NODE_LIST",
+        MAKE_FS => "MAKE_FS",
+        SHUTDOWN => "SHUTDOWN",
+        STAT_SHEEP => "STAT_SHEEP",
+        STAT_CLUSTER => "STAT_CLUSTER",
+        GET_VDI_ATTR => "GET_VDI_ATTR",
+        FORCE_RECOVER => "FORCE_RECOVER",
+        GET_STORE_LIST => "GET_STORE_LIST",
+        CLEANUP => "CLEANUP",
+        STAT_RECOVERY => "STAT_RECOVERY",
+        FLUSH_DEL_CACHE => "FLUSH_DEL_CACHE",
+        NOTIFY_VDI_DEL => "NOTIFY_VDI_DEL",
+        KILL_NODE => "KILL_NODE",
+        GET_OBJ_LIST => "GET_OBJ_LIST",
+        GET_EPOCH => "GET_EPOCH",
+        CREATE_AND_WRITE_PEER => "CREATE_AND_WRITE_PEER",
+        READ_PEER => "READ_PEER",
+        WRITE_PEER => "WRITE_PEER",
+        REMOVE_PEER => "REMOVE_PEER",
+        ENABLE_RECOVER => "ENABLE_RECOVER",
+        DISABLE_RECOVER => "DISABLE_RECOVER",
+        GET_VDI_COPIES => "GET_VDI_COPIES",
+        COMPLETE_RECOVERY => "COMPLETE_RECOVERY",
+        NOTIFY_VDI_ADD => "NOTIFY_VDI_ADD",
+        GET_HASH => "GET_HASH",
+        STAT => "STAT",
+        GET_LOGLEVEL => "GET_LOGLEVEL",
+        SET_LOGLEVEL => "SET_LOGLEVEL",
+        EXIST => "EXIST",
+        CLUSTER_INFO => "CLUSTER_INFO",
+        OIDS_EXIST => "OIDS_EXIST",
+        READ_DEL_VDIS => "READ_DEL_VDIS",
+        REPAIR_REPLICA => "REPAIR_REPLICA",
+        GET_RECOVERY => "GET_RECOVERY",
+        SET_RECOVERY => "SET_RECOVERY",
+        FLUSH_PEER => "FLUSH_PEER",
+        WAIT_APPLIED => "WAIT_APPLIED",
+        GET_VDI_LOCKS => "GET_VDI_LOCKS",
+        OBJ_TAG => "OBJ_TAG",
+        OBJ_LIST_TAGGED => "OBJ_LIST_TAGGED",
+        DRAIN_VDI => "DRAIN_VDI",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_kinds() {
+        assert_eq!(name(READ_OBJ), "READ_OBJ");
+        assert_eq!(name(DRAIN_VDI), "DRAIN_VDI");
+        assert_eq!(name(0x7f), "UNKNOWN");
+        assert!(is_peer(WRITE_PEER) && is_peer(OBJ_LIST_TAGGED));
+        assert!(!is_peer(WRITE_OBJ) && !is_peer(OBJ_TAG) && !is_peer(GET_HASH));
+        // Every named opcode has a distinct name.
+        let named: Vec<&str> = (0..=255u8).map(name).filter(|n| *n != "UNKNOWN").collect();
+        let distinct: std::collections::BTreeSet<&str> = named.iter().copied().collect();
+        assert_eq!(named.len(), distinct.len());
+    }
+}

@@ -9,6 +9,8 @@ pub mod attr;
 pub mod budget;
 pub mod cluster;
 pub mod gateway;
+pub mod http;
+pub mod metrics;
 pub mod nbd;
 pub mod node;
 pub mod ops;

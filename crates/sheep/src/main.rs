@@ -33,7 +33,7 @@ struct Opts {
     /// Zone id (default: derived from the address)
     #[arg(short = 'z', long)]
     zone: Option<u32>,
-    /// Address to listen on, Sheepdog and NBD (default: the -y address, else 127.0.0.1 only;
+    /// Address to listen on, Sheepdog, NBD and HTTP (default: the -y address, else 127.0.0.1 only;
     /// 0.0.0.0 for every address)
     #[arg(short = 'b', long)]
     bindaddr: Option<IpAddr>,
@@ -68,6 +68,13 @@ struct Opts {
     /// Let NBD writers from different clients share a VDI (qemu-nbd's --shared)
     #[arg(long)]
     nbd_shared: bool,
+    /// HTTP port of /metrics (default 8000 + PORT - 7000; 0 = no HTTP)
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// File whose first line is the token HTTP requests that change things must present
+    /// (Authorization: Bearer TOKEN); without it only loopback clients may
+    #[arg(long, value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
     /// Connections each listener (Sheepdog and NBD, TCP and unix socket) serves at once;
     /// one more is closed at once (0: no limit)
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
@@ -316,6 +323,7 @@ fn run(opts: Opts) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", sock_path.display()))?;
     unix.set_nonblocking(true)?;
     let nbd = nbd_listeners(&opts, bind)?;
+    let http = http_listener(&opts, bind)?;
 
     let nid = NodeId::new(advertised, opts.port);
     let space = store.space().map(|(t, _)| t).unwrap_or(0);
@@ -342,8 +350,12 @@ fn run(opts: Opts) -> Result<()> {
         Some(a) => format!(", NBD on {a}"),
         None => String::new(),
     };
+    let http_at = match http.as_ref().and_then(|h| h.tcp.local_addr().ok()) {
+        Some(a) => format!(", HTTP on {a}"),
+        None => String::new(),
+    };
     tracing::info!(
-        "listening on {}{nbd_at}, advertising {}:{}",
+        "listening on {}{nbd_at}{http_at}, advertising {}:{}",
         SocketAddr::new(bind, opts.port),
         advertised,
         opts.port
@@ -365,6 +377,7 @@ fn run(opts: Opts) -> Result<()> {
         tcp: listener,
         unix,
         nbd,
+        http,
         limits,
     };
     let result = rt.block_on(serve(store, driver, me, listeners, ready));
@@ -378,6 +391,7 @@ struct Listeners {
     tcp: std::net::TcpListener,
     unix: std::os::unix::net::UnixListener,
     nbd: NbdListeners,
+    http: Option<HttpListener>,
     limits: Limits,
 }
 
@@ -392,6 +406,7 @@ async fn serve(
         tcp,
         unix,
         nbd,
+        http,
         limits,
     } = listeners;
     let node = Node::new(me, store, driver);
@@ -418,6 +433,11 @@ async fn serve(
     if let Some(l) = nbd.unix {
         let l = tokio::net::UnixListener::from_std(l)?;
         tokio::spawn(sheep::nbd::listen_unix(nbd_server.clone(), l));
+    }
+    if let Some(h) = http {
+        let l = tokio::net::TcpListener::from_std(h.tcp)?;
+        let max = limits.max_connections;
+        tokio::spawn(sheep::http::listen(node.clone(), l, h.access, max));
     }
     let joined = node.start().await;
     if let Some(mut r) = ready {
@@ -486,6 +506,38 @@ fn nbd_listeners(opts: &Opts, bind: IpAddr) -> Result<NbdListeners> {
         unix,
         shared: opts.nbd_shared,
     })
+}
+
+/// The HTTP listener and its access rule, bound and read before the fork.
+struct HttpListener {
+    tcp: std::net::TcpListener,
+    access: sheep::http::Access,
+}
+
+fn http_listener(opts: &Opts, bind: IpAddr) -> Result<Option<HttpListener>> {
+    let port = match opts.http_port {
+        Some(p) => p,
+        None => u16::try_from(8000 + i64::from(opts.port) - 7000).map_err(|_| {
+            anyhow!(
+                "no default HTTP port for sheep port {}; give --http-port",
+                opts.port
+            )
+        })?,
+    };
+    if port == 0 {
+        if opts.api_token_file.is_some() {
+            bail!("--api-token-file needs the HTTP port (--http-port is 0)");
+        }
+        return Ok(None);
+    }
+    let access = match &opts.api_token_file {
+        Some(p) => sheep::http::Access::from_file(p)?,
+        None => sheep::http::Access::default(),
+    };
+    let tcp = std::net::TcpListener::bind(SocketAddr::new(bind, port))
+        .with_context(|| format!("cannot listen for HTTP on {bind}:{port} (--http-port)"))?;
+    tcp.set_nonblocking(true)?;
+    Ok(Some(HttpListener { tcp, access }))
 }
 
 fn init_logging(dir: &Path, level: tracing::Level, foreground: bool) -> Result<()> {

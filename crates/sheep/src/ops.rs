@@ -129,6 +129,7 @@ async fn release_vdi(node: &Arc<Node>, client: &Client, req: &Header) -> Result<
 
 /// Runs one request. `data` is the request payload (empty unless WRITE was set).
 pub async fn handle(node: &Arc<Node>, client: &Client, req: &Header, data: Bytes) -> Reply {
+    let counted = crate::metrics::Request::sheepdog(req, data.len());
     let mut rsp = Header::response_to(req, node.epoch(), SdResult::SUCCESS);
     let out = run(node, client, req, data, &mut rsp).await;
     let data = match out {
@@ -139,6 +140,7 @@ pub async fn handle(node: &Arc<Node>, client: &Client, req: &Header, data: Bytes
         }
     };
     rsp.set_epoch(node.epoch());
+    counted.finish_sd(rsp.sd_result(), data.len());
     Reply { header: rsp, data }
 }
 

@@ -306,6 +306,7 @@ pub async fn serve_conn<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let _counted = crate::metrics::connection(crate::metrics::Listener::Sheepdog);
     let name = client.clone();
     let client = Arc::new(ops::Client::new(client));
     let (rd, wr) = tokio::io::split(stream);
@@ -336,6 +337,7 @@ pub async fn serve_conn<S>(
             if refusal.skip > 0 && skip(&mut rd, refusal.skip as u64).await.is_err() {
                 break;
             }
+            crate::metrics::Request::sheepdog(&req, 0).finish_sd(refusal.result, 0);
             let rsp = Header::response_to(&req, node.epoch(), refusal.result);
             let answer = Answer {
                 head: rsp.as_bytes().to_vec(),

@@ -208,6 +208,7 @@ impl NbdServer {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let _counted = crate::metrics::connection(crate::metrics::Listener::Nbd);
         let mut stream = stream;
         let catalog = NodeCatalog { server: &self };
         let neg =

@@ -118,7 +118,10 @@ pub async fn serve<R, W>(
         };
         let (tx, session, neg) = (tx.clone(), session.clone(), neg.clone());
         tokio::spawn(async move {
-            let mut reply = match handle(&session, &neg, req, payload).await {
+            let counted = crate::metrics::Request::nbd(req.kind, req.length);
+            let out = handle(&session, &neg, req, payload).await;
+            counted.finish(out.as_ref().err().map(|f| errno::name(f.errno)), 0);
+            let mut reply = match out {
                 Ok(r) => r,
                 Err(f) => error_reply(&neg, req.handle, f),
             };

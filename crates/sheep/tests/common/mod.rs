@@ -45,6 +45,8 @@ pub fn free_port() -> u16 {
 pub struct Sheep {
     pub port: u16,
     pub nbd_port: u16,
+    /// `--http-port` given to it; `None`: none given (the default port rule applies).
+    pub http_port: Option<u16>,
     pub zone: u32,
     pub dir: PathBuf,
     pub child: Option<Child>,
@@ -120,6 +122,7 @@ impl Cluster {
         self.nodes.push(Sheep {
             port,
             nbd_port: free_port(),
+            http_port: Some(free_port()),
             zone,
             dir,
             child: None,
@@ -161,6 +164,12 @@ impl Cluster {
     /// (Re)starts node `i` on its store and port.
     pub fn restart(&mut self, i: usize) {
         let n = &self.nodes[i];
+        // The cluster's options may set the HTTP port themselves (`--http-port 0`).
+        let http = n
+            .http_port
+            .filter(|_| !self.args.iter().any(|a| a.starts_with("--http-port")))
+            .map(|p| vec!["--http-port".to_string(), p.to_string()])
+            .unwrap_or_default();
         let child = Command::new(bin("sheep"))
             .arg("-f")
             .arg("-c")
@@ -177,6 +186,7 @@ impl Cluster {
             .arg(n.nbd_port.to_string())
             .arg("--nbd-socket")
             .arg(n.dir.join("nbd.sock"))
+            .args(&http)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg(&n.dir)
