@@ -75,7 +75,7 @@ struct Opts {
     /// (Authorization: Bearer TOKEN); without it only loopback clients may
     #[arg(long, value_name = "PATH")]
     api_token_file: Option<PathBuf>,
-    /// Connections each listener (Sheepdog and NBD, TCP and unix socket) serves at once;
+    /// Connections each listener (Sheepdog and NBD, TCP and unix socket; HTTP) serves at once;
     /// one more is closed at once (0: no limit)
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,

@@ -152,7 +152,7 @@ fn second_sheep_on_the_same_store_is_refused() {
         .arg(format!("local:{}", c.shm.display()))
         .arg("-p")
         .arg(free_port().to_string())
-        .args(["--nbd-port", "0"])
+        .args(["--nbd-port", "0", "--http-port", "0"])
         .arg(&c.nodes[0].dir)
         .output()
         .expect("run");
@@ -173,7 +173,7 @@ fn daemon_mode_returns_once_joined() {
             .arg("-c")
             .arg(format!("local:{}", shm.display()))
             .args(["-p", &p.to_string(), "-z", &i.to_string()])
-            .args(["--nbd-port", &free_port().to_string()])
+            .args(["--nbd-port", &free_port().to_string(), "--http-port", "0"])
             .arg(&dir)
             .output()
             .expect("run");

@@ -95,7 +95,7 @@ fn three_sheep_in_one_cpg_group() {
             "-p",
             &common::free_port().to_string(),
         ])
-        .args(["--nbd-port", "0"])
+        .args(["--nbd-port", "0", "--http-port", "0"])
         .arg(&st)
         .output()
         .unwrap();

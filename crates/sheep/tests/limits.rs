@@ -662,6 +662,7 @@ impl Solo {
             .arg("-c")
             .arg(format!("local:{}", dir.path().join("shm").display()))
             .args(["-p", &port.to_string(), "--nbd-port", &nbd_port.to_string()])
+            .args(["--http-port", "0"])
             .args(args)
             .arg(dir.path().join("store"))
             .stdin(Stdio::null())

@@ -326,6 +326,41 @@ fn counters_move_with_requests_of_every_protocol_and_gauges_follow_the_cluster()
         get(&after[2], "sheep_store_objects")
     );
 
+    // The README's list and the sample dashboard name metrics that exist.
+    let names: std::collections::BTreeSet<&str> = after
+        .iter()
+        .flat_map(|m| m.keys())
+        .map(|k| k.split('{').next().unwrap())
+        .collect();
+    let exists = |n: &str| names.iter().any(|have| have.starts_with(n));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("contrib/grafana-sheepdog.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut used = 0;
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for name in metric_names(expr) {
+                assert!(names.contains(name), "the dashboard's {name} is not served");
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 16, "{used}");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("## Metrics")
+        .nth(1)
+        .expect("a Metrics section");
+    let section = section.split("\n## ").next().unwrap();
+    let listed = metric_names(section);
+    assert!(listed.len() >= 19, "{listed:?}");
+    for name in listed {
+        assert!(exists(name), "the README's {name} is not served");
+    }
+
     // Under load: a scrape taken while fio writes shows the writes counted.
     let uri = c.nbd_uri(2, "Alice");
     let start = get(&scrape(&c, 2), &requests("nbd", "WRITE"));
@@ -374,6 +409,13 @@ fn counters_move_with_requests_of_every_protocol_and_gauges_follow_the_cluster()
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(dog_epoch(&c, 0), epoch + 1.0);
+}
+
+/// The `sheep_...` words of `text`.
+fn metric_names(text: &str) -> Vec<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("sheep_"))
+        .collect()
 }
 
 /// TCP ports process `pid` listens on (its sockets in /proc/net/tcp{,6} in state LISTEN),

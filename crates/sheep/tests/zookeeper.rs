@@ -176,7 +176,14 @@ fn an_unreachable_zookeeper_is_a_clear_error() {
             "-c",
             &format!("zookeeper:127.0.0.1:{port},timeout=2000"),
         ])
-        .args(["-p", &free_port().to_string(), "--nbd-port", "0"])
+        .args([
+            "-p",
+            &free_port().to_string(),
+            "--nbd-port",
+            "0",
+            "--http-port",
+            "0",
+        ])
         .arg(dir.path().join("st"))
         .output()
         .unwrap();
