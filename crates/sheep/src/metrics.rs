@@ -20,7 +20,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use proto::SdResult;
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Instant;
 
 /// The protocol a request came in on. Peer requests (the copies a gateway sends, recovery's
@@ -132,6 +132,37 @@ struct Metrics {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The series one (protocol, opcode) counts into, looked up once: after that a request costs
+/// atomic updates only, no label hashing.
+struct OpSeries {
+    requests: Counter,
+    latency: Histogram,
+    in_flight: Gauge,
+    read: Counter,
+    written: Counter,
+}
+
+impl OpSeries {
+    fn new(labels: &OpLabels) -> OpSeries {
+        let m = &*METRICS;
+        let p = ProtocolLabels {
+            protocol: labels.protocol,
+        };
+        OpSeries {
+            requests: m.requests.get_or_create_owned(labels),
+            latency: m.latency.get_or_create_owned(labels),
+            in_flight: m.in_flight.get_or_create_owned(&p),
+            read: m.read.get_or_create_owned(&p),
+            written: m.written.get_or_create_owned(&p),
+        }
+    }
+}
+
+/// The series of each Sheepdog opcode (a peer's or a client's: the opcode tells), and of
+/// each NBD command (the last slot for unknown ones).
+static SHEEPDOG_SERIES: [OnceLock<OpSeries>; 256] = [const { OnceLock::new() }; 256];
+static NBD_SERIES: [OnceLock<OpSeries>; 9] = [const { OnceLock::new() }; 9];
 
 impl Metrics {
     fn new() -> Metrics {
@@ -282,6 +313,7 @@ enum Data {
 #[must_use = "a request is counted when it is finished"]
 pub struct Request {
     labels: OpLabels,
+    series: &'static OpSeries,
     start: Instant,
     data: Data,
     /// (error result code, bytes of the answer's payload), set by `finish`.
@@ -289,13 +321,12 @@ pub struct Request {
 }
 
 impl Request {
-    fn start(protocol: Protocol, op: &'static str, data: Data) -> Request {
-        METRICS
-            .in_flight
-            .get_or_create(&ProtocolLabels { protocol })
-            .inc();
+    fn start(slot: &'static OnceLock<OpSeries>, labels: OpLabels, data: Data) -> Request {
+        let series = slot.get_or_init(|| OpSeries::new(&labels));
+        series.in_flight.inc();
         Request {
-            labels: OpLabels { protocol, op },
+            labels,
+            series,
             start: Instant::now(),
             data,
             outcome: None,
@@ -319,7 +350,11 @@ impl Request {
             opcode::READ_OBJ | opcode::READ_PEER => Data::ReadReply,
             _ => Data::None,
         };
-        Request::start(protocol, opcode::name(op), data)
+        let labels = OpLabels {
+            protocol,
+            op: opcode::name(op),
+        };
+        Request::start(&SHEEPDOG_SERIES[usize::from(op)], labels, data)
     }
 
     /// An NBD request (`proto::nbd::cmd`) of `length` bytes.
@@ -330,7 +365,12 @@ impl Request {
             cmd::READ => Data::Read(u64::from(length)),
             _ => Data::None,
         };
-        Request::start(Protocol::Nbd, cmd::name(kind), data)
+        let labels = OpLabels {
+            protocol: Protocol::Nbd,
+            op: cmd::name(kind),
+        };
+        let slot = &NBD_SERIES[usize::from(kind).min(NBD_SERIES.len() - 1)];
+        Request::start(slot, labels, data)
     }
 
     /// Answered: with the error `error` (a result code's name) or successfully, with `reply`
@@ -348,37 +388,28 @@ impl Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
-        let m = &*METRICS;
-        let protocol = self.labels.protocol;
-        m.in_flight
-            .get_or_create(&ProtocolLabels { protocol })
-            .dec();
-        m.requests.get_or_create(&self.labels).inc();
-        m.latency
-            .get_or_create(&self.labels)
-            .observe(self.start.elapsed().as_secs_f64());
+        let s = self.series;
+        s.in_flight.dec();
+        s.requests.inc();
+        s.latency.observe(self.start.elapsed().as_secs_f64());
         let (error, reply) = self.outcome.unwrap_or((Some("ABORTED"), 0));
         match (error, self.data) {
             (Some(result), _) => {
                 let labels = ErrorLabels {
-                    protocol,
+                    protocol: self.labels.protocol,
                     op: self.labels.op,
                     result,
                 };
-                m.errors.get_or_create(&labels).inc();
+                METRICS.errors.get_or_create(&labels).inc();
             }
             (None, Data::Written(n)) => {
-                m.written
-                    .get_or_create(&ProtocolLabels { protocol })
-                    .inc_by(n);
+                s.written.inc_by(n);
             }
             (None, Data::Read(n)) => {
-                m.read.get_or_create(&ProtocolLabels { protocol }).inc_by(n);
+                s.read.inc_by(n);
             }
             (None, Data::ReadReply) => {
-                m.read
-                    .get_or_create(&ProtocolLabels { protocol })
-                    .inc_by(reply);
+                s.read.inc_by(reply);
             }
             (None, Data::None) => {}
         }
