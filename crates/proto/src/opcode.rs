@@ -107,23 +107,6 @@ pub fn gateway_to_peer(op: u8) -> Option<u8> {
     }
 }
 
-/// Opcodes that only sheep send one another (the copies of a gateway's object requests,
-/// recovery's lists and fetches, cluster-event waits); every other one is a client's.
-pub fn is_peer(op: u8) -> bool {
-    matches!(
-        op,
-        CREATE_AND_WRITE_PEER
-            | READ_PEER
-            | WRITE_PEER
-            | REMOVE_PEER
-            | FLUSH_PEER
-            | GET_OBJ_LIST
-            | OBJ_LIST_TAGGED
-            | WAIT_APPLIED
-            | DRAIN_VDI
-    )
-}
-
 /// The constant's name of an opcode ("READ_OBJ"), "UNKNOWN" for one this protocol lacks.
 pub fn name(op: u8) -> &'static str {
     match op {
@@ -181,6 +164,7 @@ pub fn name(op: u8) -> &'static str {
         OBJ_TAG => "OBJ_TAG",
         OBJ_LIST_TAGGED => "OBJ_LIST_TAGGED",
         DRAIN_VDI => "DRAIN_VDI",
+        HELLO_PEER => "HELLO_PEER",
         _ => "UNKNOWN",
     }
 }

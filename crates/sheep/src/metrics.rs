@@ -333,11 +333,12 @@ impl Request {
         }
     }
 
-    /// A request of the Sheepdog protocol (a peer's, by its opcode) with `payload` bytes.
+    /// A request of the Sheepdog protocol (a peer's, by its opcode: `is_peer`, and the
+    /// HELLO_PEER that opens a peer's connection) with `payload` bytes.
     pub fn sheepdog(req: &proto::Header, payload: usize) -> Request {
         use proto::opcode;
         let op = req.opcode();
-        let protocol = if opcode::is_peer(op) {
+        let protocol = if opcode::is_peer(op) || op == opcode::HELLO_PEER {
             Protocol::Peer
         } else {
             Protocol::Sheepdog
