@@ -18,7 +18,8 @@ now() { date +%s.%N; }
 
 # fio's "IOPS p99_ms" of a json result file
 fio_figures() {
-  python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]["write"]; print("%.0f IOPS p99 %.1f ms" % (j["iops"], j["clat_ns"]["percentile"]["99.000000"]/1e6))' "$1"
+  # (fio stopped by SIGINT may write a line of its own before the JSON)
+  python3 -c 'import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index("{"):])["jobs"][0]["write"]; print("%.0f IOPS p99 %.1f ms" % (j["iops"], j["clat_ns"]["percentile"]["99.000000"]/1e6))' "$1"
 }
 fio_writes() { # uri output [runtime]
   fio --name=w --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --iodepth=8 \
