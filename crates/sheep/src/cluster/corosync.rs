@@ -36,6 +36,7 @@
 //! corosync headers; only `-c corosync` needs the libraries (Debian: libcpg4, libquorum5).
 //! Owns: the CPG wire messages. Never: object data.
 
+use super::heartbeat::Heartbeat;
 use super::state::{Event, JoinInfo, Message};
 use super::{BoxFut, ClusterError, Delivery, Driver, LockGuard};
 use proto::SdNode;
@@ -155,10 +156,6 @@ type Member = (u32, u32);
 /// A member not heard from for this long is evicted.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_TIMEOUT: Duration = Duration::from_millis(1000);
-/// How often a member multicasts its heartbeat (less with timeouts under 2 s).
-const BEAT_EVERY: Duration = Duration::from_millis(500);
-/// How often the members' heartbeats are looked at (less with timeouts under 1 s).
-const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// How long a restarted sheep waits for corosync to forget its former connection.
 const REJOIN_WAIT: Duration = Duration::from_secs(30);
 
@@ -169,17 +166,9 @@ pub struct Options {
     pub timeout: Duration,
 }
 
-impl Options {
-    fn beat_every(&self) -> Duration {
-        BEAT_EVERY.min(self.timeout / 4)
-    }
-    fn watch_every(&self) -> Duration {
-        WATCH_EVERY.min(self.timeout / 10)
-    }
-    /// A node whose own newest beat back in the order is older than this may have been
-    /// evicted: it serves nothing until the next one comes back.
-    fn fence(&self) -> Duration {
-        self.timeout * 3 / 4
+impl Heartbeat for Options {
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 

@@ -35,6 +35,7 @@
 //! the pid) that is still a member, and starts a new history if that one is all there is.
 //! Owns: those file formats. Never: object data.
 
+use super::heartbeat::Heartbeat;
 use super::state::{Event, JoinInfo, Message};
 use super::{BoxFut, ClusterError, Delivery, Driver, LockGuard};
 use proto::node::NodeId;
@@ -56,10 +57,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_TIMEOUT: Duration = Duration::from_millis(200);
 /// How often the log is read for new events.
 const POLL: Duration = Duration::from_millis(5);
-/// How often a member writes its heartbeat (less with timeouts under 2 s).
-const BEAT_EVERY: Duration = Duration::from_millis(500);
-/// How often the members' pids and heartbeats are checked (less with timeouts under 1 s).
-const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 /// What follows `-c local:`: `[PATH][,timeout=MS]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,17 +74,9 @@ impl Default for Options {
     }
 }
 
-impl Options {
-    fn beat_every(&self) -> Duration {
-        BEAT_EVERY.min(self.timeout / 4)
-    }
-    fn watch_every(&self) -> Duration {
-        WATCH_EVERY.min(self.timeout / 10)
-    }
-    /// A node whose own heartbeat is older than this may have been declared gone: it serves
-    /// nothing until the log says it was not.
-    fn fence(&self) -> Duration {
-        self.timeout * 3 / 4
+impl Heartbeat for Options {
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 

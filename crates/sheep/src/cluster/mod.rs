@@ -5,6 +5,7 @@
 //! epochs and configuration. Owns: ordering and membership. Never: object data.
 
 pub mod corosync;
+pub mod heartbeat;
 pub mod local;
 pub mod state;
 pub mod zookeeper;
