@@ -884,10 +884,10 @@ impl Run {
     /// Writes whose copies disagreed and were healed before the acknowledgement, from every
     /// node's log (a heal costs time, never data: this says how often copies diverged).
     fn heals(&self) -> usize {
-        self.c
-            .nodes
-            .iter()
-            .filter_map(|n| std::fs::read_to_string(n.dir.join("sheep.log")).ok())
+        (0..self.c.nodes.len())
+            .filter_map(|i| {
+                std::fs::read_to_string(self.c.tmp.path().join(format!("sheep{i}.err"))).ok()
+            })
             .map(|log| log.matches("disagree (versions").count())
             .sum()
     }

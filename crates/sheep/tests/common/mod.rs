@@ -193,7 +193,12 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::File::create(self.tmp.path().join(format!("sheep{i}.err"))).expect("log"),
+                // Appended to: the log of every start of the node, in order.
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.tmp.path().join(format!("sheep{i}.err")))
+                    .expect("log"),
             ))
             .spawn()
             .expect("spawn sheep");
