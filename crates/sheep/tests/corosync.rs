@@ -6,6 +6,7 @@ mod common;
 use common::{pattern, stall, Cluster};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const CONF: &str = "totem {
@@ -31,11 +32,17 @@ logging {
 }
 ";
 
-/// A corosync daemon owned by the test, killed by PID at the end.
-struct Corosync(Child);
+/// A corosync daemon owned by the test, killed by PID at the end. The tests of this file run
+/// in parallel threads and a machine runs one corosync: each holds `ONE_DAEMON` while its
+/// daemon lives (the lock is dropped after the daemon is killed).
+struct Corosync(Child, #[allow(dead_code)] MutexGuard<'static, ()>);
+
+static ONE_DAEMON: Mutex<()> = Mutex::new(());
 
 impl Corosync {
     fn start(dir: &Path) -> Corosync {
+        // A test that failed while holding the lock poisons it; its daemon is gone all the same.
+        let turn = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
         let corosync = ["/usr/sbin/corosync", "/usr/bin/corosync"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -57,7 +64,7 @@ impl Corosync {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start corosync");
-        let cs = Corosync(child);
+        let cs = Corosync(child, turn);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let q = Command::new("corosync-quorumtool").arg("-s").output();
