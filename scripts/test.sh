@@ -23,4 +23,5 @@ cargo fmt --all -- --check
 features=(--features sheep/failpoints)
 cargo build --workspace --bins --locked "${features[@]}"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
-cargo test --workspace --locked "${features[@]}" -- --test-threads=2
+# --no-fail-fast: one run reports every failing test binary, not only the first.
+cargo test --workspace --locked --no-fail-fast "${features[@]}" -- --test-threads=2

@@ -284,8 +284,9 @@ fn objects_of_a_deleted_snapshot_that_alice_still_uses_keep_their_copies() {
 fn what_was_removed_while_nodes_were_away_does_not_come_back() {
     use common::nbd::Client;
     use proto::nbd::{cflag, cmd};
+    // Three copies: with two of five nodes away every object (Bob's inode too) keeps one.
     let mut c = Cluster::start(5);
-    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
     c.dog_ok(0, &["vdi", "create", "Alice", "40M"]);
     c.dog_ok(0, &["vdi", "create", "Bob", "8M"]);
     let old = pattern(40 << 20, 41);
@@ -299,7 +300,7 @@ fn what_was_removed_while_nodes_were_away_does_not_come_back() {
         .dog_stdin(0, &["vdi", "write", "Bob", "0", "8M"], Some(&input))
         .status
         .success());
-    wait_recovered(&c, 2);
+    wait_recovered(&c, 3);
     let bob = c.dog_ok(0, &["vdi", "list", "-r", "Bob"]);
     let bob_vid: String = bob.split_whitespace().nth(3).expect("vid").to_string();
     // Two nodes go away; meanwhile every object of Alice is removed (TRIM of half of them,
@@ -326,7 +327,7 @@ fn what_was_removed_while_nodes_were_away_does_not_come_back() {
     c.restart(3);
     c.restart(4);
     c.wait_members(5);
-    wait_recovered(&c, 2);
+    wait_recovered(&c, 3);
     // A write into each removed object: the rest of it reads as zeros, not as before.
     common::rt().block_on(async {
         let mut w = Client::open(None, c.nodes[1].nbd_port, "Alice")
