@@ -5,7 +5,9 @@
 //! Owns: `Opts` and turning argv into an `Invocation`. Never: talking to sheep.
 
 pub use crate::commands::Action;
-use crate::commands::{find_opt, main_usage, sub_usage, OptDef, COMMANDS, JSON, PROGRAM};
+use crate::commands::{
+    find_opt, main_usage, sub_usage, sub_usage_at, OptDef, COMMANDS, JSON, PROGRAM,
+};
 use crate::error::{EXIT_FAILURE, EXIT_USAGE};
 
 /// A snapshot named on the command line (`-s`): by id, or by tag when not a number.
@@ -45,6 +47,10 @@ pub struct Opts {
     pub delete: bool,
     /// `-F`: the snapshot an incremental backup starts from.
     pub from: Option<Snap>,
+    /// `-w` of node commands: print again every second.
+    pub watch: bool,
+    /// `-A`: every node, not only the one dog talks to.
+    pub all_nodes: bool,
 }
 
 impl Default for Opts {
@@ -73,6 +79,8 @@ impl Default for Opts {
             exclusive: false,
             delete: false,
             from: None,
+            watch: false,
+            all_nodes: false,
         }
     }
 }
@@ -164,9 +172,12 @@ fn invalid_copies(opt: &str) -> String {
 }
 
 /// Applies one option with its argument, as the original's command parsers do.
-fn apply(opts: &mut Opts, ch: char, val: Option<String>) -> Result<(), (i32, String)> {
+fn apply(opts: &mut Opts, od: &OptDef, val: Option<String>) -> Result<(), (i32, String)> {
     let v = val.unwrap_or_default();
-    match ch {
+    match od.ch {
+        // `-w` is `--watch` for node commands, `--writeback` for vdi ones.
+        'w' if od.long == "watch" => opts.watch = true,
+        'A' => opts.all_nodes = true,
         'a' => opts.address = v,
         'p' => match strtol(&v, 10) {
             Some(p) if (1..=i64::from(u16::MAX)).contains(&p) => opts.port = p as u16,
@@ -362,7 +373,7 @@ pub fn parse(argv: &[String]) -> Parsed {
             if od.ch == 'h' {
                 return exit(0, usage, String::new());
             }
-            if let Err((c, m)) = apply(&mut opts, od.ch, val) {
+            if let Err((c, m)) = apply(&mut opts, od, val) {
                 return exit(c, String::new(), m);
             }
         } else if a.len() > 1 && a.starts_with('-') {
@@ -391,7 +402,7 @@ pub fn parse(argv: &[String]) -> Parsed {
                 } else {
                     None
                 };
-                if let Err((c, m)) = apply(&mut opts, c, val) {
+                if let Err((c, m)) = apply(&mut opts, od, val) {
                     return exit(c, String::new(), m);
                 }
             }
@@ -402,24 +413,34 @@ pub fn parse(argv: &[String]) -> Parsed {
     if sc.need_arg && args.first().is_none_or(|a| a.is_empty()) {
         return exit(EXIT_USAGE, usage, String::new());
     }
-    let (action, need_nodelist) = match (sc.action, sc.subs) {
-        (Some(action), _) => (action, sc.need_nodelist),
-        (None, subs) => {
-            if args.is_empty() {
-                return exit(EXIT_USAGE, usage, String::new());
-            }
-            let name = args.remove(0);
-            let Some(ss) = subs.iter().find(|s| s.name == name) else {
-                return exit(EXIT_FAILURE, usage, String::new());
-            };
-            if ss.need_arg && args.first().is_none_or(|a| a.is_empty()) {
-                return exit(EXIT_USAGE, usage, String::new());
-            }
-            let Some(action) = ss.action else {
-                return exit(EXIT_FAILURE, usage, String::new());
-            };
-            (action, sc.need_nodelist || ss.need_nodelist)
+    // A subcommand of subcommands (`vdi lock list`, `node log level get`): the next
+    // arguments name one at each level.
+    let (mut cur, mut path, mut need_nodelist, mut usage) =
+        (sc, vec![sc.name], sc.need_nodelist, usage);
+    let action = loop {
+        if let Some(action) = cur.action {
+            break action;
         }
+        if args.is_empty() {
+            return exit(EXIT_USAGE, usage, String::new());
+        }
+        let name = args.remove(0);
+        let Some(next) = cur.subs.iter().find(|s| s.name == name) else {
+            return exit(EXIT_FAILURE, usage, String::new());
+        };
+        if next.need_arg && args.first().is_none_or(|a| a.is_empty()) {
+            if next.action.is_some() {
+                return exit(EXIT_USAGE, usage, String::new());
+            }
+            path.push(next.name);
+            return exit(EXIT_USAGE, sub_usage_at(cmd, &path, next), String::new());
+        }
+        need_nodelist |= next.need_nodelist;
+        if next.action.is_none() {
+            path.push(next.name);
+            usage = sub_usage_at(cmd, &path, next);
+        }
+        cur = next;
     };
     Parsed::Run(Invocation {
         action,

@@ -24,6 +24,13 @@ pub enum Action {
     VmList,
     NodeRecovery,
     NodeKill,
+    NodeStat,
+    NodeLogLevelGet,
+    NodeLogLevelSet,
+    NodeLogLevelList,
+    NodeMdInfo,
+    NodeMdPlug,
+    NodeMdUnplug,
     ClusterRecover,
     ClusterCheck,
     VdiCheck,
@@ -114,6 +121,12 @@ static CLUSTER_OPTS: &[OptDef] = &[
         false,
         "disable automatic vnodes calculation",
     ),
+];
+
+static NODE_OPTS: &[OptDef] = &[
+    o('A', "all", false, "show md information of all the nodes"),
+    o('f', "force", false, "ignore the confirmation"),
+    o('w', "watch", false, "watch the stat every second"),
 ];
 
 static VDI_OPTS: &[OptDef] = &[
@@ -429,6 +442,106 @@ static NODE_SUBS: &[Sub] = &[
         true,
         Action::NodeKill,
     ),
+    sub(
+        "stat",
+        None,
+        "aprwhT",
+        "show stat information about the node",
+        false,
+        false,
+        Action::NodeStat,
+    ),
+    Sub {
+        name: "log",
+        arg: None,
+        opts: "aphT",
+        desc: "show or set log level of the node",
+        need_arg: true,
+        need_nodelist: false,
+        action: None,
+        subs: NODE_LOG_SUBS,
+    },
+    Sub {
+        name: "md",
+        arg: Some("[disks]"),
+        opts: "aprAfhT",
+        desc: "See 'dog node md' for more information",
+        need_arg: true,
+        need_nodelist: false,
+        action: None,
+        subs: NODE_MD_SUBS,
+    },
+];
+
+static NODE_LOG_SUBS: &[Sub] = &[Sub {
+    name: "level",
+    arg: None,
+    opts: "aphT",
+    desc: "manipulate loglevel",
+    need_arg: true,
+    need_nodelist: false,
+    action: None,
+    subs: NODE_LOG_LEVEL_SUBS,
+}];
+
+static NODE_LOG_LEVEL_SUBS: &[Sub] = &[
+    sub(
+        "set",
+        Some("<log level>"),
+        "aphT",
+        "set new loglevel",
+        true,
+        false,
+        Action::NodeLogLevelSet,
+    ),
+    sub(
+        "get",
+        None,
+        "aphT",
+        "get current loglevel",
+        false,
+        false,
+        Action::NodeLogLevelGet,
+    ),
+    sub(
+        "list",
+        None,
+        "aphT",
+        "list available loglevels",
+        false,
+        false,
+        Action::NodeLogLevelList,
+    ),
+];
+
+static NODE_MD_SUBS: &[Sub] = &[
+    sub(
+        "info",
+        None,
+        "aprAfhT",
+        "show multi-disk information",
+        false,
+        true,
+        Action::NodeMdInfo,
+    ),
+    sub(
+        "plug",
+        None,
+        "aprAfhT",
+        "plug more disk(s) into node",
+        true,
+        false,
+        Action::NodeMdPlug,
+    ),
+    sub(
+        "unplug",
+        None,
+        "aprAfhT",
+        "unplug disk(s) from node",
+        true,
+        false,
+        Action::NodeMdUnplug,
+    ),
 ];
 
 static CLUSTER_SUBS: &[Sub] = &[
@@ -498,7 +611,7 @@ pub static COMMANDS: &[Command] = &[
     Command {
         name: "node",
         subs: NODE_SUBS,
-        options: &[],
+        options: NODE_OPTS,
     },
     Command {
         name: "cluster",
@@ -539,7 +652,13 @@ pub fn main_usage() -> String {
 
 /// `subcommand_usage`: the synopsis, nested subcommands and options of one subcommand.
 pub fn sub_usage(cmd: &Command, sc: &Sub) -> String {
-    let mut s = format!("Usage: {PROGRAM} {} {}", cmd.name, sc.name);
+    sub_usage_at(cmd, &[sc.name], sc)
+}
+
+/// The usage of `sc`, reached from `cmd` through the subcommand names `path` (`["log",
+/// "level"]` for `dog node log level`).
+pub fn sub_usage_at(cmd: &Command, path: &[&str], sc: &Sub) -> String {
+    let mut s = format!("Usage: {PROGRAM} {} {}", cmd.name, path.join(" "));
     match sc.subs {
         [] => {}
         [only] => s.push_str(&format!(" {}", only.name)),

@@ -51,6 +51,11 @@ impl Sheep {
         }
     }
 
+    /// The node's address as the original prints it ("127.0.0.1:7000").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn lost(&self, e: ClientError) -> Fail {
         Fail::new(
             EXIT_SYSFAIL,

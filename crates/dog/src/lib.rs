@@ -48,6 +48,7 @@ mod inflight;
 mod lifecycle;
 mod lookup;
 mod node;
+mod node_admin;
 mod nodelist;
 mod progress;
 mod recover;
@@ -179,6 +180,13 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiRestore => backup::restore(&ctx).await,
         Action::NodeRecovery => recover::node_recovery(&ctx).await,
         Action::NodeKill => recover::node_kill(&ctx).await,
+        Action::NodeStat => node_admin::stat(&ctx).await,
+        Action::NodeLogLevelGet => node_admin::log_level_get(&ctx).await,
+        Action::NodeLogLevelSet => node_admin::log_level_set(&ctx).await,
+        Action::NodeLogLevelList => node_admin::log_level_list(&ctx),
+        Action::NodeMdInfo => node_admin::md_info(&ctx).await,
+        Action::NodeMdPlug => node_admin::md_plug(&ctx, true).await,
+        Action::NodeMdUnplug => node_admin::md_plug(&ctx, false).await,
         Action::ClusterRecover => recover::cluster_recover(&ctx).await,
         Action::ClusterCheck => check::cluster_check(&ctx).await,
         Action::VdiCheck => check::vdi_check(&ctx).await,

@@ -28,8 +28,8 @@ pub fn max_payload(op: u8) -> u32 {
         opcode::NEW_VDI | opcode::GET_VDI_INFO | opcode::LOCK_VDI | opcode::DEL_VDI => NAME_TAG,
         // `struct sheepdog_vdi_attr`: name, tag, ctime, snap id, value length, key, value.
         opcode::GET_VDI_ATTR => crate::SD_ATTR_OBJ_SIZE as u32,
-        // The store driver's name.
-        opcode::MAKE_FS => SMALL,
+        // The store driver's name; a comma-separated list of disks.
+        opcode::MAKE_FS | opcode::MD_PLUG | opcode::MD_UNPLUG => SMALL,
         // `struct recovery_throttling` (24 bytes).
         opcode::SET_RECOVERY => 24,
         // An i32 log level.

@@ -6,6 +6,7 @@
 //! Never: I/O, async, or allocation on the hot path beyond payloads.
 //! All integers are little endian, as the original copies raw x86 structs.
 
+pub mod admin;
 pub mod attr;
 pub mod config;
 pub mod consts;

@@ -4,6 +4,7 @@
 //! Data path of a write: `server` (framing) -> `ops` (opcode) -> `gateway` (placement, copies
 //! in parallel) -> `peers` (network) or `peer::local` -> `store` (disk) -> acknowledgement.
 
+pub mod admin;
 pub mod admission;
 pub mod attr;
 pub mod budget;

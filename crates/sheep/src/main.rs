@@ -257,13 +257,14 @@ fn raise_nofile() {
 
 struct LogOpts {
     dir: Option<PathBuf>,
-    level: tracing::Level,
+    /// Syslog number, 0 (emerg) to 7 (debug).
+    level: i32,
 }
 
 fn parse_log(s: Option<&str>) -> Result<LogOpts> {
     let mut o = LogOpts {
         dir: None,
-        level: tracing::Level::INFO,
+        level: 6,
     };
     for part in s.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -273,13 +274,14 @@ fn parse_log(s: Option<&str>) -> Result<LogOpts> {
             "dir" => o.dir = Some(v.into()),
             "level" => {
                 o.level = match v {
-                    "emerg" | "alert" | "crit" | "err" | "error" => tracing::Level::ERROR,
-                    "warning" | "warn" => tracing::Level::WARN,
-                    "notice" | "info" => tracing::Level::INFO,
-                    "debug" => tracing::Level::DEBUG,
-                    other => bail!(
-                    "unknown log level '{other}' (emerg alert crit err warning notice info debug)"
-                ),
+                    "error" => 3,
+                    "warn" => 4,
+                    name => proto::admin::log_level(name).ok_or_else(|| {
+                        anyhow!(
+                            "unknown log level '{name}' (emerg alert crit err warning notice \
+                             info debug)"
+                        )
+                    })?,
                 }
             }
             "format" | "dst" => {}
@@ -540,7 +542,11 @@ fn http_listener(opts: &Opts, bind: IpAddr) -> Result<Option<HttpListener>> {
     Ok(Some(HttpListener { tcp, access }))
 }
 
-fn init_logging(dir: &Path, level: tracing::Level, foreground: bool) -> Result<()> {
+/// Logs to stderr in the foreground, else to `dir/sheep.log`, at syslog level `level`; the
+/// level can be changed while running (SET_LOGLEVEL, `dog node log level set`).
+fn init_logging(dir: &Path, level: i32, foreground: bool) -> Result<()> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload};
     std::fs::create_dir_all(dir)?;
     let path = dir.join("sheep.log");
     let file = std::fs::OpenOptions::new()
@@ -548,14 +554,19 @@ fn init_logging(dir: &Path, level: tracing::Level, foreground: bool) -> Result<(
         .append(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false);
+    let (filter, handle) = reload::Layer::new(sheep::admin::level_filter(level));
+    let layer = fmt::layer().with_ansi(false);
+    let registry = tracing_subscriber::registry().with(filter);
     if foreground {
-        builder.with_writer(std::io::stderr).init();
+        registry.with(layer.with_writer(std::io::stderr)).init();
     } else {
-        builder.with_writer(std::sync::Mutex::new(file)).init();
+        registry
+            .with(layer.with_writer(std::sync::Mutex::new(file)))
+            .init();
     }
+    sheep::admin::install_log_level(level, move |f| {
+        let _ = handle.reload(f);
+    });
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use proto::SdResult;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Instant;
 
@@ -141,6 +142,8 @@ struct OpSeries {
     in_flight: Gauge,
     read: Counter,
     written: Counter,
+    /// Requests of this opcode in flight (`in_flight` counts the whole protocol's).
+    active: AtomicU64,
 }
 
 impl OpSeries {
@@ -155,6 +158,7 @@ impl OpSeries {
             in_flight: m.in_flight.get_or_create_owned(&p),
             read: m.read.get_or_create_owned(&p),
             written: m.written.get_or_create_owned(&p),
+            active: AtomicU64::new(0),
         }
     }
 }
@@ -324,6 +328,7 @@ impl Request {
     fn start(slot: &'static OnceLock<OpSeries>, labels: OpLabels, data: Data) -> Request {
         let series = slot.get_or_init(|| OpSeries::new(&labels));
         series.in_flight.inc();
+        series.active.fetch_add(1, Ordering::Relaxed);
         Request {
             labels,
             series,
@@ -391,6 +396,7 @@ impl Drop for Request {
     fn drop(&mut self) {
         let s = self.series;
         s.in_flight.dec();
+        s.active.fetch_sub(1, Ordering::Relaxed);
         s.requests.inc();
         s.latency.observe(self.start.elapsed().as_secs_f64());
         let (error, reply) = self.outcome.unwrap_or((Some("ABORTED"), 0));
@@ -414,6 +420,78 @@ impl Drop for Request {
             }
             (None, Data::None) => {}
         }
+    }
+}
+
+/// The counters of STAT (`dog node stat`), as the original counts them: "gateway" requests
+/// are the object I/O clients send (Sheepdog's object opcodes, every NBD command), "peer"
+/// ones the copies and reads other sheep send; a total counts a request from its start.
+/// Bytes are those of requests that succeeded (rx written to this node, tx read from it).
+pub fn sd_stat() -> proto::admin::Stat {
+    use proto::nbd::cmd;
+    use proto::opcode as op;
+    let series = |slots: &'static [OnceLock<OpSeries>], ops: &[usize]| {
+        ops.iter()
+            .filter_map(|&o| slots[o].get())
+            .fold((0u64, 0u64), |(active, total), s| {
+                let a = s.active.load(Ordering::Relaxed);
+                (active + a, total + s.requests.get() + a)
+            })
+    };
+    let sd = |ops: &[u8]| {
+        let ops: Vec<usize> = ops.iter().map(|&o| usize::from(o)).collect();
+        series(&SHEEPDOG_SERIES, &ops)
+    };
+    let nbd = |ops: &[u16]| {
+        let ops: Vec<usize> = ops.iter().map(|&o| usize::from(o)).collect();
+        series(&NBD_SERIES, &ops)
+    };
+    let (g_active, g_total) = {
+        let (a, t) = sd(&[
+            op::CREATE_AND_WRITE_OBJ,
+            op::READ_OBJ,
+            op::WRITE_OBJ,
+            op::REMOVE_OBJ,
+            op::DISCARD_OBJ,
+        ]);
+        let (na, nt) = nbd(&[
+            cmd::READ,
+            cmd::WRITE,
+            cmd::FLUSH,
+            cmd::TRIM,
+            cmd::WRITE_ZEROES,
+            cmd::CACHE,
+            cmd::BLOCK_STATUS,
+        ]);
+        (a + na, t + nt)
+    };
+    let (p_active, p_total) = sd(&[
+        op::CREATE_AND_WRITE_PEER,
+        op::READ_PEER,
+        op::WRITE_PEER,
+        op::REMOVE_PEER,
+    ]);
+    let bytes = |p: Protocol, f: &Family<ProtocolLabels, Counter>| {
+        f.get_or_create(&ProtocolLabels { protocol: p }).get()
+    };
+    let m = &*METRICS;
+    proto::admin::Stat {
+        gway_active_nr: g_active,
+        peer_active_nr: p_active,
+        gway_total_nr: g_total,
+        peer_total_nr: p_total,
+        gway_total_rx: bytes(Protocol::Sheepdog, &m.written) + bytes(Protocol::Nbd, &m.written),
+        gway_total_tx: bytes(Protocol::Sheepdog, &m.read) + bytes(Protocol::Nbd, &m.read),
+        peer_total_rx: bytes(Protocol::Peer, &m.written),
+        peer_total_tx: bytes(Protocol::Peer, &m.read),
+        gway_total_remove_nr: sd(&[op::REMOVE_OBJ, op::DISCARD_OBJ]).1 + nbd(&[cmd::TRIM]).1,
+        gway_total_read_nr: sd(&[op::READ_OBJ]).1 + nbd(&[cmd::READ]).1,
+        gway_total_write_nr: sd(&[op::CREATE_AND_WRITE_OBJ, op::WRITE_OBJ]).1
+            + nbd(&[cmd::WRITE]).1,
+        gway_total_flush_nr: sd(&[op::FLUSH_VDI]).1 + nbd(&[cmd::FLUSH]).1,
+        peer_total_remove_nr: sd(&[op::REMOVE_PEER]).1,
+        peer_total_read_nr: sd(&[op::READ_PEER]).1,
+        peer_total_write_nr: sd(&[op::CREATE_AND_WRITE_PEER, op::WRITE_PEER]).1,
     }
 }
 

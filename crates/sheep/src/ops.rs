@@ -415,6 +415,26 @@ async fn run(
             let page = &list[from..list.len().min(from.saturating_add(room))];
             Ok(proto::objlist::encode(page))
         }
+        opcode::CLUSTER_INFO => {
+            let view = node.gate(true)?;
+            Ok(crate::admin::cluster_info(node, &view))
+        }
+        opcode::STAT => Ok(crate::metrics::sd_stat().encode()),
+        opcode::MD_INFO => crate::admin::md_info(node),
+        // One directory per node: there is no disk to add or remove online.
+        opcode::MD_PLUG | opcode::MD_UNPLUG => {
+            tracing::warn!(
+                "{}: refused {}: this sheep stores on one directory (multi-disk is not \
+                 supported)",
+                client.name,
+                opcode::name(req.opcode())
+            );
+            Err(SdResult::NO_SUPPORT)
+        }
+        opcode::GET_LOGLEVEL => Ok(crate::admin::log_level()),
+        opcode::SET_LOGLEVEL => crate::admin::set_log_level(&data),
+        // There is no object cache.
+        opcode::GET_CACHE_INFO => Err(SdResult::NO_CACHE),
         opcode::GET_STORE_LIST => Ok(b"plain ".to_vec()),
         opcode::FLUSH_DEL_CACHE => Ok(Vec::new()),
         opcode::KILL_NODE => {

@@ -156,6 +156,11 @@ impl Store {
         &self.dir
     }
 
+    /// The directory the objects are in (the node's one disk).
+    pub fn obj_dir(&self) -> &Path {
+        &self.obj
+    }
+
     fn path(&self, oid: Oid) -> PathBuf {
         self.obj.join(oid.file_name())
     }

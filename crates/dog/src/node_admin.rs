@@ -1,0 +1,328 @@
+//! `dog node stat / log level / md`: one node's request counters (STAT), the log level of its
+//! daemon (GET_LOGLEVEL, SET_LOGLEVEL) and its disks (MD_INFO, MD_PLUG, MD_UNPLUG), with the
+//! original's texts and exit codes.
+//! Owns: these commands' output. Never: another node's state than the one asked.
+
+use crate::cluster::confirm;
+use crate::conn::Sheep;
+use crate::error::{failed, Fail, Res, EXIT_FAILURE, EXIT_SYSFAIL};
+use crate::{fmt, Ctx};
+use bytes::Bytes;
+use proto::admin::{self, Stat, LOG_LEVELS};
+use proto::{flags, opcode, Header, SdResult};
+
+/// The original's exit code where its command returns -1.
+const EXIT_MINUS_ONE: i32 = 255;
+
+async fn stat_of(s: &Sheep) -> Res<Stat> {
+    let r = s
+        .read(Header::request(opcode::STAT), admin::STAT_SIZE as u32)
+        .await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            "failed to get stat information",
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    Stat::decode(&r.data)
+        .ok_or_else(|| Fail::new(EXIT_SYSFAIL, "failed to get stat information: short answer"))
+}
+
+/// The two lines of `node stat` (without `-w`), raw or with their header.
+fn stat_rows(s: &Stat, raw: bool) -> String {
+    let (head, client, peer) = if raw {
+        ("", "", "")
+    } else {
+        (
+            "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\n",
+            "Client\t",
+            "Peer\t",
+        )
+    };
+    format!(
+        "{head}{client}{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n{peer}{}\t{}\t{}\t{}\t{}\t0\t{}\t{}",
+        s.gway_active_nr,
+        s.gway_total_nr,
+        s.gway_total_write_nr,
+        s.gway_total_read_nr,
+        s.gway_total_remove_nr,
+        s.gway_total_flush_nr,
+        fmt::size(s.gway_total_rx, raw),
+        fmt::size(s.gway_total_tx, raw),
+        s.peer_active_nr,
+        s.peer_total_nr,
+        s.peer_total_write_nr,
+        s.peer_total_read_nr,
+        s.peer_total_remove_nr,
+        fmt::size(s.peer_total_rx, raw),
+        fmt::size(s.peer_total_tx, raw),
+    )
+}
+
+/// The lines of `node stat -w`: the totals, then the bytes and requests since `last`.
+fn watch_rows(s: &Stat, last: &Stat, raw: bool) -> String {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    let (head, client, peer) = if raw {
+        ("", "", "")
+    } else {
+        (
+            "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\tWRBW\tRDBW\tRPS\n",
+            "Client\t",
+            "Peer\t",
+        )
+    };
+    format!(
+        "{head}{client}{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n\
+         {peer}{}\t{}\t{}\t{}\t{}\t0\t{}\t{}\t{}\t{}\t{}",
+        s.gway_active_nr,
+        s.gway_total_nr,
+        s.gway_total_write_nr,
+        s.gway_total_read_nr,
+        s.gway_total_remove_nr,
+        s.gway_total_flush_nr,
+        fmt::size(s.gway_total_rx, raw),
+        fmt::size(s.gway_total_tx, raw),
+        fmt::size(d(s.gway_total_rx, last.gway_total_rx), raw),
+        fmt::size(d(s.gway_total_tx, last.gway_total_tx), raw),
+        d(s.gway_total_nr, last.gway_total_nr),
+        s.peer_active_nr,
+        s.peer_total_nr,
+        s.peer_total_write_nr,
+        s.peer_total_read_nr,
+        s.peer_total_remove_nr,
+        fmt::size(s.peer_total_rx, raw),
+        fmt::size(s.peer_total_tx, raw),
+        fmt::size(d(s.peer_total_rx, last.peer_total_rx), raw),
+        fmt::size(d(s.peer_total_tx, last.peer_total_tx), raw),
+        d(s.peer_total_nr, last.peer_total_nr),
+    )
+}
+
+/// `dog node stat [-w]`: the counters of the node dog talks to; with `-w`, again every
+/// second with the rates, until interrupted.
+pub async fn stat(ctx: &Ctx<'_>) -> Res<()> {
+    let raw = ctx.opts.raw;
+    let mut s = stat_of(&ctx.sheep).await?;
+    if !ctx.opts.watch {
+        outln!("{}", stat_rows(&s, raw));
+        return Ok(());
+    }
+    let mut last = s;
+    loop {
+        outln!("{}", watch_rows(&s, &last, raw));
+        last = s;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        s = stat_of(&ctx.sheep).await?;
+    }
+}
+
+/// The level list as `node log level list` prints it (on stderr, as the original's log).
+fn level_list() -> String {
+    LOG_LEVELS
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{l}\t({i})"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn log_level_list(_ctx: &Ctx<'_>) -> Res<()> {
+    errln!("{}", level_list());
+    Ok(())
+}
+
+pub async fn log_level_get(ctx: &Ctx<'_>) -> Res<()> {
+    let r = ctx
+        .sheep
+        .read(Header::request(opcode::GET_LOGLEVEL), 4)
+        .await;
+    let level = match r {
+        Ok(r) if r.result() == SdResult::SUCCESS && r.data.len() >= 4 => {
+            i32::from_le_bytes([r.data[0], r.data[1], r.data[2], r.data[3]])
+        }
+        _ => return Err(Fail::new(EXIT_MINUS_ONE, "Failed to execute request")),
+    };
+    let name = usize::try_from(level)
+        .ok()
+        .and_then(|i| LOG_LEVELS.get(i))
+        .copied()
+        .unwrap_or("unknown");
+    errln!("{name} ({level})");
+    Ok(())
+}
+
+pub async fn log_level_set(ctx: &Ctx<'_>) -> Res<()> {
+    let name = &ctx.args[0];
+    let Some(level) = admin::log_level(name) else {
+        return Err(Fail::new(
+            EXIT_MINUS_ONE,
+            format!(
+                "invalid loglevel: {name}\navailable loglevels:\n{}",
+                level_list()
+            ),
+        ));
+    };
+    let mut h = Header::request(opcode::SET_LOGLEVEL);
+    h.set_flags(flags::CMD_WRITE);
+    let r = ctx
+        .sheep
+        .write(h, Bytes::copy_from_slice(&level.to_le_bytes()))
+        .await;
+    match r {
+        Ok(r) if r.result() == SdResult::SUCCESS => Ok(()),
+        _ => Err(Fail::new(EXIT_MINUS_ONE, "Failed to execute request")),
+    }
+}
+
+/// The disk lines of one node for `node md info`.
+async fn md_rows(s: &Sheep, raw: bool) -> Res<Vec<String>> {
+    let r = s
+        .read(Header::request(opcode::MD_INFO), admin::MD_INFO_SIZE as u32)
+        .await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            "failed to get multi-disk information",
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    let disks = admin::decode_md_info(&r.data).ok_or_else(|| {
+        Fail::new(
+            EXIT_SYSFAIL,
+            "failed to get multi-disk information: short answer",
+        )
+    })?;
+    Ok(disks.iter().map(|d| md_row(s.name(), d, raw)).collect())
+}
+
+fn md_row(host: &str, d: &admin::Disk, raw: bool) -> String {
+    let size = d.free.saturating_add(d.used);
+    let ratio = if size == 0 {
+        0
+    } else {
+        (d.used as f64 / size as f64 * 100.0) as i64
+    };
+    let (s, u, f) = (
+        fmt::size(size, raw),
+        fmt::size(d.used, raw),
+        fmt::size(d.free, raw),
+    );
+    if raw {
+        format!("{host} {} {s} {u} {f} {ratio}% {}", d.idx, d.path)
+    } else {
+        format!("{:2}\t{s}\t{u}\t{f}\t{ratio:3}%\t{}", d.idx, d.path)
+    }
+}
+
+/// `dog node md info [-A]`: the disks of the node dog talks to, or of every node.
+pub async fn md_info(ctx: &Ctx<'_>) -> Res<()> {
+    let raw = ctx.opts.raw;
+    if !raw {
+        outln!("Id\tSize\tUsed\tAvail\tUse%\tPath");
+    }
+    if !ctx.opts.all_nodes {
+        for l in md_rows(&ctx.sheep, raw).await? {
+            outln!("{l}");
+        }
+        return Ok(());
+    }
+    for (i, n) in ctx.nodes()?.nodes.iter().enumerate() {
+        if !raw {
+            outln!("Node {i}:");
+        }
+        let s = Sheep::connect_node(&n.nid).await?;
+        for l in md_rows(&s, raw).await? {
+            outln!("{l}");
+        }
+    }
+    Ok(())
+}
+
+const MD_PLUG_PRINT: &str = "    __\n   ()'`;\n   /\\|`\n  /  |   Caution! The directories to be \
+                             plugged will be purged.\n(/_)_|_  Are you sure you want to \
+                             continue? [yes/no]: ";
+const MD_UNPLUG_PRINT: &str = "    __\n   ()'`;\n   /\\|`\n  /  |   Caution! Recovery will be \
+                               triggered after unplugging.\n(/_)_|_  Are you sure you want to \
+                               continue? [yes/no]: ";
+
+/// `dog node md plug|unplug <disks>`: asks the node to add or remove disks.
+pub async fn md_plug(ctx: &Ctx<'_>, plug: bool) -> Res<()> {
+    if !ctx.opts.force {
+        confirm(if plug { MD_PLUG_PRINT } else { MD_UNPLUG_PRINT })?;
+    }
+    let op = if plug {
+        opcode::MD_PLUG
+    } else {
+        opcode::MD_UNPLUG
+    };
+    let mut h = Header::request(op);
+    h.set_flags(flags::CMD_WRITE);
+    let mut disks = ctx.args[0].as_bytes().to_vec();
+    disks.push(0);
+    let r = ctx.sheep.write(h, Bytes::from(disks)).await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(Fail::new(
+            EXIT_FAILURE,
+            "Failed to execute request, look for sheep.log for more information",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_rows_as_the_original() {
+        let s = Stat {
+            gway_total_nr: 3,
+            gway_total_write_nr: 2,
+            gway_total_read_nr: 1,
+            gway_total_rx: 8 << 20,
+            peer_total_nr: 4,
+            peer_total_write_nr: 4,
+            peer_total_rx: 16 << 20,
+            ..Stat::default()
+        };
+        assert_eq!(
+            stat_rows(&Stat::default(), false),
+            "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\n\
+             Client\t0\t0\t0\t0\t0\t0\t0.0 MB\t0.0 MB\nPeer\t0\t0\t0\t0\t0\t0\t0.0 MB\t0.0 MB"
+        );
+        assert_eq!(
+            stat_rows(&s, true),
+            "0\t3\t2\t1\t0\t0\t8388608\t0\n0\t4\t4\t0\t0\t0\t16777216\t0"
+        );
+        let last = Stat {
+            gway_total_nr: 1,
+            ..s
+        };
+        assert!(watch_rows(&s, &last, true).starts_with("0\t3\t2\t1\t0\t0\t8388608\t0\t0\t0\t2\n"));
+    }
+
+    #[test]
+    fn md_rows_as_the_original() {
+        let d = admin::Disk {
+            idx: 0,
+            free: 80_486_789_120,
+            used: 0,
+            path: "/tmp/osd/0/obj".into(),
+        };
+        assert_eq!(
+            md_row("127.0.0.1:7100", &d, false),
+            " 0\t75 GB\t0.0 MB\t75 GB\t  0%\t/tmp/osd/0/obj"
+        );
+        assert_eq!(
+            md_row("127.0.0.1:7100", &d, true),
+            "127.0.0.1:7100 0 80486789120 0 80486789120 0% /tmp/osd/0/obj"
+        );
+    }
+
+    #[test]
+    fn level_list_as_the_original() {
+        assert!(level_list().starts_with("emerg\t(0)\nalert\t(1)\n"));
+        assert!(level_list().ends_with("info\t(6)\ndebug\t(7)"));
+    }
+}

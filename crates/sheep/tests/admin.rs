@@ -1,0 +1,144 @@
+//! The original's administration requests against real sheep: CLUSTER_INFO in the original's
+//! `struct cluster_info` layout (what the original's dog asks before format and vdi create),
+//! STAT through `dog node stat`, the log level through `dog node log level`, and the disks
+//! through `dog node md info`, with the original's texts and exit codes.
+
+mod common;
+
+use common::{pattern, rt, Cluster};
+use proto::admin::{self, ClusterInfo};
+use proto::{opcode, Header, SdResult};
+
+fn cluster_info(c: &Cluster, i: usize) -> ClusterInfo {
+    let port = c.port(i);
+    rt().block_on(async {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let conn = client::Connection::connect(addr).await.unwrap();
+        // The original's dog asks for the whole struct (6144 node slots).
+        let r = conn
+            .read(
+                Header::request(opcode::CLUSTER_INFO),
+                admin::CLUSTER_INFO_SIZE as u32,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.result(), SdResult::SUCCESS);
+        ClusterInfo::decode(&r.data).expect("a whole cluster_info")
+    })
+}
+
+#[test]
+fn cluster_info_stat_log_level_and_disks_as_the_original() {
+    let c = Cluster::start(3);
+    // Before format: waiting, no ctime (the original's dog says "Waiting for cluster to be
+    // formatted" from this).
+    let before = cluster_info(&c, 0);
+    assert_eq!(before.status, admin::status::WAIT);
+    assert_eq!(before.ctime, 0);
+    // Vnodes are not fixed: the original's dog formats without `-V` only when it sees this.
+    assert_eq!(before.flags, proto::cluster_flags::AUTO_VNODES);
+    c.dog_ok(0, &["cluster", "format", "--copies=2", "-z", "23"]);
+    let ci = cluster_info(&c, 1);
+    assert_eq!(ci.proto_ver, admin::SHEEP_PROTO_VER);
+    assert_eq!(ci.status, admin::status::OK);
+    assert_eq!(ci.nr_copies, 2);
+    assert_eq!(ci.block_size_shift, 23);
+    assert_eq!(ci.epoch, 1);
+    assert_ne!(ci.ctime, 0);
+    let mut ports: Vec<u16> = ci.nodes.iter().map(|n| n.nid.port).collect();
+    ports.sort_unstable();
+    let mut want: Vec<u16> = (0..3).map(|i| c.port(i)).collect();
+    want.sort_unstable();
+    assert_eq!(ports, want);
+
+    // STAT: a write through node 0 counts there as the client's, on the copies as peers'.
+    c.dog_ok(0, &["vdi", "create", "Alice", "16M"]);
+    let input = c.tmp.path().join("data");
+    std::fs::write(&input, pattern(1 << 20, 7)).unwrap();
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Alice", "0", "1M"], Some(&input))
+        .status
+        .success());
+    let stat = c.dog_ok(0, &["node", "stat"]);
+    let lines: Vec<&str> = stat.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD"
+    );
+    let client: Vec<&str> = lines[1].split('\t').collect();
+    assert_eq!(client[0], "Client");
+    let writes: u64 = client[3].parse().unwrap();
+    assert!(writes >= 1, "{stat}");
+    let raw = c.dog_ok(0, &["node", "stat", "-r"]);
+    let wr: u64 = raw
+        .lines()
+        .next()
+        .unwrap()
+        .split('\t')
+        .nth(6)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wr >= 1 << 20, "{raw}");
+    let peers: u64 = (0..3)
+        .map(|i| {
+            let raw = c.dog_ok(i, &["node", "stat", "-r"]);
+            let peer: Vec<&str> = raw.lines().nth(1).unwrap().split('\t').collect();
+            peer[2].parse::<u64>().unwrap()
+        })
+        .sum();
+    assert!(peers >= 2, "the two copies of the write are peer writes");
+
+    // The log level, changed on the running daemon.
+    let get = c.dog(1, &["node", "log", "level", "get"]);
+    assert!(get.status.success());
+    assert_eq!(String::from_utf8_lossy(&get.stderr), "info (6)\n");
+    assert!(c
+        .dog(1, &["node", "log", "level", "set", "debug"])
+        .status
+        .success());
+    let get = c.dog(1, &["node", "log", "level", "get"]);
+    assert_eq!(String::from_utf8_lossy(&get.stderr), "debug (7)\n");
+    let bad = c.dog(1, &["node", "log", "level", "set", "loud"]);
+    assert_eq!(bad.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.starts_with("invalid loglevel: loud\navailable loglevels:\nemerg\t(0)\n"),
+        "{err}"
+    );
+    let usage = c.dog(1, &["node", "log", "level"]);
+    assert_eq!(usage.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&usage.stdout).starts_with(
+        "Usage: dog node log level {set|get|list} [-a address] [-p port] [-h] [-T]\n"
+    ));
+    // An out-of-range level sent by hand changes nothing.
+    let port = c.port(1);
+    let r = rt().block_on(async {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let conn = client::Connection::connect(addr).await.unwrap();
+        conn.write(
+            Header::request(opcode::SET_LOGLEVEL),
+            bytes::Bytes::from_static(&[9, 0, 0, 0]),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(r.result(), SdResult::INVALID_PARMS);
+    let get = c.dog(1, &["node", "log", "level", "get"]);
+    assert_eq!(String::from_utf8_lossy(&get.stderr), "debug (7)\n");
+
+    // The disks: one, the store's object directory.
+    let md = c.dog_ok(2, &["node", "md", "info"]);
+    let obj = c.nodes[2].dir.join("obj");
+    let mut md_lines = md.lines();
+    assert_eq!(md_lines.next(), Some("Id\tSize\tUsed\tAvail\tUse%\tPath"));
+    let row = md_lines.next().unwrap();
+    assert!(row.starts_with(" 0\t"), "{md}");
+    assert!(row.ends_with(&format!("\t{}", obj.display())), "{md}");
+    let all = c.dog_ok(0, &["node", "md", "info", "-A"]);
+    assert_eq!(all.matches("Node ").count(), 3, "{all}");
+    let plug = c.dog(0, &["node", "md", "plug", "-f", "/nonexistent"]);
+    assert_eq!(plug.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&plug.stderr)
+        .contains("Failed to execute request, look for sheep.log for more information"));
+}
