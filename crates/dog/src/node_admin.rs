@@ -29,73 +29,61 @@ async fn stat_of(s: &Sheep) -> Res<Stat> {
         .ok_or_else(|| Fail::new(EXIT_SYSFAIL, "failed to get stat information: short answer"))
 }
 
-/// The two lines of `node stat` (without `-w`), raw or with their header.
-fn stat_rows(s: &Stat, raw: bool) -> String {
-    let (head, client, peer) = if raw {
-        ("", "", "")
-    } else {
-        (
-            "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\n",
-            "Client\t",
-            "Peer\t",
-        )
-    };
-    format!(
-        "{head}{client}{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n{peer}{}\t{}\t{}\t{}\t{}\t0\t{}\t{}",
-        s.gway_active_nr,
-        s.gway_total_nr,
-        s.gway_total_write_nr,
-        s.gway_total_read_nr,
-        s.gway_total_remove_nr,
-        s.gway_total_flush_nr,
-        fmt::size(s.gway_total_rx, raw),
-        fmt::size(s.gway_total_tx, raw),
-        s.peer_active_nr,
-        s.peer_total_nr,
-        s.peer_total_write_nr,
-        s.peer_total_read_nr,
-        s.peer_total_remove_nr,
-        fmt::size(s.peer_total_rx, raw),
-        fmt::size(s.peer_total_tx, raw),
-    )
-}
-
-/// The lines of `node stat -w`: the totals, then the bytes and requests since `last`.
-fn watch_rows(s: &Stat, last: &Stat, raw: bool) -> String {
+/// The two lines of `node stat`, raw or with their header; with `since` (`-w`), also the
+/// bytes written and read and the requests since that reading.
+fn stat_rows(s: &Stat, since: Option<&Stat>, raw: bool) -> String {
     let d = |a: u64, b: u64| a.saturating_sub(b);
-    let (head, client, peer) = if raw {
-        ("", "", "")
-    } else {
+    #[rustfmt::skip]
+    let client = [s.gway_active_nr, s.gway_total_nr, s.gway_total_write_nr,
+        s.gway_total_read_nr, s.gway_total_remove_nr, s.gway_total_flush_nr];
+    #[rustfmt::skip]
+    let peer = [s.peer_active_nr, s.peer_total_nr, s.peer_total_write_nr,
+        s.peer_total_read_nr, s.peer_total_remove_nr, 0];
+    let row = |label: &str, counts: [u64; 6], rx: u64, tx: u64, rates: Option<(u64, u64, u64)>| {
+        let mut cols: Vec<String> = counts.iter().map(u64::to_string).collect();
+        cols.push(fmt::size(rx, raw));
+        cols.push(fmt::size(tx, raw));
+        if let Some((wr, rd, n)) = rates {
+            cols.extend([fmt::size(wr, raw), fmt::size(rd, raw), n.to_string()]);
+        }
+        let label = if raw {
+            String::new()
+        } else {
+            format!("{label}\t")
+        };
+        format!("{label}{}", cols.join("\t"))
+    };
+    let client_rates = since.map(|l| {
         (
-            "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\tWRBW\tRDBW\tRPS\n",
-            "Client\t",
-            "Peer\t",
+            d(s.gway_total_rx, l.gway_total_rx),
+            d(s.gway_total_tx, l.gway_total_tx),
+            d(s.gway_total_nr, l.gway_total_nr),
         )
+    });
+    let peer_rates = since.map(|l| {
+        (
+            d(s.peer_total_rx, l.peer_total_rx),
+            d(s.peer_total_tx, l.peer_total_tx),
+            d(s.peer_total_nr, l.peer_total_nr),
+        )
+    });
+    let head = match (raw, since) {
+        (true, _) => "",
+        (false, None) => "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\n",
+        (false, Some(_)) => {
+            "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\tWRBW\tRDBW\tRPS\n"
+        }
     };
     format!(
-        "{head}{client}{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n\
-         {peer}{}\t{}\t{}\t{}\t{}\t0\t{}\t{}\t{}\t{}\t{}",
-        s.gway_active_nr,
-        s.gway_total_nr,
-        s.gway_total_write_nr,
-        s.gway_total_read_nr,
-        s.gway_total_remove_nr,
-        s.gway_total_flush_nr,
-        fmt::size(s.gway_total_rx, raw),
-        fmt::size(s.gway_total_tx, raw),
-        fmt::size(d(s.gway_total_rx, last.gway_total_rx), raw),
-        fmt::size(d(s.gway_total_tx, last.gway_total_tx), raw),
-        d(s.gway_total_nr, last.gway_total_nr),
-        s.peer_active_nr,
-        s.peer_total_nr,
-        s.peer_total_write_nr,
-        s.peer_total_read_nr,
-        s.peer_total_remove_nr,
-        fmt::size(s.peer_total_rx, raw),
-        fmt::size(s.peer_total_tx, raw),
-        fmt::size(d(s.peer_total_rx, last.peer_total_rx), raw),
-        fmt::size(d(s.peer_total_tx, last.peer_total_tx), raw),
-        d(s.peer_total_nr, last.peer_total_nr),
+        "{head}{}\n{}",
+        row(
+            "Client",
+            client,
+            s.gway_total_rx,
+            s.gway_total_tx,
+            client_rates
+        ),
+        row("Peer", peer, s.peer_total_rx, s.peer_total_tx, peer_rates)
     )
 }
 
@@ -105,12 +93,12 @@ pub async fn stat(ctx: &Ctx<'_>) -> Res<()> {
     let raw = ctx.opts.raw;
     let mut s = stat_of(&ctx.sheep).await?;
     if !ctx.opts.watch {
-        outln!("{}", stat_rows(&s, raw));
+        outln!("{}", stat_rows(&s, None, raw));
         return Ok(());
     }
     let mut last = s;
     loop {
-        outln!("{}", watch_rows(&s, &last, raw));
+        outln!("{}", stat_rows(&s, Some(&last), raw));
         last = s;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         s = stat_of(&ctx.sheep).await?;
@@ -287,19 +275,21 @@ mod tests {
             ..Stat::default()
         };
         assert_eq!(
-            stat_rows(&Stat::default(), false),
+            stat_rows(&Stat::default(), None, false),
             "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\n\
              Client\t0\t0\t0\t0\t0\t0\t0.0 MB\t0.0 MB\nPeer\t0\t0\t0\t0\t0\t0\t0.0 MB\t0.0 MB"
         );
         assert_eq!(
-            stat_rows(&s, true),
+            stat_rows(&s, None, true),
             "0\t3\t2\t1\t0\t0\t8388608\t0\n0\t4\t4\t0\t0\t0\t16777216\t0"
         );
         let last = Stat {
             gway_total_nr: 1,
             ..s
         };
-        assert!(watch_rows(&s, &last, true).starts_with("0\t3\t2\t1\t0\t0\t8388608\t0\t0\t0\t2\n"));
+        assert!(
+            stat_rows(&s, Some(&last), true).starts_with("0\t3\t2\t1\t0\t0\t8388608\t0\t0\t0\t2\n")
+        );
     }
 
     #[test]
