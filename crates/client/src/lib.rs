@@ -4,6 +4,9 @@
 //! back in any order). Used by `dog`, by the gateway for its persistent peer connections, and by
 //! tests. Never: cluster logic, retries, or interpretation of result codes.
 
+pub mod admin;
+pub mod volumes;
+
 use bytes::Bytes;
 use proto::{Header, HEADER_SIZE};
 use std::collections::HashMap;

@@ -418,7 +418,7 @@ static NODE_SUBS: &[Sub] = &[
     sub(
         "info",
         None,
-        "aprhT",
+        "aprhTJ",
         "show information about each node",
         false,
         true,

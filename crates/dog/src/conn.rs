@@ -73,6 +73,23 @@ impl Sheep {
         self.conn.write(hdr, data).await.map_err(|e| self.lost(e))
     }
 
+    /// The connection itself, for the request sequences of `client::volumes`.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// A failure of a `client::volumes` sequence: the sheep's refusal as `what: reason`
+    /// with the original's exit code, a transport failure as exit 2.
+    pub fn volume_failure(&self, what: &str, e: client::volumes::VolumeError) -> Fail {
+        use client::volumes::VolumeError;
+        match e {
+            VolumeError::Refused { result, .. } => crate::error::failed(what, result, EXIT_FAILURE),
+            VolumeError::Client(e) => self.lost(e),
+            e @ VolumeError::TooLong { .. } => Fail::new(crate::error::EXIT_USAGE, e.to_string()),
+            e @ VolumeError::ShortInode(_) => Fail::new(EXIT_FAILURE, format!("{what}: {e}")),
+        }
+    }
+
     /// A header-only request.
     pub async fn call(&self, hdr: Header) -> Res<Response> {
         self.read(hdr, 0).await

@@ -3,12 +3,10 @@
 //! Owns: these commands. Never: option parsing, bulk data transfer.
 
 use crate::cluster::confirm;
-use crate::error::{
-    failed, Fail, Res, EXIT_EXISTS, EXIT_FAILURE, EXIT_MISSING, EXIT_SYSFAIL, EXIT_USAGE,
-};
+use crate::error::{Fail, Res, EXIT_EXISTS, EXIT_FAILURE, EXIT_MISSING, EXIT_SYSFAIL, EXIT_USAGE};
 use crate::lookup::{self, Inode};
 use crate::{fmt, Ctx};
-use proto::inode::SD_INODE_HEADER_SIZE;
+use client::volumes;
 use proto::{flags, opcode, Header, Oid, SdResult, Vid};
 use std::io::{Read, Write};
 
@@ -16,9 +14,6 @@ use proto::attr::{
     KEY as ATTR_KEY, MAX_VALUE as ATTR_MAX_VALUE, SNAP_ID as ATTR_SNAP_ID, VALUE as ATTR_VALUE,
     VALUE_LEN as ATTR_VALUE_LEN,
 };
-
-/// Offset of the tag in the inode.
-const INODE_TAG: u64 = 256;
 
 fn name_arg<'a>(ctx: &'a Ctx<'_>) -> Res<&'a str> {
     ctx.arg(0).ok_or_else(|| Fail::usage(""))
@@ -36,26 +31,15 @@ pub(crate) async fn new_vdi(
     base: u32,
     snapshot: bool,
 ) -> Res<u32> {
-    let mut h = Header::request(opcode::NEW_VDI);
-    h.set_vdi_size(ino.hdr.vdi_size)
-        .set_base_vdi_id(base)
-        .set_snapid(snapshot as u32)
-        .set_vdi_copies(ctx.opts.copies.map(|c| c.0).unwrap_or(ino.hdr.nr_copies))
-        .set_vdi_copy_policy(ino.hdr.copy_policy)
-        .set_store_policy(ino.hdr.store_policy)
-        .set_vdi_block_size_shift(ino.hdr.block_size_shift);
-    let r = ctx
-        .sheep
-        .write(h, lookup::name_payload(name)?.into())
-        .await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            &format!("Failed to create VDI {name}"),
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
-    Ok(r.header.rsp_vdi_id())
+    let mut shape = ino.hdr.clone();
+    shape.vdi_id = base;
+    let copies = ctx.opts.copies.map(|c| c.0);
+    volumes::new_from(ctx.sheep.conn(), name, &shape, snapshot, copies)
+        .await
+        .map_err(|e| {
+            ctx.sheep
+                .volume_failure(&format!("Failed to create VDI {name}"), e)
+        })
 }
 
 pub async fn snapshot(ctx: &Ctx<'_>) -> Res<()> {
@@ -70,21 +54,15 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Res<()> {
     let ino = lookup::open(&ctx.sheep, name, &none, false).await?;
     let vid = ino.vid();
     let tag = &ctx.opts.snapshot.tag;
-    let field = proto::padded(tag.as_bytes(), proto::SD_MAX_VDI_TAG_LEN)
-        .ok_or_else(|| Fail::new(EXIT_USAGE, format!("Tag '{tag}' is too long")))?;
-    let mut h = Header::request(opcode::WRITE_OBJ);
-    h.set_oid(Oid::inode(Vid(vid)).0)
-        .set_obj_offset(INODE_TAG)
-        .set_obj_copies(ino.hdr.nr_copies)
-        .add_flags(flags::CMD_WRITE);
-    let r = ctx.sheep.write(h, field.into()).await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            "Failed to write the snapshot tag",
-            r.result(),
-            EXIT_FAILURE,
-        ));
+    if tag.len() >= proto::SD_MAX_VDI_TAG_LEN {
+        return Err(Fail::new(EXIT_USAGE, format!("Tag '{tag}' is too long")));
     }
+    volumes::write_tag(ctx.sheep.conn(), &ino.hdr, tag)
+        .await
+        .map_err(|e| {
+            ctx.sheep
+                .volume_failure("Failed to write the snapshot tag", e)
+        })?;
     let new = new_vdi(ctx, name, &ino, vid, true).await?;
     if ctx.opts.verbose {
         if ctx.opts.raw {
@@ -152,19 +130,14 @@ pub async fn rollback(ctx: &Ctx<'_>) -> Res<()> {
 /// rollback` and `vdi restore` do (`missing_ok`: there may be no working VDI); returns the new
 /// VDI id.
 pub(crate) async fn back_to(ctx: &Ctx<'_>, name: &str, snap: &Inode, missing_ok: bool) -> Res<u32> {
-    let mut h = Header::request(opcode::DEL_VDI);
-    h.set_snapid(0);
-    let r = ctx
-        .sheep
-        .write(h, lookup::name_tag_payload(name, "")?.into())
-        .await?;
-    let gone = missing_ok && r.result() == SdResult::NO_VDI;
-    if r.result() != SdResult::SUCCESS && !gone {
-        return Err(failed(
-            "Failed to delete the current state",
-            r.result(),
-            EXIT_FAILURE,
-        ));
+    match volumes::delete(ctx.sheep.conn(), name, 0, "").await {
+        Ok(()) => {}
+        Err(e) if missing_ok && e.result() == Some(SdResult::NO_VDI) => {}
+        Err(e) => {
+            return Err(ctx
+                .sheep
+                .volume_failure("Failed to delete the current state", e))
+        }
     }
     new_vdi(ctx, name, snap, snap.vid(), false).await
 }
@@ -191,21 +164,12 @@ pub async fn resize(ctx: &Ctx<'_>) -> Res<()> {
         return Err(Fail::new(EXIT_USAGE, "Shrinking VDIs is not implemented"));
     }
     ino.hdr.vdi_size = size;
-    let mut head = vec![0u8; SD_INODE_HEADER_SIZE];
-    ino.hdr.encode_into(&mut head);
-    let mut h = Header::request(opcode::WRITE_OBJ);
-    h.set_oid(Oid::inode(Vid(ino.vid())).0)
-        .set_obj_copies(ino.hdr.nr_copies)
-        .add_flags(flags::CMD_WRITE);
-    let r = ctx.sheep.write(h, head.into()).await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            "Failed to update an inode header",
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
-    Ok(())
+    volumes::write_header(ctx.sheep.conn(), &ino.hdr)
+        .await
+        .map_err(|e| {
+            ctx.sheep
+                .volume_failure("Failed to update an inode header", e)
+        })
 }
 
 /// One node of `vdi tree`.

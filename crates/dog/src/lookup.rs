@@ -96,43 +96,19 @@ pub fn redundancy(copies: u8, policy: u8) -> String {
     }
 }
 
-/// A name (or tag) NUL-padded into `len` bytes; too long is a usage error.
-fn padded(s: &str, len: usize, what: &str) -> Res<Vec<u8>> {
-    proto::padded(s.as_bytes(), len).ok_or_else(|| {
-        Fail::new(
-            EXIT_USAGE,
-            format!(
-                "{what} is too long: {} bytes (at most {})",
-                s.len(),
-                len - 1
-            ),
-        )
-    })
-}
-
 /// The 256-byte name payload of NEW_VDI.
 pub fn name_payload(name: &str) -> Res<Vec<u8>> {
-    padded(name, proto::SD_MAX_VDI_LEN, "VDI name")
-}
-
-/// The 512-byte name + tag payload of GET_VDI_INFO and DEL_VDI.
-pub fn name_tag_payload(name: &str, tag: &str) -> Res<Vec<u8>> {
-    let mut p = name_payload(name)?;
-    p.extend(padded(tag, proto::SD_MAX_VDI_TAG_LEN, "Snapshot tag")?);
-    Ok(p)
+    client::volumes::name_payload(name).map_err(|e| Fail::new(EXIT_USAGE, e.to_string()))
 }
 
 /// GET_VDI_INFO: the vid of `name` (snapshot `snap.id` / `snap.tag`, or the working VDI).
 pub async fn find_vid(s: &Sheep, name: &str, snap: &Snap) -> Res<Result<u32, SdResult>> {
-    let mut h = Header::request(opcode::GET_VDI_INFO);
-    h.set_snapid(snap.id);
-    let r = s
-        .write(h, name_tag_payload(name, &snap.tag)?.into())
-        .await?;
-    Ok(match r.result() {
-        SdResult::SUCCESS => Ok(r.header.rsp_vdi_id()),
-        e => Err(e),
-    })
+    use client::volumes::{self, VolumeError};
+    match volumes::find(s.conn(), name, snap.id, &snap.tag).await {
+        Ok(vid) => Ok(Ok(vid)),
+        Err(VolumeError::Refused { result, .. }) => Ok(Err(result)),
+        Err(e) => Err(s.volume_failure("Failed to look up the VDI", e)),
+    }
 }
 
 /// READ_OBJ of part of an object; `Err` carries the original's "Failed to read object" line.
@@ -307,7 +283,7 @@ mod tests {
 
     #[test]
     fn payloads() {
-        let p = name_tag_payload("Alice", "first").unwrap();
+        let p = client::volumes::name_tag_payload("Alice", "first").unwrap();
         assert_eq!(p.len(), 512);
         assert_eq!(&p[..6], b"Alice\0");
         assert_eq!(&p[256..262], b"first\0");

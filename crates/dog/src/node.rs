@@ -6,7 +6,6 @@ use crate::conn::Sheep;
 use crate::error::{Fail, Res, EXIT_SYSFAIL};
 use crate::lookup;
 use crate::{fmt, Ctx};
-use proto::{opcode, Header, SdResult};
 use serde_json::json;
 
 pub fn list(ctx: &Ctx<'_>) -> Res<()> {
@@ -100,32 +99,48 @@ fn total_rows(size: u64, free: u64, vdi_size: u64, raw: bool) -> String {
 /// STAT_SHEEP of one member: (store size, free), or the message to print instead.
 async fn stat_sheep(n: &proto::SdNode) -> Result<(u64, u64), String> {
     let s = Sheep::connect_node(&n.nid).await.map_err(|f| f.msg)?;
-    let r = s
-        .call(Header::request(opcode::STAT_SHEEP))
-        .await
-        .map_err(|f| f.msg)?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(format!("Response's result: {}", r.result().text()));
+    match client::admin::stat_sheep(s.conn()).await {
+        Ok(sp) => Ok((sp.size, sp.free)),
+        Err(e) => Err(match e.result() {
+            Some(r) => format!("Response's result: {}", r.text()),
+            None => s.volume_failure("STAT_SHEEP", e).msg,
+        }),
     }
-    Ok((r.header.rsp_store_size(), r.header.rsp_store_free()))
 }
 
 pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
     let nl = ctx.nodes()?;
     let raw = ctx.opts.raw;
-    if !raw {
+    let json_out = ctx.opts.json;
+    if !raw && !json_out {
         outln!("Id\tSize\tUsed\tAvail\tUse%");
     }
     let (mut size, mut free, mut answered) = (0u64, 0u64, 0usize);
+    let mut rows = Vec::new();
     for (i, n) in nl.nodes.iter().enumerate() {
         match stat_sheep(n).await {
             Ok((s, f)) => {
-                outln!("{}", info_row(i, s, f, raw));
+                if json_out {
+                    rows.push(json!({
+                        "id": i,
+                        "address": fmt::addr(&n.nid.addr, n.nid.port),
+                        "size": s,
+                        "used": s.saturating_sub(f),
+                        "free": f,
+                    }));
+                } else {
+                    outln!("{}", info_row(i, s, f, raw));
+                }
                 size = size.saturating_add(s);
                 free = free.saturating_add(f);
                 answered += 1;
             }
-            Err(msg) => errln!("{msg}"),
+            Err(msg) => {
+                if json_out {
+                    rows.push(json!({ "id": i, "address": fmt::addr(&n.nid.addr, n.nid.port), "error": msg }));
+                }
+                errln!("{msg}")
+            }
         }
     }
     if answered == 0 {
@@ -142,7 +157,16 @@ pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
     })
     .await
     .map_err(|f| Fail::new(EXIT_SYSFAIL, f.msg))?;
-    outln!("{}", total_rows(size, free, vdi_size, raw));
+    if json_out {
+        let v = json!({
+            "nodes": rows,
+            "total": { "size": size, "used": size.saturating_sub(free), "free": free },
+            "virtual_image_size": vdi_size,
+        });
+        outln!("{v}");
+    } else {
+        outln!("{}", total_rows(size, free, vdi_size, raw));
+    }
     Ok(())
 }
 

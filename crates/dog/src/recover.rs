@@ -16,39 +16,17 @@ The cluster may need to be force recovered if:\n  \
 - some nodes fail to start after a cluster shutdown.\n\n\
 Are you sure you want to continue? [yes/no]: ";
 
-/// What STAT_RECOVERY says of one node.
-struct Stat {
-    running: bool,
-    done: u64,
-    total: u64,
-    /// Why it is not done yet, if the node says (this sheep appends it to the original's
-    /// 24-byte `struct recovery_state` for a reader that asks for more). Shown in `--json`
-    /// only: the original's text stays as it was.
-    problem: Option<String>,
-}
+use client::admin::Recovery as Stat;
 
 /// STAT_RECOVERY of one node.
 async fn stat(n: &proto::SdNode) -> Result<Stat, String> {
     let s = Sheep::connect_node(&n.nid).await.map_err(|f| f.msg)?;
-    let r = s
-        .read(Header::request(opcode::STAT_RECOVERY), 256)
+    client::admin::stat_recovery(s.conn())
         .await
-        .map_err(|f| f.msg)?;
-    if r.result() != SdResult::SUCCESS || r.data.len() < 24 {
-        return Err(format!("Response's result: {}", r.result().text()));
-    }
-    let u64_at = |o: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&r.data[o..o + 8]);
-        u64::from_le_bytes(a)
-    };
-    let problem = proto::cstr_bytes(&r.data[24..]);
-    Ok(Stat {
-        running: r.data[0] != 0,
-        done: u64_at(8),
-        total: u64_at(16),
-        problem: (!problem.is_empty()).then(|| String::from_utf8_lossy(problem).into_owned()),
-    })
+        .map_err(|e| match e.result() {
+            Some(r) => format!("Response's result: {}", r.text()),
+            None => s.volume_failure("STAT_RECOVERY", e).msg,
+        })
 }
 
 /// Percentage done, as the original prints it.

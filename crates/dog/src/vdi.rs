@@ -47,7 +47,8 @@ pub async fn create(ctx: &Ctx<'_>) -> Res<()> {
         return Err(Fail::usage("Please specify the VDI size"));
     };
     let size = fmt::parse_size(size_arg).ok_or_else(|| Fail::usage(fmt::invalid_size(size_arg)))?;
-    let payload = lookup::name_payload(name)?;
+    // A name too long is a usage error before anything is asked.
+    lookup::name_payload(name)?;
     let shift = match o.block_size_shift {
         Some(s) => s,
         None => default_shift(&ctx.sheep, name).await?,
@@ -63,24 +64,21 @@ pub async fn create(ctx: &Ctx<'_>) -> Res<()> {
     if size > SD_MAX_VDI_SIZE {
         return Err(Fail::usage("VDI size is too large"));
     }
-    let (copies, policy) = o.copies.unwrap_or((0, 0));
-    let mut h = Header::request(opcode::NEW_VDI);
-    h.set_vdi_size(size)
-        .set_base_vdi_id(0)
-        .set_snapid(0)
-        .set_vdi_copies(copies)
-        .set_vdi_copy_policy(policy)
-        .set_store_policy(0)
-        .set_vdi_block_size_shift(o.block_size_shift.unwrap_or(0));
-    let r = ctx.sheep.write(h, payload.into()).await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            &format!("Failed to create VDI {name}"),
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
-    let vid = r.header.rsp_vdi_id();
+    let (copies, copy_policy) = o.copies.unwrap_or((0, 0));
+    let v = client::volumes::NewVdi {
+        name: name.to_string(),
+        size,
+        copies,
+        copy_policy,
+        block_size_shift: o.block_size_shift.unwrap_or(0),
+        ..Default::default()
+    };
+    let vid = client::volumes::new_vdi(ctx.sheep.conn(), &v)
+        .await
+        .map_err(|e| {
+            ctx.sheep
+                .volume_failure(&format!("Failed to create VDI {name}"), e)
+        })?;
     if o.prealloc {
         prealloc(ctx, vid).await?;
     }
@@ -130,18 +128,12 @@ async fn prealloc(ctx: &Ctx<'_>, vid: u32) -> Res<()> {
 pub async fn delete(ctx: &Ctx<'_>) -> Res<()> {
     let name = name_arg(ctx)?;
     let snap = &ctx.opts.snapshot;
-    let mut h = Header::request(opcode::DEL_VDI);
-    h.set_snapid(snap.id);
-    let payload = lookup::name_tag_payload(name, &snap.tag)?;
-    let r = ctx.sheep.write(h, payload.into()).await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            &format!("Failed to delete {name}"),
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
-    Ok(())
+    client::volumes::delete(ctx.sheep.conn(), name, snap.id, &snap.tag)
+        .await
+        .map_err(|e| {
+            ctx.sheep
+                .volume_failure(&format!("Failed to delete {name}"), e)
+        })
 }
 
 /// Escapes blanks and backslashes for raw listings.

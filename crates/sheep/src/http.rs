@@ -1,13 +1,13 @@
-//! The HTTP listener (`--http-port`): `/metrics` in the Prometheus text format, and the place
-//! the JSON API and the status page go. Applies the access rule to every request: reading is
+//! The HTTP listener (`--http-port`): `/metrics` in the Prometheus text format, the JSON
+//! volume API under `/v1` (`api`), and the status page at `/`. Applies the access rule to every request: reading is
 //! open to whoever reaches the port (it listens where `-b` says, loopback by default); a
 //! request that changes something (any method but GET, HEAD, OPTIONS) needs the token of
 //! `--api-token-file` when one is configured, and comes from a loopback address otherwise.
 //! Owns: routes, the access rule, the connection count of this listener. Never: what a metric
 //! means (`metrics`), or cluster and VDI logic (`ops`, `vdi`).
 
+use crate::api::Api;
 use crate::metrics;
-use crate::node::Node;
 use crate::server::ConnLimit;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -116,8 +116,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// A JSON error answer: `{"error": CODE, "message": TEXT}`.
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    crate::api::json_answer(
+        status,
+        &serde_json::json!({ "error": code, "message": message }),
+    )
 }
 
 async fn check_access(
@@ -152,8 +154,8 @@ async fn check_access(
     }
 }
 
-async fn metrics_page(State(node): State<Arc<Node>>) -> Response {
-    let text = metrics::scrape(&node).await;
+async fn metrics_page(State(api): State<Arc<Api>>) -> Response {
+    let text = metrics::scrape(&api.node).await;
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
@@ -161,16 +163,32 @@ async fn not_found(_: HeaderMap) -> Response {
     error(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
-        "no such resource (try /metrics)",
+        "no such resource (try /, /metrics or /v1/openapi.json)",
     )
 }
 
+/// The status page: plain HTML and a little JavaScript reading the API.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
 /// The routes, behind the access rule.
-pub fn router(node: Arc<Node>, access: Access) -> Router {
+pub fn router(api: Arc<Api>, access: Access) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/metrics", get(metrics_page))
+        .with_state(api.clone())
+        .merge(crate::api::routes(api))
         .fallback(not_found)
-        .with_state(node)
         .layer(axum::middleware::from_fn_with_state(access, check_access))
 }
 
@@ -268,7 +286,7 @@ impl AsyncWrite for Conn {
 
 /// Serves HTTP on `listener` until the node stops.
 pub async fn listen(
-    node: Arc<Node>,
+    api: Arc<Api>,
     listener: tokio::net::TcpListener,
     access: Access,
     max_connections: usize,
@@ -277,11 +295,9 @@ pub async fn listen(
         inner: listener,
         gate: ConnLimit::new("http port", max_connections),
     };
-    let app = router(node.clone(), access).into_make_service_with_connect_info::<Peer>();
-    let stop = {
-        let node = node.clone();
-        async move { node.stop.notified().await }
-    };
+    let node = api.node.clone();
+    let app = router(api, access).into_make_service_with_connect_info::<Peer>();
+    let stop = { async move { node.stop.notified().await } };
     if let Err(e) = axum::serve(limited, app).with_graceful_shutdown(stop).await {
         tracing::warn!("http: {e}");
     }

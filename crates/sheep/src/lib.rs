@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod api;
 pub mod attr;
 pub mod budget;
 pub mod cluster;

@@ -412,6 +412,20 @@ async fn serve(
         limits,
     } = listeners;
     let node = Node::new(me, store, driver);
+    let sheep_at = tcp.local_addr()?;
+    let nbd_port = nbd
+        .tcp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let http_port = http
+        .as_ref()
+        .and_then(|h| h.tcp.local_addr().ok())
+        .map(|a| a.port());
+    let _ = node.services.set(sheep::cluster::state::Services {
+        nbd_port,
+        http_port,
+    });
     let tcp = tokio::net::TcpListener::from_std(tcp)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let buffers = sheep::budget::NodeBudget::new(limits.max_buffered);
@@ -439,7 +453,8 @@ async fn serve(
     if let Some(h) = http {
         let l = tokio::net::TcpListener::from_std(h.tcp)?;
         let max = limits.max_connections;
-        tokio::spawn(sheep::http::listen(node.clone(), l, h.access, max));
+        let api = sheep::api::Api::new(node.clone(), sheep_at);
+        tokio::spawn(sheep::http::listen(api, l, h.access, max));
     }
     let joined = node.start().await;
     if let Some(mut r) = ready {

@@ -46,6 +46,9 @@ pub struct Node {
     history_filled: AtomicBool,
     /// This start of the node (its join event carries it).
     incarnation: u64,
+    /// The client ports this node serves besides its Sheepdog port (its join carries them);
+    /// set before `start`.
+    pub services: std::sync::OnceLock<crate::cluster::state::Services>,
     /// Set once this start's own join event has been applied: events before it are history.
     joined: AtomicBool,
     view: RwLock<View>,
@@ -98,6 +101,7 @@ impl Node {
                     .unwrap_or(0);
                 t ^ (u64::from(std::process::id()) << 32)
             },
+            services: std::sync::OnceLock::new(),
             joined: AtomicBool::new(false),
             view: RwLock::new(View { state, ring }),
             applied: watch::channel(0).0,
@@ -167,6 +171,7 @@ impl Node {
             epoch_nodes,
             vdis,
             incarnation: self.incarnation,
+            services: self.services.get().copied().unwrap_or_default(),
         })
     }
 

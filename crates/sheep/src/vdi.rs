@@ -277,10 +277,10 @@ async fn write_inode(node: &Arc<Node>, h: &InodeHeader, table: &[u8]) -> Result<
     .await
     .map_err(|e| {
         tracing::warn!("creating inode {vid:x}: {e}");
-        if e == SdResult::HALT {
-            e
-        } else {
-            SdResult::VDI_WRITE
+        match e {
+            // What the client can act on: too few nodes, or a disk that is full.
+            SdResult::HALT | SdResult::NO_SPACE => e,
+            _ => SdResult::VDI_WRITE,
         }
     })
 }

@@ -83,6 +83,18 @@ pub struct JoinInfo {
     /// Tells this start of the node from its earlier ones in the replayed history.
     #[serde(default)]
     pub incarnation: u64,
+    /// Where the joiner serves its clients besides its Sheepdog port.
+    #[serde(default)]
+    pub services: Services,
+}
+
+/// A member's client ports besides the Sheepdog one (for the API's attach URIs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Services {
+    /// The NBD TCP port, if it serves one.
+    pub nbd_port: Option<u16>,
+    /// The HTTP port, if it serves one.
+    pub http_port: Option<u16>,
 }
 
 /// Cluster-wide messages, delivered in the same order to every node.
@@ -228,6 +240,8 @@ pub struct ClusterState {
     pub freezing: BTreeMap<u32, Freeze>,
     /// While the cluster waits for its members: the epoch each one brought (address:port).
     pub join_epochs: BTreeMap<String, u32>,
+    /// The client ports of each member (address:port), as it said when it joined.
+    pub services: BTreeMap<String, Services>,
 }
 
 impl Default for ClusterState {
@@ -244,6 +258,7 @@ impl Default for ClusterState {
             recovered: Default::default(),
             freezing: BTreeMap::new(),
             join_epochs: BTreeMap::new(),
+            services: BTreeMap::new(),
         }
     }
 }
@@ -341,6 +356,7 @@ impl ClusterState {
                     self.members.retain(|m| m.nid != node.nid);
                     // A dead node's clients are gone with it.
                     let gone = node.nid.to_string();
+                    self.services.remove(&gone);
                     self.locks.retain(|_, l| {
                         l.holders.retain(|h| h.node != gone);
                         !l.holders.is_empty()
@@ -416,6 +432,7 @@ impl ClusterState {
             }
         }
         self.members = sorted([self.members.clone(), vec![*node]].concat());
+        self.services.insert(node.nid.to_string(), info.services);
         match self.status {
             Status::Ok => self.new_epoch_after(merge, fx),
             Status::WaitForJoin => self.check_gathered(fx),
@@ -675,6 +692,7 @@ mod tests {
             epoch_nodes: vec![n(1), n(2)],
             vdis: BTreeMap::new(),
             incarnation: 1,
+            services: Services::default(),
         };
         let mut s = ClusterState::default();
         s.apply(&Event::Join {
@@ -695,6 +713,7 @@ mod tests {
             epoch_nodes: nodes.iter().map(|&p| n(p)).collect(),
             vdis: BTreeMap::new(),
             incarnation: 1,
+            services: Services::default(),
         }
     }
 
@@ -792,6 +811,10 @@ mod tests {
                 epoch_nodes: vec![n(1)],
                 vdis: BTreeMap::new(),
                 incarnation: 2,
+                services: Services {
+                    nbd_port: Some(10809),
+                    http_port: None,
+                },
             },
         };
         let s = serde_json::to_string(&ev).unwrap();
