@@ -445,7 +445,7 @@ static NODE_SUBS: &[Sub] = &[
     sub(
         "stat",
         None,
-        "aprwhT",
+        "aprwhTJ",
         "show stat information about the node",
         false,
         false,
@@ -464,7 +464,7 @@ static NODE_SUBS: &[Sub] = &[
     Sub {
         name: "md",
         arg: Some("[disks]"),
-        opts: "aprAfhT",
+        opts: "aprAfhTJ",
         desc: "See 'dog node md' for more information",
         need_arg: true,
         need_nodelist: false,
@@ -518,7 +518,7 @@ static NODE_MD_SUBS: &[Sub] = &[
     sub(
         "info",
         None,
-        "aprAfhT",
+        "aprAfhTJ",
         "show multi-disk information",
         false,
         true,

@@ -87,18 +87,57 @@ fn stat_rows(s: &Stat, since: Option<&Stat>, raw: bool) -> String {
     )
 }
 
+/// `node stat --json`: the counters by side, and with `since` the rates of the last second.
+fn stat_json(s: &Stat, since: Option<&Stat>) -> serde_json::Value {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    let mut v = serde_json::json!({
+        "client": {
+            "active": s.gway_active_nr, "total": s.gway_total_nr,
+            "write": s.gway_total_write_nr, "read": s.gway_total_read_nr,
+            "remove": s.gway_total_remove_nr, "flush": s.gway_total_flush_nr,
+            "written_bytes": s.gway_total_rx, "read_bytes": s.gway_total_tx,
+        },
+        "peer": {
+            "active": s.peer_active_nr, "total": s.peer_total_nr,
+            "write": s.peer_total_write_nr, "read": s.peer_total_read_nr,
+            "remove": s.peer_total_remove_nr,
+            "written_bytes": s.peer_total_rx, "read_bytes": s.peer_total_tx,
+        },
+    });
+    if let Some(l) = since {
+        v["client"]["per_second"] = serde_json::json!({
+            "written_bytes": d(s.gway_total_rx, l.gway_total_rx),
+            "read_bytes": d(s.gway_total_tx, l.gway_total_tx),
+            "requests": d(s.gway_total_nr, l.gway_total_nr),
+        });
+        v["peer"]["per_second"] = serde_json::json!({
+            "written_bytes": d(s.peer_total_rx, l.peer_total_rx),
+            "read_bytes": d(s.peer_total_tx, l.peer_total_tx),
+            "requests": d(s.peer_total_nr, l.peer_total_nr),
+        });
+    }
+    v
+}
+
 /// `dog node stat [-w]`: the counters of the node dog talks to; with `-w`, again every
-/// second with the rates, until interrupted.
+/// second with the rates, until interrupted (`--json`: one JSON object per line).
 pub async fn stat(ctx: &Ctx<'_>) -> Res<()> {
     let raw = ctx.opts.raw;
+    let show = |s: &Stat, since: Option<&Stat>| {
+        if ctx.opts.json {
+            outln!("{}", stat_json(s, since));
+        } else {
+            outln!("{}", stat_rows(s, since, raw));
+        }
+    };
     let mut s = stat_of(&ctx.sheep).await?;
     if !ctx.opts.watch {
-        outln!("{}", stat_rows(&s, None, raw));
+        show(&s, None);
         return Ok(());
     }
     let mut last = s;
     loop {
-        outln!("{}", stat_rows(&s, Some(&last), raw));
+        show(&s, Some(&last));
         last = s;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         s = stat_of(&ctx.sheep).await?;
@@ -165,22 +204,7 @@ pub async fn log_level_set(ctx: &Ctx<'_>) -> Res<()> {
 
 /// The disk lines of one node for `node md info`.
 async fn md_rows(s: &Sheep, raw: bool) -> Res<Vec<String>> {
-    let r = s
-        .read(Header::request(opcode::MD_INFO), admin::MD_INFO_SIZE as u32)
-        .await?;
-    if r.result() != SdResult::SUCCESS {
-        return Err(failed(
-            "failed to get multi-disk information",
-            r.result(),
-            EXIT_FAILURE,
-        ));
-    }
-    let disks = admin::decode_md_info(&r.data).ok_or_else(|| {
-        Fail::new(
-            EXIT_SYSFAIL,
-            "failed to get multi-disk information: short answer",
-        )
-    })?;
+    let disks = disks_of(s).await?;
     Ok(disks.iter().map(|d| md_row(s.name(), d, raw)).collect())
 }
 
@@ -203,8 +227,58 @@ fn md_row(host: &str, d: &admin::Disk, raw: bool) -> String {
     }
 }
 
+/// The disks of the node `s` as MD_INFO tells them.
+async fn disks_of(s: &Sheep) -> Res<Vec<admin::Disk>> {
+    let r = s
+        .read(Header::request(opcode::MD_INFO), admin::MD_INFO_SIZE as u32)
+        .await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(failed(
+            "failed to get multi-disk information",
+            r.result(),
+            EXIT_FAILURE,
+        ));
+    }
+    admin::decode_md_info(&r.data).ok_or_else(|| {
+        Fail::new(
+            EXIT_SYSFAIL,
+            "failed to get multi-disk information: short answer",
+        )
+    })
+}
+
+/// `node md info --json`: one object per disk, with the node it is on.
+async fn md_json(ctx: &Ctx<'_>) -> Res<()> {
+    let mut nodes = Vec::new();
+    if ctx.opts.all_nodes {
+        for n in &ctx.nodes()?.nodes {
+            nodes.push(Sheep::connect_node(&n.nid).await?);
+        }
+    } else {
+        nodes.push(ctx.sheep.clone());
+    }
+    let mut out = Vec::new();
+    for s in &nodes {
+        for d in disks_of(s).await? {
+            out.push(serde_json::json!({
+                "address": s.name(),
+                "id": d.idx,
+                "path": d.path,
+                "size": d.free.saturating_add(d.used),
+                "used": d.used,
+                "free": d.free,
+            }));
+        }
+    }
+    outln!("{}", serde_json::Value::Array(out));
+    Ok(())
+}
+
 /// `dog node md info [-A]`: the disks of the node dog talks to, or of every node.
 pub async fn md_info(ctx: &Ctx<'_>) -> Res<()> {
+    if ctx.opts.json {
+        return md_json(ctx).await;
+    }
     let raw = ctx.opts.raw;
     if !raw {
         outln!("Id\tSize\tUsed\tAvail\tUse%\tPath");

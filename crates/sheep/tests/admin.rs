@@ -88,6 +88,14 @@ fn cluster_info_stat_log_level_and_disks_as_the_original() {
         })
         .sum();
     assert!(peers >= 2, "the two copies of the write are peer writes");
+    let j: serde_json::Value =
+        serde_json::from_str(&c.dog_ok(0, &["node", "stat", "--json"])).unwrap();
+    assert!(j["client"]["write"].as_u64().unwrap() >= writes, "{j}");
+    assert!(
+        j["client"]["written_bytes"].as_u64().unwrap() >= 1 << 20,
+        "{j}"
+    );
+    assert!(j["peer"]["total"].is_u64(), "{j}");
 
     // The log level, changed on the running daemon.
     let get = c.dog(1, &["node", "log", "level", "get"]);
@@ -137,6 +145,12 @@ fn cluster_info_stat_log_level_and_disks_as_the_original() {
     assert!(row.ends_with(&format!("\t{}", obj.display())), "{md}");
     let all = c.dog_ok(0, &["node", "md", "info", "-A"]);
     assert_eq!(all.matches("Node ").count(), 3, "{all}");
+    let j: serde_json::Value =
+        serde_json::from_str(&c.dog_ok(0, &["node", "md", "info", "-A", "--json"])).unwrap();
+    let disks = j.as_array().unwrap();
+    assert_eq!(disks.len(), 3, "{j}");
+    assert_eq!(disks[2]["path"], obj.display().to_string(), "{j}");
+    assert!(disks[2]["size"].as_u64().unwrap() > 0, "{j}");
     let plug = c.dog(0, &["node", "md", "plug", "-f", "/nonexistent"]);
     assert_eq!(plug.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&plug.stderr)
