@@ -80,10 +80,59 @@ impl Ring {
     }
 }
 
+/// The original's auto vnodes (`recalculate_vnodes`, the default strategy of a cluster not
+/// formatted with `-V`): each node gets `rint(128 * space / average space)` virtual nodes,
+/// the average taken over the nodes that have space (a gateway has none and gets none).
+/// Computed in single precision, as the original does, so that both place alike.
+pub fn auto_vnodes(nodes: &[SdNode]) -> Vec<SdNode> {
+    let with_space: Vec<u64> = nodes.iter().map(|n| n.space).filter(|&s| s > 0).collect();
+    if with_space.is_empty() {
+        return nodes.to_vec();
+    }
+    let total: u128 = with_space.iter().map(|&s| u128::from(s)).sum();
+    let avg = (total / with_space.len() as u128) as u64;
+    nodes
+        .iter()
+        .map(|n| {
+            let factor = n.space as f32 / avg as f32;
+            let v = (crate::SD_DEFAULT_VNODES as f32 * factor).round_ties_even();
+            SdNode {
+                nr_vnodes: v.clamp(0.0, f32::from(u16::MAX)) as u16,
+                ..*n
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Vid;
+
+    #[test]
+    fn auto_vnodes_follow_space_as_the_original() {
+        // The original's functional tests 011 (2, 4, 8 GiB disks) and 054 (1..6 GiB).
+        let gib = 1u64 << 30;
+        let with = |spaces: &[u64]| -> Vec<u16> {
+            let nodes: Vec<SdNode> = spaces
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| SdNode {
+                    space: s,
+                    ..node(7000 + i as u16, i as u32)
+                })
+                .collect();
+            auto_vnodes(&nodes).iter().map(|n| n.nr_vnodes).collect()
+        };
+        assert_eq!(with(&[2 * gib, 4 * gib, 8 * gib]), [55, 110, 219]);
+        assert_eq!(
+            with(&[gib, 2 * gib, 3 * gib, 3 * gib, 4 * gib, 5 * gib]),
+            [43, 85, 128, 128, 171, 213]
+        );
+        // A gateway (no space) stores nothing; equal disks keep the default.
+        assert_eq!(with(&[0, 5 * gib, 5 * gib]), [0, 128, 128]);
+        assert_eq!(with(&[0, 0]), [128, 128], "no space anywhere: as given");
+    }
     use proptest::prelude::*;
 
     fn node(port: u16, zone: u32) -> SdNode {

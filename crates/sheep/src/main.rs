@@ -98,6 +98,7 @@ struct Opts {
     max_buffered: usize,
     #[arg(short = 'D', long)]
     directio: bool,
+    /// Gateway only: serve clients and forward their requests, store no object
     #[arg(short = 'g', long)]
     gateway: bool,
     #[arg(short = 'i', long)]
@@ -108,6 +109,8 @@ struct Opts {
     recovery: Option<String>,
     #[arg(short = 'u', long)]
     upgrade: bool,
+    /// Virtual nodes of this sheep on the placement ring, for clusters formatted with fixed
+    /// vnodes (`dog cluster format -V`); without it a cluster gives vnodes by disk space
     #[arg(short = 'V', long)]
     vnodes: Option<u16>,
     #[arg(short = 'w', long)]
@@ -124,12 +127,10 @@ impl Opts {
         let mut bad = Vec::new();
         let flags = [
             (self.directio, "-D/--directio"),
-            (self.gateway, "-g/--gateway"),
             (self.ioaddr.is_some(), "-i/--ioaddr"),
             (self.journal.is_some(), "-j/--journal"),
             (self.recovery.is_some(), "-R/--recovery"),
             (self.upgrade, "-u/--upgrade"),
-            (self.vnodes.is_some(), "-V/--vnodes"),
             (self.wq_threads.is_some(), "-w/--wq-threads"),
             (self.wildcard_recovery, "-W/--wildcard-recovery"),
             (
@@ -146,6 +147,21 @@ impl Opts {
             bail!("option {} is not supported yet", bad.join(", "));
         }
         Ok(())
+    }
+
+    /// This node's virtual nodes: none for a gateway (`-g`), `-V N`, else the default (a
+    /// cluster of auto vnodes gives it vnodes by space in the ring whatever it says here).
+    fn vnodes(&self) -> Result<u16> {
+        match (self.gateway, self.vnodes) {
+            (true, Some(_)) => bail!("Options '-g' and '-V' can not be both specified"),
+            (true, None) => Ok(0),
+            (false, Some(0)) => bail!(
+                "Invalid number of vnodes '0': must be an integer between 1 and {}",
+                u16::MAX
+            ),
+            (false, Some(v)) => Ok(v),
+            (false, None) => Ok(proto::SD_DEFAULT_VNODES),
+        }
     }
 
     /// The limits of the listeners and connections.
@@ -305,6 +321,7 @@ fn main() {
 
 fn run(opts: Opts) -> Result<()> {
     opts.refuse_unsupported()?;
+    let nr_vnodes = opts.vnodes()?;
     let limits = opts.limits()?;
     let log = parse_log(opts.log.as_deref())?;
     // Checked now for a clear error; built again after the fork, as it records its pid.
@@ -328,10 +345,19 @@ fn run(opts: Opts) -> Result<()> {
     let http = http_listener(&opts, bind)?;
 
     let nid = NodeId::new(advertised, opts.port);
-    let space = store.space().map(|(t, _)| t).unwrap_or(0);
+    // The space the ring weighs this node by (auto vnodes), as the original: none for a
+    // gateway, else what the store's config recorded, else the disk's free space now.
+    let space = if opts.gateway {
+        0
+    } else {
+        match store.read_config()?.map(|c| c.space).filter(|&s| s > 0) {
+            Some(s) => s,
+            None => store.space().map(|(_, free)| free).unwrap_or(0),
+        }
+    };
     let me = SdNode {
         nid,
-        nr_vnodes: proto::SD_DEFAULT_VNODES,
+        nr_vnodes,
         zone: opts.zone.unwrap_or_else(|| nid.default_zone()),
         space,
     };

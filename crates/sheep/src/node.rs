@@ -464,7 +464,7 @@ impl Node {
     }
 
     fn config_of(&self, f: &Format, shutdown: bool) -> Config {
-        let space = self.store.space().map(|(t, _)| t).unwrap_or(0);
+        let space = self.me.space;
         Config {
             ctime: f.ctime,
             flags: f.flags,

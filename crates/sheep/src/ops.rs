@@ -281,12 +281,12 @@ async fn run(
             // While a restarted cluster waits for its members, the nodes that are back.
             let waiting = view.state.status == Status::WaitForJoin;
             let nodes = if waiting || view.state.epoch_nodes.is_empty() {
-                &view.state.members
+                view.state.placed(&view.state.members)
             } else {
-                &view.state.epoch_nodes
+                view.state.epoch_nodes.clone()
             };
             rsp.set_rsp_nr_nodes(nodes.len() as u32);
-            Ok(SdNode::encode_list(nodes))
+            Ok(SdNode::encode_list(&nodes))
         }
         opcode::MAKE_FS => make_fs(node, req, &data).await,
         opcode::SHUTDOWN => {

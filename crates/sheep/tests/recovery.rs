@@ -445,7 +445,8 @@ fn wait_problem(c: &Cluster, i: usize, what: &str) -> String {
 #[test]
 fn a_full_disk_stops_recovery_with_a_clear_error_and_nothing_is_purged() {
     let mut c = Cluster::start(2);
-    c.dog_ok(0, &["cluster", "format", "--copies=2"]);
+    // Fixed vnodes (-V): by space, the small disk would get no share at all.
+    c.dog_ok(0, &["cluster", "format", "--copies=2", "-V"]);
     let data = alice(&c, "1G", 48 << 20, 71);
     // The third node's disk holds 16 MiB: about two thirds of the 12 objects are its now.
     let small = c.add_on_tmpfs(2, 16);
@@ -477,7 +478,8 @@ fn a_full_disk_stops_recovery_with_a_clear_error_and_nothing_is_purged() {
 #[test]
 fn avoid_diskfull_does_not_start_a_recovery_that_would_fill_a_disk() {
     let mut c = Cluster::start(2);
-    c.dog_ok(0, &["cluster", "format", "--copies=2", "-F"]);
+    // Fixed vnodes (-V): by space, the small disk would get no share at all.
+    c.dog_ok(0, &["cluster", "format", "--copies=2", "-F", "-V"]);
     // 24 objects: the new node's share (about two thirds) is far more than its 16 MiB.
     let data = alice(&c, "1G", 96 << 20, 72);
     let small = c.add_on_tmpfs(2, 16);

@@ -278,6 +278,19 @@ impl ClusterState {
         self.format.ctime != 0
     }
 
+    /// `nodes` with the virtual nodes the ring gives them: by space (the original's auto
+    /// vnodes) unless the cluster was formatted with fixed vnodes (`dog cluster format -V`),
+    /// then as each sheep was started (`-V`; a gateway, `-g`, has none either way).
+    pub fn placed(&self, nodes: &[SdNode]) -> Vec<SdNode> {
+        let fixed =
+            self.is_formatted() && self.format.flags & proto::cluster_flags::AUTO_VNODES == 0;
+        if fixed {
+            nodes.to_vec()
+        } else {
+            proto::ring::auto_vnodes(nodes)
+        }
+    }
+
     fn new_epoch(&mut self, effects: &mut Vec<Effect>) {
         self.new_epoch_after(None, effects)
     }
@@ -287,7 +300,8 @@ impl ClusterState {
             self.epoch = self.epoch.max(m.tag);
         }
         self.epoch += 1;
-        let prev_nodes = std::mem::replace(&mut self.epoch_nodes, self.members.clone());
+        let placed = self.placed(&self.members);
+        let prev_nodes = std::mem::replace(&mut self.epoch_nodes, placed);
         self.recovered.clear();
         effects.push(Effect::NewEpoch {
             epoch: self.epoch,

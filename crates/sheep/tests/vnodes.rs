@@ -1,0 +1,127 @@
+//! Virtual nodes as the original gives them: by disk space when the cluster is not formatted
+//! with `-V` (a node with twice the space holds twice the data: the original's functional
+//! test 011), fixed as each sheep was started with `-V N` when it is, and none for a gateway
+//! (`sheep -g`), which serves clients and stores nothing.
+
+mod common;
+
+use common::store::objects;
+use common::{pattern, Cluster};
+
+/// (port, vnodes) of each line of `dog node list -r`.
+fn vnodes(c: &Cluster, i: usize) -> Vec<(u16, u16)> {
+    c.dog_ok(i, &["node", "list", "-r"])
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let port = f[1].rsplit_once(':').unwrap().1.parse().unwrap();
+            (port, f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn near(got: u16, want: u16) -> bool {
+    got.abs_diff(want) <= 1
+}
+
+#[test]
+fn vnodes_follow_disk_space_unless_fixed() {
+    // Disks of 64, 128 and 256 MiB: 55, 110 and 219 vnodes (128 x space / mean).
+    let mut c = Cluster::start_with(0, &[]);
+    for (zone, mb) in [(0, 64), (1, 128), (2, 256)] {
+        c.add_on_tmpfs(zone, mb);
+    }
+    c.wait_members(3);
+    for i in 0..3 {
+        let v = vnodes(&c, i);
+        let got: Vec<u16> = v.iter().map(|&(_, n)| n).collect();
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(
+            near(got[0], 55) && near(got[1], 110) && near(got[2], 219),
+            "node {i} lists {v:?} before the format"
+        );
+    }
+    c.dog_ok(0, &["cluster", "format", "-c", "1"]);
+    let info = c.dog_ok(1, &["cluster", "info"]);
+    assert!(
+        info.contains(":55, ") || info.contains(":54, ") || info.contains(":56, "),
+        "{info}"
+    );
+    // Data lands in proportion: 48 objects of one copy.
+    c.dog_ok(0, &["vdi", "create", "Alice", "200M"]);
+    let input = c.tmp.path().join("data");
+    std::fs::write(&input, pattern(48 << 20, 3)).unwrap();
+    let w = c.dog_stdin(0, &["vdi", "write", "Alice", "0", "48M"], Some(&input));
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    let held: Vec<usize> = (0..3)
+        .map(|i| {
+            objects(&c.nodes[i].dir)
+                .iter()
+                .filter(|o| !o.starts_with("80"))
+                .count()
+        })
+        .collect();
+    assert_eq!(held.iter().sum::<usize>(), 12, "{held:?}");
+    assert!(
+        held[0] < held[2],
+        "the largest disk holds the most: {held:?}"
+    );
+
+    // Formatted with -V: every sheep keeps the vnodes it was started with.
+    let mut f = Cluster::start_with(0, &[]);
+    for (zone, v) in [(0, "64"), (1, "128"), (2, "200")] {
+        f.args = vec!["-V".into(), v.into()];
+        f.add(zone);
+    }
+    f.wait_members(3);
+    f.dog_ok(0, &["cluster", "format", "-V"]);
+    let v = vnodes(&f, 2);
+    assert_eq!(
+        v.iter().map(|&(_, n)| n).collect::<Vec<_>>(),
+        [64, 128, 200],
+        "{v:?}"
+    );
+}
+
+#[test]
+fn a_gateway_serves_and_stores_nothing() {
+    let mut c = Cluster::start(3);
+    c.args = vec!["-g".into()];
+    let gw = c.add(3);
+    c.args.clear();
+    c.wait_members(4);
+    let v = vnodes(&c, gw);
+    assert_eq!(v.len(), 4);
+    assert_eq!(v[gw].1, 0, "{v:?}");
+    assert!(v[..3].iter().all(|&(_, n)| n == 128), "{v:?}");
+    // Three copies on the three nodes that store; the gateway is not a zone.
+    c.dog_ok(gw, &["cluster", "format", "-c", "3"]);
+    let info = c.dog_ok(gw, &["cluster", "info"]);
+    assert!(!info.contains("Degraded"), "{info}");
+    c.dog_ok(gw, &["vdi", "create", "Alice", "64M"]);
+    let input = c.tmp.path().join("data");
+    let data = pattern(8 << 20, 5);
+    std::fs::write(&input, &data).unwrap();
+    let w = c.dog_stdin(gw, &["vdi", "write", "Alice", "0", "8M"], Some(&input));
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    let back = c.dog(gw, &["vdi", "read", "Alice", "0", "8M"]);
+    assert!(back.status.success());
+    assert!(back.stdout == data, "read back through the gateway");
+    assert!(
+        objects(&c.nodes[gw].dir).is_empty(),
+        "the gateway stores nothing: {:?}",
+        objects(&c.nodes[gw].dir)
+    );
+    for i in 0..3 {
+        // Two data objects and the inode, on every storing node.
+        assert_eq!(objects(&c.nodes[i].dir).len(), 3, "node {i}");
+    }
+    // Options that contradict each other are refused.
+    let o = std::process::Command::new(common::bin("sheep"))
+        .args(["-g", "-V", "10", "-p", "1"])
+        .arg(c.tmp.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("'-g' and '-V' can not be both"));
+}
