@@ -9,9 +9,11 @@
 //! Owns: the pool, the headers of peer requests, reply checks, timeouts. Never: deciding
 //! where requests go or what to do when one fails.
 
+use crate::cluster::state::LockHolder;
 use bytes::Bytes;
 use client::{ClientError, Connection, Response};
 use proto::node::NodeId;
+use proto::vdi_lock::LockRecord;
 use proto::{flags, opcode, Header, Oid, SdResult};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -411,6 +413,31 @@ impl Peers {
         let mut h = Header::request(opcode::DRAIN_VDI);
         h.set_oid(seq).set_tgt_epoch(vid);
         ok(&self.call(nid, h, Bytes::new(), self.long_timeout).await?)
+    }
+
+    /// NBD_HANDOVER: `nid`, the node of `from`, hands `from`'s writer lock of `vid` to `to`
+    /// if `from` has flushed and stopped writing; VDI_LOCKED if it keeps it.
+    pub async fn nbd_handover(
+        &self,
+        nid: NodeId,
+        vid: u32,
+        from: &LockHolder,
+        to: &LockHolder,
+    ) -> Result<(), SdResult> {
+        let record = |h: &LockHolder| LockRecord {
+            vid,
+            shared: false,
+            node: h.node.clone(),
+            client: h.client.clone(),
+        };
+        let payload = LockRecord::encode_list(&[record(from), record(to)]);
+        let mut h = Header::request(opcode::NBD_HANDOVER);
+        h.set_tgt_epoch(vid)
+            .add_flags(flags::CMD_WRITE)
+            .set_data_length(payload.len() as u32);
+        ok(&self
+            .call(nid, h, Bytes::from(payload), self.io_timeout)
+            .await?)
     }
 }
 
