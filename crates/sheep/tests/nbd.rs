@@ -516,13 +516,15 @@ fn a_writer_that_flushed_hands_the_vdi_over_to_the_next() {
     );
     let through = |i: usize| format!("nbd_127.0.0.1 127.0.0.1:{}", c.port(i));
     rt().block_on(async {
-        // A writes and flushes, and stays connected (a migration source at switchover).
+        // A writes and has not flushed: B, through another node, may not write.
         let mut a = Client::open(None, p0, "Bob").await.unwrap();
         a.write_cached(0, b"from a").await.unwrap();
-        a.flush().await.unwrap();
-        assert_eq!(bob_writer(&c), through(0));
-        // B, through another node, writes: A hands the VDI over.
         let mut b = Client::open(None, p1, "Bob").await.unwrap();
+        assert_eq!(b.write_cached(0, b"from b").await, Err(nbd::errno::EPERM));
+        assert_eq!(bob_writer(&c), through(0));
+        // A flushes and stays connected (a migration source at switchover): B's write makes
+        // A hand the VDI over.
+        a.flush().await.unwrap();
         b.write_cached(0, b"from b").await.unwrap();
         assert_eq!(bob_writer(&c), through(1));
         assert_eq!(a.read(0, 6).await.unwrap(), b"from b");
@@ -619,4 +621,37 @@ fn qemu_live_migration_hands_the_vdi_to_the_destination() {
         bob_writer(&c),
         format!("nbd_127.0.0.1 127.0.0.1:{}", c.port(1))
     );
+}
+
+#[test]
+fn a_write_of_the_old_holder_while_the_handover_is_decided_is_refused() {
+    // Node 0 holds each handover decision open for a while, after it took the lock from
+    // its writer and before the cluster hears of it.
+    let c = Cluster::with_failpoints(&["nbd::handover=sleep(1500)", "", ""], &[]);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let (p0, p1) = (c.nodes[0].nbd_port, c.nodes[1].nbd_port);
+    let log = |i: usize| common::stall::log_of(&c, i);
+    rt().block_on(async {
+        let mut a = Client::open(None, p0, "Bob").await.unwrap();
+        a.write_cached(0, b"from a").await.unwrap();
+        a.flush().await.unwrap();
+        let mut b = Client::open(None, p1, "Bob").await.unwrap();
+        let b_writes = tokio::spawn(async move {
+            let r = b.write_cached(0, b"from b").await;
+            (b, r)
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !log(0).contains("handing the writer lock over") {
+            assert!(std::time::Instant::now() < deadline, "no handover began");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The decision is taken and not yet known to the cluster: A is no writer any more.
+        assert_eq!(a.write_cached(0, b"late a").await, Err(nbd::errno::EPERM));
+        let (b, r) = b_writes.await.unwrap();
+        assert_eq!(r, Ok(()), "B got the VDI");
+        assert_eq!(a.read(0, 6).await.unwrap(), b"from b");
+        a.disconnect().await;
+        b.disconnect().await;
+    });
 }

@@ -270,6 +270,14 @@ impl NbdServer {
         // From here on the old holder's connections are not writers: if the message below
         // is lost, their next write takes the lock again through the cluster (it comes after
         // this message, if that went out after all, in this node's order of messages).
+        tracing::info!(
+            "nbd {name}: {client} has flushed and stopped writing: handing the writer lock \
+             over to {} through {}",
+            to.client,
+            to.node
+        );
+        // A test holds the decision open here: a write of the old holder meanwhile is refused.
+        fail::fail_point!("nbd::handover");
         let msg = Message::Handover {
             vid,
             from,
@@ -286,11 +294,6 @@ impl NbdServer {
             .iter()
             .any(|(v, l)| view.state.descends(*v, vid) && l.holders == [to.clone()]);
         if took {
-            tracing::info!(
-                "nbd {name}: writer lock handed over from {client} to {} through {}",
-                to.client,
-                to.node
-            );
             Ok(())
         } else {
             Err(SdResult::VDI_LOCKED)

@@ -133,17 +133,21 @@ impl Qemu {
         r.as_str().unwrap_or_default().to_string()
     }
 
-    /// `qemu-io` on the disk, as HMP runs it: the lines it added to the log.
+    /// `qemu-io` on the disk, as HMP runs it: what it added to the log (it prints its result,
+    /// "wrote ..."/"read ... bytes at offset ..." or "... failed: ...", on stdout).
     pub fn qemu_io(&mut self, command: &str) -> String {
         let before = self.log_text().len();
         let out = self.hmp(&format!("qemu-io -d {DISK} \"{command}\""));
         assert!(out.trim().is_empty(), "HMP qemu-io {command}: {out}");
-        // One line per result; a bounded wait for it to reach the log.
+        // A bounded wait for the result line to reach the log.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = self.log_text();
             let new = text.get(before..).unwrap_or_default().to_string();
-            if new.contains('\n') || Instant::now() > deadline {
+            let done = ["bytes at offset", "failed", "verification"]
+                .iter()
+                .any(|r| new.contains(r));
+            if (done && new.ends_with('\n')) || Instant::now() > deadline {
                 return new;
             }
             std::thread::sleep(Duration::from_millis(20));
