@@ -520,6 +520,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_handover_request_names_the_vdi_the_holder_and_the_newcomer() {
+        let asked = fake_peer(|h| {
+            let ok = h.opcode() == opcode::NBD_HANDOVER
+                && h.tgt_epoch() == 7
+                && h.carries_payload()
+                && h.data_length() as usize == 2 * proto::vdi_lock::LOCK_RECORD_SIZE;
+            let r = if ok {
+                SdResult::VDI_LOCKED
+            } else {
+                SdResult::INVALID_PARMS
+            };
+            Some((r, Vec::new()))
+        })
+        .await;
+        let h = |node: &str, client: &str| LockHolder {
+            node: node.into(),
+            client: client.into(),
+        };
+        let (from, to) = (h("127.0.0.1:7000", "nbd a"), h("127.0.0.1:7001", "nbd b"));
+        assert_eq!(
+            quick().nbd_handover(asked, 7, &from, &to).await,
+            Err(SdResult::VDI_LOCKED),
+            "the holder's answer"
+        );
+    }
+
+    #[tokio::test]
     async fn each_connection_says_who_this_sheep_is_and_a_refusal_is_an_error() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = NodeId::new("127.0.0.1".parse().unwrap(), l.local_addr().unwrap().port());

@@ -253,6 +253,19 @@ impl NbdServer {
     pub async fn hand_over(&self, vid: u32, client: &str, to: &LockHolder) -> Result<(), SdResult> {
         let _changing = self.locking.lock().await;
         let from = self.holder(client);
+        let holds = |who: &LockHolder| {
+            let view = self.node.view();
+            let held = view
+                .state
+                .locks
+                .iter()
+                .any(|(v, l)| view.state.descends(*v, vid) && l.holders == [who.clone()]);
+            held
+        };
+        // Asked again (the peer client resends a request whose connection broke): done.
+        if holds(to) {
+            return Ok(());
+        }
         let Some(volume) = self.find_open(vid, false).await else {
             tracing::info!("nbd: {to:?} asked for the lock of {vid:x}: no writer of it here");
             return Err(SdResult::VDI_LOCKED);
@@ -287,13 +300,7 @@ impl NbdServer {
             tracing::warn!("nbd {name}: handing the writer lock over: {e}");
             return Err(SdResult::CLUSTER_ERROR);
         }
-        let view = self.node.view();
-        let took = view
-            .state
-            .locks
-            .iter()
-            .any(|(v, l)| view.state.descends(*v, vid) && l.holders == [to.clone()]);
-        if took {
+        if holds(to) {
             Ok(())
         } else {
             Err(SdResult::VDI_LOCKED)
