@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Real clients the tests drive: qemu-img/qemu-io (qemu-utils), nbdinfo/nbdcopy (libnbd-bin),
 # fio with its nbd engine, a standalone ZooKeeper (Debian's zookeeper package), corosync,
-# curl for the HTTP API, headless Chromium for the status page.
+# curl for the HTTP API, headless Chromium for the status page, qemu-system-x86_64
+# (qemu-system-x86) for the live-migration test.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v cc >/dev/null || need+=(gcc)
@@ -16,6 +17,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v corosync >/dev/null || need+=(corosync)
   command -v curl >/dev/null || need+=(curl)
   command -v chromium >/dev/null || need+=(chromium)
+  command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

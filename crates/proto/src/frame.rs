@@ -36,6 +36,8 @@ pub fn max_payload(op: u8) -> u32 {
         opcode::SET_LOGLEVEL => 4,
         // A list of object ids.
         opcode::OIDS_EXIST => MAX_READ,
+        // Two `vdi_lock` records: the holder and the new writer.
+        opcode::NBD_HANDOVER => 2 * crate::vdi_lock::LOCK_RECORD_SIZE as u32,
         _ => 0,
     }
 }

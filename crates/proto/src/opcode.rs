@@ -75,6 +75,11 @@ pub const DRAIN_VDI: u8 = 0xf4;
 /// cluster (INVALID_CTIME for another cluster, INVALID_PARMS for a node it does not know);
 /// the peer opcodes (`is_peer`) are refused on a connection that has not said so.
 pub const HELLO_PEER: u8 = 0xf5;
+/// Extension: a sheep whose NBD client wants to write a VDI asks the node of the VDI's writer
+/// to hand the writer lock over. `tgt_epoch` is the VDI; the payload is two
+/// `vdi_lock::LockRecord`s, the holder (on the receiver) and the new writer. SUCCESS once the
+/// handover is applied cluster-wide on the receiver, VDI_LOCKED if the holder is still writing.
+pub const NBD_HANDOVER: u8 = 0xf6;
 
 /// Opcodes only a sheep sends to another sheep (`sheep::peers`): object copies, store syncs,
 /// object lists, the tags of copies, waits on cluster events. (GET_HASH, OBJ_TAG and
@@ -92,6 +97,7 @@ pub fn is_peer(op: u8) -> bool {
             | OBJ_LIST_TAGGED
             | WAIT_APPLIED
             | DRAIN_VDI
+            | NBD_HANDOVER
     )
 }
 
@@ -173,6 +179,7 @@ pub fn name(op: u8) -> &'static str {
         OBJ_LIST_TAGGED => "OBJ_LIST_TAGGED",
         DRAIN_VDI => "DRAIN_VDI",
         HELLO_PEER => "HELLO_PEER",
+        NBD_HANDOVER => "NBD_HANDOVER",
         _ => "UNKNOWN",
     }
 }
@@ -186,7 +193,7 @@ mod tests {
         assert_eq!(name(READ_OBJ), "READ_OBJ");
         assert_eq!(name(DRAIN_VDI), "DRAIN_VDI");
         assert_eq!(name(0x7f), "UNKNOWN");
-        assert!(is_peer(WRITE_PEER) && is_peer(OBJ_LIST_TAGGED));
+        assert!(is_peer(WRITE_PEER) && is_peer(OBJ_LIST_TAGGED) && is_peer(NBD_HANDOVER));
         assert!(!is_peer(WRITE_OBJ) && !is_peer(OBJ_TAG) && !is_peer(GET_HASH));
         // Every named opcode has a distinct name.
         let named: Vec<&str> = (0..=255u8).map(name).filter(|n| *n != "UNKNOWN").collect();

@@ -61,6 +61,8 @@ pub struct Node {
     pub stopping: AtomicBool,
     pub killed: AtomicBool,
     join_error: RwLock<Option<String>>,
+    /// This node's NBD server, for the writer-lock handovers other nodes ask of it.
+    pub nbd: std::sync::OnceLock<std::sync::Weak<crate::nbd::NbdServer>>,
 }
 
 /// How long a request waits for this node to settle a new epoch before it is retried.
@@ -110,6 +112,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             join_error: RwLock::new(None),
+            nbd: std::sync::OnceLock::new(),
         })
     }
 

@@ -493,6 +493,28 @@ async fn run(
             vdi::drain_here(node, req.oid(), req.tgt_epoch()).await?;
             Ok(Vec::new())
         }
+        opcode::NBD_HANDOVER => {
+            node.gate(false)?;
+            let records = LockRecord::decode_list(&data);
+            let [from, to] = records.as_slice() else {
+                return Err(SdResult::INVALID_PARMS);
+            };
+            if from.node != node.me.nid.to_string() {
+                return Err(SdResult::INVALID_PARMS);
+            }
+            // A node without NBD holds no NBD writer's lock.
+            let server = node
+                .nbd
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .ok_or(SdResult::VDI_LOCKED)?;
+            let to = LockHolder {
+                node: to.node.clone(),
+                client: to.client.clone(),
+            };
+            server.hand_over(req.tgt_epoch(), &from.client, &to).await?;
+            Ok(Vec::new())
+        }
         opcode::CREATE_AND_WRITE_PEER
         | opcode::READ_PEER
         | opcode::WRITE_PEER

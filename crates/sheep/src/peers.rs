@@ -9,9 +9,11 @@
 //! Owns: the pool, the headers of peer requests, reply checks, timeouts. Never: deciding
 //! where requests go or what to do when one fails.
 
+use crate::cluster::state::LockHolder;
 use bytes::Bytes;
 use client::{ClientError, Connection, Response};
 use proto::node::NodeId;
+use proto::vdi_lock::LockRecord;
 use proto::{flags, opcode, Header, Oid, SdResult};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -412,6 +414,31 @@ impl Peers {
         h.set_oid(seq).set_tgt_epoch(vid);
         ok(&self.call(nid, h, Bytes::new(), self.long_timeout).await?)
     }
+
+    /// NBD_HANDOVER: `nid`, the node of `from`, hands `from`'s writer lock of `vid` to `to`
+    /// if `from` has flushed and stopped writing; VDI_LOCKED if it keeps it.
+    pub async fn nbd_handover(
+        &self,
+        nid: NodeId,
+        vid: u32,
+        from: &LockHolder,
+        to: &LockHolder,
+    ) -> Result<(), SdResult> {
+        let record = |h: &LockHolder| LockRecord {
+            vid,
+            shared: false,
+            node: h.node.clone(),
+            client: h.client.clone(),
+        };
+        let payload = LockRecord::encode_list(&[record(from), record(to)]);
+        let mut h = Header::request(opcode::NBD_HANDOVER);
+        h.set_tgt_epoch(vid)
+            .add_flags(flags::CMD_WRITE)
+            .set_data_length(payload.len() as u32);
+        ok(&self
+            .call(nid, h, Bytes::from(payload), self.io_timeout)
+            .await?)
+    }
 }
 
 #[cfg(test)]
@@ -490,6 +517,33 @@ mod tests {
         );
         let none = fake_peer(|_| Some((SdResult::NO_OBJ, Vec::new()))).await;
         assert_eq!(p.tag(none, 1, oid).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_handover_request_names_the_vdi_the_holder_and_the_newcomer() {
+        let asked = fake_peer(|h| {
+            let ok = h.opcode() == opcode::NBD_HANDOVER
+                && h.tgt_epoch() == 7
+                && h.carries_payload()
+                && h.data_length() as usize == 2 * proto::vdi_lock::LOCK_RECORD_SIZE;
+            let r = if ok {
+                SdResult::VDI_LOCKED
+            } else {
+                SdResult::INVALID_PARMS
+            };
+            Some((r, Vec::new()))
+        })
+        .await;
+        let h = |node: &str, client: &str| LockHolder {
+            node: node.into(),
+            client: client.into(),
+        };
+        let (from, to) = (h("127.0.0.1:7000", "nbd a"), h("127.0.0.1:7001", "nbd b"));
+        assert_eq!(
+            quick().nbd_handover(asked, 7, &from, &to).await,
+            Err(SdResult::VDI_LOCKED),
+            "the holder's answer"
+        );
     }
 
     #[tokio::test]

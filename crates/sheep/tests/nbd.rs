@@ -497,3 +497,161 @@ fn open_exports_see_what_other_clients_wrote() {
         r.disconnect().await;
     });
 }
+
+/// The lock holder (`dog vm list -r`): "client node" of the writer of Bob, if any.
+fn bob_writer(c: &Cluster) -> String {
+    let vm = c.dog_ok(2, &["vm", "list", "-r"]);
+    vm.split_whitespace().skip(5).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn a_writer_that_flushed_hands_the_vdi_over_to_the_next() {
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let (p0, p1, p2) = (
+        c.nodes[0].nbd_port,
+        c.nodes[1].nbd_port,
+        c.nodes[2].nbd_port,
+    );
+    let through = |i: usize| format!("nbd_127.0.0.1 127.0.0.1:{}", c.port(i));
+    rt().block_on(async {
+        // A writes and has not flushed: B, through another node, may not write.
+        let mut a = Client::open(None, p0, "Bob").await.unwrap();
+        a.write_cached(0, b"from a").await.unwrap();
+        let mut b = Client::open(None, p1, "Bob").await.unwrap();
+        assert_eq!(b.write_cached(0, b"from b").await, Err(nbd::errno::EPERM));
+        assert_eq!(bob_writer(&c), through(0));
+        // A flushes and stays connected (a migration source at switchover): B's write makes
+        // A hand the VDI over.
+        a.flush().await.unwrap();
+        b.write_cached(0, b"from b").await.unwrap();
+        assert_eq!(bob_writer(&c), through(1));
+        assert_eq!(a.read(0, 6).await.unwrap(), b"from b");
+        // A is no longer a writer; B has not flushed, so it keeps the VDI.
+        assert_eq!(a.write(0, b"late a").await, Err(nbd::errno::EPERM));
+        assert_eq!(a.flush().await, Ok(()), "a flush is no write");
+        assert_eq!(a.write(0, b"late a").await, Err(nbd::errno::EPERM));
+        // Neither does a third client get it, even with a FUA write of B in between.
+        b.write(4096, b"fua").await.unwrap();
+        let mut x = Client::open(None, p2, "Bob").await.unwrap();
+        assert_eq!(x.write(0, b"x").await, Err(nbd::errno::EPERM));
+        assert_eq!(bob_writer(&c), through(1));
+        assert_eq!(x.read(0, 6).await.unwrap(), b"from b");
+        // B flushes: A takes the VDI back the same way.
+        b.flush().await.unwrap();
+        a.write_cached(0, b"back a").await.unwrap();
+        assert_eq!(bob_writer(&c), through(0));
+        assert_eq!(b.write(0, b"b again").await, Err(nbd::errno::EPERM));
+        // B, which lost the lock, goes away: A's lock stays.
+        b.disconnect().await;
+        assert_eq!(x.write(0, b"x").await, Err(nbd::errno::EPERM));
+        assert_eq!(bob_writer(&c), through(0));
+        a.write_cached(6, b"!").await.unwrap();
+        assert_eq!(x.read(0, 7).await.unwrap(), b"back a!");
+        a.disconnect().await;
+        // Once A's connection closes the lock is free as before.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !bob_writer(&c).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "A's lock outlived it");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        x.write(0, b"x").await.unwrap();
+        x.disconnect().await;
+    });
+}
+
+#[test]
+fn qemu_live_migration_hands_the_vdi_to_the_destination() {
+    use common::qemu::Qemu;
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let dir = c.tmp.path();
+    let incoming = common::free_port();
+    let mut src = Qemu::start(dir, "src", c.nodes[0].nbd_port, "Bob", None);
+    let mut dst = Qemu::start(dir, "dst", c.nodes[1].nbd_port, "Bob", Some(incoming));
+    src.ok("cont", serde_json::json!({}));
+    src.wait_status("running");
+    let out = src.qemu_io("write -P 0x5a 0 64k");
+    assert!(out.contains("wrote 65536/65536"), "source write: {out}");
+    src.migrate(incoming);
+    assert_eq!(src.status(), "postmigrate");
+    // The destination runs and writes through another node.
+    dst.ok("cont", serde_json::json!({}));
+    dst.wait_status("running");
+    let out = dst.qemu_io("read -P 0x5a 0 64k");
+    assert!(out.contains("read 65536/65536"), "destination read: {out}");
+    let out = dst.qemu_io("write -P 0xa5 0 64k");
+    assert!(
+        out.contains("wrote 65536/65536"),
+        "destination write: {out}"
+    );
+    // The source is started again after the migration: its writes are refused by the sheep.
+    src.ok("cont", serde_json::json!({}));
+    src.wait_status("running");
+    let sheep_log = dir.join("sheep0.err");
+    let refusals = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("is already open for writing")
+            .count()
+    };
+    let before = refusals(&sheep_log);
+    let out = src.qemu_io("write -P 0x11 0 64k");
+    assert!(
+        out.contains("write failed: Operation not permitted"),
+        "source write after migration: {out}"
+    );
+    assert!(
+        refusals(&sheep_log) > before,
+        "the refusal comes from the sheep of the source"
+    );
+    // The VDI holds the destination's bytes, through any node.
+    let got = rt().block_on(async {
+        let mut r = Client::open(None, c.nodes[2].nbd_port, "Bob")
+            .await
+            .unwrap();
+        let got = r.read(0, 64 << 10).await.unwrap();
+        r.disconnect().await;
+        got
+    });
+    assert!(got.iter().all(|&b| b == 0xa5), "the destination's data");
+    assert_eq!(
+        bob_writer(&c),
+        format!("nbd_127.0.0.1 127.0.0.1:{}", c.port(1))
+    );
+}
+
+#[test]
+fn a_write_of_the_old_holder_while_the_handover_is_decided_is_refused() {
+    // Node 0 holds each handover decision open for a while, after it took the lock from
+    // its writer and before the cluster hears of it.
+    let c = Cluster::with_failpoints(&["nbd::handover=sleep(1500)", "", ""], &[]);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "64M"]);
+    let (p0, p1) = (c.nodes[0].nbd_port, c.nodes[1].nbd_port);
+    let log = |i: usize| common::stall::log_of(&c, i);
+    rt().block_on(async {
+        let mut a = Client::open(None, p0, "Bob").await.unwrap();
+        a.write_cached(0, b"from a").await.unwrap();
+        a.flush().await.unwrap();
+        let mut b = Client::open(None, p1, "Bob").await.unwrap();
+        let b_writes = tokio::spawn(async move {
+            let r = b.write_cached(0, b"from b").await;
+            (b, r)
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !log(0).contains("handing the writer lock over") {
+            assert!(std::time::Instant::now() < deadline, "no handover began");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The decision is taken and not yet known to the cluster: A is no writer any more.
+        assert_eq!(a.write_cached(0, b"late a").await, Err(nbd::errno::EPERM));
+        let (b, r) = b_writes.await.unwrap();
+        assert_eq!(r, Ok(()), "B got the VDI");
+        assert_eq!(a.read(0, 6).await.unwrap(), b"from b");
+        a.disconnect().await;
+        b.disconnect().await;
+    });
+}

@@ -134,6 +134,16 @@ pub enum Message {
         vid: u32,
         holder: LockHolder,
     },
+    /// The node of `from`, the only holder of a VDI's exclusive lock, hands it to `to` (an NBD
+    /// writer through another node or client asked for it, and `from` has flushed and
+    /// stopped writing: live migration). Applies only while `from` is still the only holder;
+    /// otherwise (the lock was handed to someone else first, dropped, or is shared) nothing
+    /// changes.
+    Handover {
+        vid: u32,
+        from: LockHolder,
+        to: LockHolder,
+    },
     /// Every holder of a VDI's lock is dropped (`dog vdi lock unlock`).
     ForceUnlock {
         vid: u32,
@@ -555,6 +565,22 @@ impl ClusterState {
             Message::ForceUnlock { vid } => {
                 self.locks.remove(vid);
             }
+            Message::Handover { vid, from, to } => {
+                // As for Unlock, the lock may have followed the VDI to a descendant.
+                let at = self
+                    .locks
+                    .iter()
+                    .find(|(v, l)| {
+                        !l.shared
+                            && l.holders.len() == 1
+                            && l.holders[0] == *from
+                            && self.descends(**v, *vid)
+                    })
+                    .map(|(v, _)| *v);
+                if let Some(l) = at.and_then(|v| self.locks.get_mut(&v)) {
+                    l.holders = vec![to.clone()];
+                }
+            }
             Message::Unlock { vid, holder } => {
                 // The lock may have moved to a descendant by snapshots since it was taken.
                 let at = self
@@ -675,6 +701,75 @@ mod tests {
             });
         }
         assert!(s.locks.is_empty());
+    }
+
+    #[test]
+    fn a_handover_moves_an_exclusive_lock_only_from_its_holder() {
+        let mut s = ClusterState::default();
+        s.apply(&join(1));
+        s.apply(&join(2));
+        s.apply(&join(3));
+        let h = |node: u16, c: &str| LockHolder {
+            node: n(node).nid.to_string(),
+            client: c.into(),
+        };
+        let send = |s: &mut ClusterState, msg: Message| {
+            s.apply(&Event::Notify { from: n(1), msg });
+        };
+        let lock = |holder: LockHolder, shared: bool| Message::Lock {
+            vid: 7,
+            holder,
+            shared,
+        };
+        let hand = |from: LockHolder, to: LockHolder| Message::Handover { vid: 7, from, to };
+        send(&mut s, lock(h(1, "a"), false));
+        send(&mut s, hand(h(1, "a"), h(2, "b")));
+        assert_eq!(s.locks[&7].holders, vec![h(2, "b")], "handed over");
+        assert!(!s.locks[&7].shared);
+        // A newcomer that asked at the same time: its handover names the old holder, who
+        // no longer holds the lock, and changes nothing.
+        send(&mut s, hand(h(1, "a"), h(3, "c")));
+        assert_eq!(s.locks[&7].holders, vec![h(2, "b")], "second newcomer");
+        // The old holder asks again through the cluster: refused, as any second writer.
+        send(&mut s, lock(h(1, "a"), false));
+        assert_eq!(s.locks[&7].holders, vec![h(2, "b")]);
+        // The old holder's connections close: its unlock leaves the new holder's lock alone.
+        send(
+            &mut s,
+            Message::Unlock {
+                vid: 7,
+                holder: h(1, "a"),
+            },
+        );
+        assert_eq!(s.locks[&7].holders, vec![h(2, "b")], "stale unlock");
+        // The lock follows the VDI across a snapshot; a handover of the old id finds it.
+        let info = VdiInfo {
+            copies: 3,
+            copy_policy: 0,
+            block_size_shift: 22,
+            snapshot: false,
+            parent: 7,
+            deleted: false,
+        };
+        send(
+            &mut s,
+            Message::VdiAdd {
+                vid: 8,
+                info,
+                old: Some(7),
+            },
+        );
+        send(&mut s, hand(h(2, "b"), h(1, "a")));
+        assert_eq!(s.locks[&8].holders, vec![h(1, "a")], "taken back");
+        // Shared locks and locks nobody holds are never handed over.
+        let mut shared = ClusterState::default();
+        shared.apply(&join(1));
+        send(&mut shared, lock(h(1, "x"), true));
+        send(&mut shared, hand(h(1, "x"), h(2, "y")));
+        assert_eq!(shared.locks[&7].holders, vec![h(1, "x")], "shared lock");
+        send(&mut shared, Message::ForceUnlock { vid: 7 });
+        send(&mut shared, hand(h(1, "x"), h(2, "y")));
+        assert!(shared.locks.is_empty(), "no lock, nothing to hand over");
     }
 
     #[test]

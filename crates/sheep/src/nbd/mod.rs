@@ -1,10 +1,22 @@
 //! The NBD front end: listeners, the export catalog (every VDI, and every snapshot
 //! read-only), and the session of one connection with its writer lock. Export names: `NAME`
 //! is the working VDI, `NAME:ID` a snapshot by id, `NAME@TAG` a snapshot by tag.
+//!
+//! The writer lock: a client's first write takes the VDI's lock cluster-wide
+//! (`Message::Lock`); its connections through this node share it. A writer that finds the lock
+//! held by one client (through any node) asks that client's node to hand it over
+//! (NBD_HANDOVER, through the peer client); that node grants it by the rule of `writers`
+//! (the holder has no write in flight and flushed since its last write: the end of a live
+//! migration), marks the holder's connections as no longer writers and broadcasts
+//! `Message::Handover`, which takes effect only while the holder still holds the lock, in the
+//! cluster's one order. Every change of the lock this node makes (take, hand over, release)
+//! is serialised by `locking`, and no peer request is sent while it is held, so two nodes
+//! asking each other never wait on each other.
 //! Owns: connection lifecycle and who may write. Never: object I/O (that is `volume`).
 
 pub mod handshake;
 pub mod transmission;
+pub mod writers;
 
 use crate::budget::NodeBudget;
 use crate::cluster::state::{LockHolder, Message};
@@ -14,9 +26,10 @@ use crate::vdi;
 use crate::volume::Volume;
 use handshake::{Catalog, ExportInfo};
 use proto::nbd::tflag;
-use std::collections::HashMap;
+use proto::SdResult;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::io::{AsyncRead, AsyncWrite};
+use writers::{ConnId, FlushMark, VolumeKey, WriterTable};
 
 /// Time a client has to finish the handshake (qemu-nbd's default handshake limit).
 const HANDSHAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -66,8 +79,10 @@ pub struct NbdServer {
     volumes: Mutex<Vec<Weak<Volume>>>,
     /// Serialises the opening of volumes.
     opening: tokio::sync::Mutex<()>,
-    /// Connections holding each (VDI, client) writer lock on this node.
-    writers: tokio::sync::Mutex<HashMap<(u32, String), usize>>,
+    /// Which connection holds which writer lock, and their writes and flushes.
+    writers: Mutex<WriterTable>,
+    /// Serialises this node's changes of writer locks (take, hand over, release).
+    locking: tokio::sync::Mutex<()>,
 }
 
 impl NbdServer {
@@ -77,15 +92,19 @@ impl NbdServer {
         limits: Limits,
         buffers: Arc<NodeBudget>,
     ) -> Arc<NbdServer> {
-        Arc::new(NbdServer {
+        let server = Arc::new(NbdServer {
             node,
             shared,
             limits,
             buffers,
             volumes: Mutex::new(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
-            writers: tokio::sync::Mutex::new(HashMap::new()),
-        })
+            writers: Mutex::new(WriterTable::default()),
+            locking: tokio::sync::Mutex::new(()),
+        });
+        // NBD_HANDOVER requests of other nodes reach this server through the node.
+        let _ = server.node.nbd.set(Arc::downgrade(&server));
+        server
     }
 
     /// The volume serving `export`: the one already open for that VDI on this node if any
@@ -142,64 +161,180 @@ impl NbdServer {
         }
     }
 
-    /// Takes the writer lock of `vid` for `client`, cluster-wide.
-    async fn acquire(&self, vid: u32, name: &[u8], client: &str) -> Result<(), String> {
-        let mut writers = self.writers.lock().await;
-        let key = (vid, client.to_string());
-        if let Some(n) = writers.get_mut(&key) {
-            *n += 1;
+    fn table(&self) -> std::sync::MutexGuard<'_, WriterTable> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the writer lock of the session's VDI, cluster-wide: shared with another
+    /// connection of the same client here, granted by the cluster if free, or handed over by
+    /// the node of the one client holding it if that client is done writing.
+    async fn acquire(&self, s: &Session) -> Result<(), String> {
+        let holder = self.holder(&s.client);
+        let name = String::from_utf8_lossy(s.volume.name()).into_owned();
+        let mut asked = false;
+        for _ in 0..2 {
+            let (vid, held_by) = {
+                let _changing = self.locking.lock().await;
+                {
+                    let mut t = self.table();
+                    if t.holds(s.id) || t.join_sibling(s.id) {
+                        return Ok(());
+                    }
+                }
+                let vid = s.volume.vid().await;
+                let msg = Message::Lock {
+                    vid,
+                    holder: holder.clone(),
+                    shared: self.shared,
+                };
+                self.node
+                    .notify(msg)
+                    .await
+                    .map_err(|e| format!("cannot lock the VDI: {e}"))?;
+                let view = self.node.view();
+                let lock = view
+                    .state
+                    .locks
+                    .iter()
+                    .find(|(v, _)| view.state.descends(**v, vid));
+                match lock {
+                    Some((_, l)) if l.holders.contains(&holder) => {
+                        self.table().grant(s.id, vid);
+                        return Ok(());
+                    }
+                    // One exclusive holder: it may hand the lock over (asked once per write).
+                    Some((&at, l)) if !l.shared && l.holders.len() == 1 && !asked => {
+                        (at, l.holders[0].clone())
+                    }
+                    Some((_, l)) => return Err(refused(&name, &l.holders, None)),
+                    None => return Err("the VDI lock was not granted".into()),
+                }
+            };
+            // Not under `locking`: the holder's node may be asking this one at the same time.
+            // Granted: the next round takes the lock, in the cluster's order after the handover.
+            let r = self.ask_handover(vid, &held_by, &holder).await;
+            if let Err(e) = r {
+                return Err(refused(&name, std::slice::from_ref(&held_by), Some(e)));
+            }
+            asked = true;
+        }
+        Err(format!(
+            "VDI {name} was handed over to this client and taken by another before it could write"
+        ))
+    }
+
+    /// Asks the node of `from` to hand `from`'s lock of `vid` over to `to`.
+    async fn ask_handover(
+        &self,
+        vid: u32,
+        from: &LockHolder,
+        to: &LockHolder,
+    ) -> Result<(), SdResult> {
+        if from.node == self.node.me.nid.to_string() {
+            return self.hand_over(vid, &from.client, to).await;
+        }
+        let view = self.node.view();
+        // A node that left took its clients' locks with it: nothing to ask.
+        let member = view
+            .state
+            .members
+            .iter()
+            .find(|m| m.nid.to_string() == from.node)
+            .ok_or(SdResult::NETWORK_ERROR)?;
+        self.node
+            .peers
+            .nbd_handover(member.nid, vid, from, to)
+            .await
+    }
+
+    /// NBD_HANDOVER, on the node of the holder: if `client`'s connections to `vid` here are
+    /// done writing (`writers`), they stop being writers and the lock goes to `to`,
+    /// cluster-wide; Ok once that is applied here. VDI_LOCKED if the holder keeps it.
+    pub async fn hand_over(&self, vid: u32, client: &str, to: &LockHolder) -> Result<(), SdResult> {
+        let _changing = self.locking.lock().await;
+        let from = self.holder(client);
+        let holds = |who: &LockHolder| {
+            let view = self.node.view();
+            let held = view
+                .state
+                .locks
+                .iter()
+                .any(|(v, l)| view.state.descends(*v, vid) && l.holders == [who.clone()]);
+            held
+        };
+        // Asked again (the peer client resends a request whose connection broke): done.
+        if holds(to) {
             return Ok(());
         }
-        let holder = self.holder(client);
-        let msg = Message::Lock {
-            vid,
-            holder: holder.clone(),
-            shared: self.shared,
+        let Some(volume) = self.find_open(vid, false).await else {
+            tracing::info!("nbd: {to:?} asked for the lock of {vid:x}: no writer of it here");
+            return Err(SdResult::VDI_LOCKED);
         };
-        self.node
-            .notify(msg)
-            .await
-            .map_err(|e| format!("cannot lock the VDI: {e}"))?;
-        let view = self.node.view();
-        let lock = view
-            .state
-            .locks
-            .iter()
-            .find(|(v, _)| view.state.descends(**v, vid));
-        match lock {
-            Some((_, l)) if l.holders.contains(&holder) => {
-                writers.insert(key, 1);
-                Ok(())
-            }
-            Some((_, l)) => {
-                let who: Vec<String> = l
-                    .holders
-                    .iter()
-                    .map(|h| format!("{} through {}", h.client, h.node))
-                    .collect();
-                Err(format!(
-                    "VDI {} is already open for writing by {}; start sheep with --nbd-shared to let several writers share it",
-                    String::from_utf8_lossy(name),
-                    who.join(", ")
-                ))
-            }
-            None => Err("the VDI lock was not granted".into()),
+        let key = volume_key(&volume);
+        let name = String::from_utf8_lossy(volume.name()).into_owned();
+        if let Err(why) = self.table().hand_over(client, key) {
+            tracing::info!(
+                "nbd {name}: {} through {} asked for the writer lock; {client} keeps it: {why}",
+                to.client,
+                to.node
+            );
+            return Err(SdResult::VDI_LOCKED);
+        }
+        // From here on the old holder's connections are not writers: if the message below
+        // is lost, their next write takes the lock again through the cluster (it comes after
+        // this message, if that went out after all, in this node's order of messages).
+        tracing::info!(
+            "nbd {name}: {client} has flushed and stopped writing: handing the writer lock \
+             over to {} through {}",
+            to.client,
+            to.node
+        );
+        // A test holds the decision open here: a write of the old holder meanwhile is refused.
+        fail::fail_point!("nbd::handover");
+        let msg = Message::Handover {
+            vid,
+            from,
+            to: to.clone(),
+        };
+        if let Err(e) = self.node.notify(msg).await {
+            tracing::warn!("nbd {name}: handing the writer lock over: {e}");
+            return Err(SdResult::CLUSTER_ERROR);
+        }
+        if holds(to) {
+            Ok(())
+        } else {
+            Err(SdResult::VDI_LOCKED)
         }
     }
 
-    async fn release(&self, vid: u32, client: &str) {
-        let mut writers = self.writers.lock().await;
-        let key = (vid, client.to_string());
-        match writers.get_mut(&key) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                writers.remove(&key);
-                let holder = self.holder(client);
-                if let Err(e) = self.node.notify(Message::Unlock { vid, holder }).await {
-                    tracing::warn!("releasing the lock of {vid:x}: {e}");
+    /// The session's connection closed: if it was the last of its client here holding the
+    /// VDI's lock, the lock is released. A connection that lost the lock releases nothing,
+    /// unless its client still holds the lock with no connection here holding it (a
+    /// handover whose message failed).
+    async fn release(&self, s: &Session) {
+        let _changing = self.locking.lock().await;
+        let held = self.table().close(s.id);
+        if self.table().client_holds(&s.client, volume_key(&s.volume)) {
+            return;
+        }
+        let holder = self.holder(&s.client);
+        let vid = match held {
+            Some(vid) => vid,
+            None => {
+                let current = s.volume.vid().await;
+                let view = self.node.view();
+                let stale =
+                    view.state.locks.iter().any(|(v, l)| {
+                        view.state.descends(*v, current) && l.holders.contains(&holder)
+                    });
+                if !stale || s.volume.read_only() {
+                    return;
                 }
+                current
             }
-            None => {}
+        };
+        if let Err(e) = self.node.notify(Message::Unlock { vid, holder }).await {
+            tracing::warn!("releasing the lock of {vid:x}: {e}");
         }
     }
 
@@ -232,41 +367,88 @@ impl NbdServer {
                 return;
             }
         };
+        let client = client_name(peer);
+        let id = self.table().open(&client, volume_key(&volume));
         let session = Arc::new(Session {
             server: self.clone(),
             volume,
-            client: client_name(peer),
-            locked: tokio::sync::OnceCell::new(),
+            client,
+            id,
         });
         let (rd, wr) = tokio::io::split(stream);
         transmission::serve(rd, wr, session.clone(), neg, self.limits, &self.buffers).await;
-        if let Some(&vid) = session.locked.get() {
-            self.release(vid, &session.client).await;
-        }
+        self.release(&session).await;
     }
 }
 
-/// One connection's view: the volume it serves and whether it holds the writer lock.
+fn volume_key(v: &Arc<Volume>) -> VolumeKey {
+    Arc::as_ptr(v) as VolumeKey
+}
+
+/// The error text of a write refused because others hold the VDI.
+/// `asked`: the answer of the holder's node to a handover request, if one was made.
+fn refused(name: &str, holders: &[LockHolder], asked: Option<SdResult>) -> String {
+    let who: Vec<String> = holders
+        .iter()
+        .map(|h| format!("{} through {}", h.client, h.node))
+        .collect();
+    let why = match asked {
+        Some(SdResult::VDI_LOCKED) => {
+            " and was not handed over: the writer is still writing or has not flushed since its \
+             last write (a writer hands a VDI over once it has flushed and stopped, as qemu \
+             does at the end of a migration)"
+                .to_string()
+        }
+        Some(e) => format!(" and its node could not hand it over: {}", e.text()),
+        None => String::new(),
+    };
+    format!(
+        "VDI {name} is already open for writing by {}{why}; start sheep with --nbd-shared to let \
+         several writers share it",
+        who.join(", ")
+    )
+}
+
+/// One connection's view: the volume it serves, and its entry in the writer table.
 pub struct Session {
     server: Arc<NbdServer>,
     pub volume: Arc<Volume>,
     client: String,
-    locked: tokio::sync::OnceCell<u32>,
+    id: ConnId,
+}
+
+/// A write of a session that holds the writer lock, in flight until dropped.
+pub struct Writing<'a> {
+    session: &'a Session,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.session.server.table().end_write(self.session.id);
+    }
 }
 
 impl Session {
-    /// Takes the VDI's writer lock before the first write of this connection.
-    pub async fn ensure_writer(&self) -> Result<(), String> {
-        self.locked
-            .get_or_try_init(|| async {
-                let vid = self.volume.vid().await;
-                self.server
-                    .acquire(vid, self.volume.name(), &self.client)
-                    .await
-                    .map(|_| vid)
-            })
-            .await
-            .map(|_| ())
+    /// A write (WRITE, TRIM, WRITE_ZEROES) of this connection begins: it is counted in
+    /// flight, and once this connection holds the VDI's writer lock (taken, shared or handed
+    /// over if it does not), it may go on while the returned guard lives.
+    pub async fn begin_write(&self) -> Result<Writing<'_>, String> {
+        let holds = self.server.table().begin_write(self.id);
+        let writing = Writing { session: self };
+        if !holds {
+            self.server.acquire(self).await?;
+        }
+        Ok(writing)
+    }
+
+    /// A FLUSH of this connection begins: what it covers, if no write of it is in flight.
+    pub fn flush_begins(&self) -> Option<FlushMark> {
+        self.server.table().flush_begins(self.id)
+    }
+
+    /// The FLUSH that began with `mark` completed.
+    pub fn flushed(&self, mark: FlushMark) {
+        self.server.table().flushed(self.id, mark)
     }
 }
 

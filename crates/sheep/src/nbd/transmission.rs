@@ -220,7 +220,7 @@ async fn handle(
                 return Err(fail(errno::EPERM, "the export is read-only (a snapshot)"));
             }
             in_range(size, &req, errno::ENOSPC)?;
-            s.ensure_writer().await.map_err(|m| fail(errno::EPERM, m))?;
+            let _writing = s.begin_write().await.map_err(|m| fail(errno::EPERM, m))?;
             // FUA: durable on every copy before the reply; otherwise at the next FLUSH.
             let fua = req.flags & cflag::FUA != 0;
             let (off, len) = (req.offset, req.length as u64);
@@ -237,8 +237,14 @@ async fn handle(
         }
         // Every node syncs its store: all writes replied to so far, from any connection to
         // any node, are durable after this (which makes multi-conn safe).
+        // A flush begun with none of this connection's writes in flight covers them all, which
+        // lets the connection hand the writer lock over (live migration).
         cmd::FLUSH => {
+            let mark = s.flush_begins();
             vol.flush().await.map_err(from_sd)?;
+            if let Some(m) = mark {
+                s.flushed(m);
+            }
             Ok(done(neg, req.handle))
         }
         cmd::BLOCK_STATUS => {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nbd;
+pub mod qemu;
 pub mod stall;
 pub mod store;
 
