@@ -1,9 +1,11 @@
 //! The NBD front end: listeners, the export catalog (every VDI, and every snapshot
 //! read-only), and the session of one connection with its writer lock. Export names: `NAME`
-//! is the working VDI, `NAME:ID` a snapshot by id, `NAME@TAG` a snapshot by tag.
+//! is the working VDI, `NAME:ID` a snapshot by id, `NAME@TAG` a snapshot by tag. With TLS
+//! credentials every listener (TCP and unix socket) requires TLS.
 //! Owns: connection lifecycle and who may write. Never: object I/O (that is `volume`).
 
 pub mod handshake;
+pub mod tls;
 pub mod transmission;
 
 use crate::budget::NodeBudget;
@@ -16,6 +18,7 @@ use handshake::{Catalog, ExportInfo};
 use proto::nbd::tflag;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use tls::{Conn, NbdTls};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Time a client has to finish the handshake (qemu-nbd's default handshake limit).
@@ -68,6 +71,8 @@ pub struct NbdServer {
     opening: tokio::sync::Mutex<()>,
     /// Connections holding each (VDI, client) writer lock on this node.
     writers: tokio::sync::Mutex<HashMap<(u32, String), usize>>,
+    /// TLS credentials: when set, every connection must upgrade (STARTTLS) before anything.
+    tls: Option<NbdTls>,
 }
 
 impl NbdServer {
@@ -76,6 +81,7 @@ impl NbdServer {
         shared: bool,
         limits: Limits,
         buffers: Arc<NodeBudget>,
+        tls: Option<NbdTls>,
     ) -> Arc<NbdServer> {
         Arc::new(NbdServer {
             node,
@@ -85,6 +91,7 @@ impl NbdServer {
             volumes: Mutex::new(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
             writers: tokio::sync::Mutex::new(HashMap::new()),
+            tls,
         })
     }
 
@@ -203,16 +210,19 @@ impl NbdServer {
         }
     }
 
-    /// Serves one NBD connection from handshake to close.
+    /// Serves one NBD connection from handshake to close. The handshake limit covers the TLS
+    /// handshake too; transmission runs over the stream as the handshake left it.
     pub async fn serve_conn<S>(self: Arc<Self>, stream: S, peer: Option<std::net::SocketAddr>)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let _counted = crate::metrics::connection(crate::metrics::Listener::Nbd);
-        let mut stream = stream;
+        let mut stream = Conn::Plain(stream);
         let catalog = NodeCatalog { server: &self };
-        let neg =
-            tokio::time::timeout(HANDSHAKE_LIMIT, handshake::negotiate(&mut stream, &catalog));
+        let neg = tokio::time::timeout(
+            HANDSHAKE_LIMIT,
+            handshake::negotiate(&mut stream, &catalog, self.tls.as_ref()),
+        );
         let neg = match neg.await {
             Ok(Ok(Some(n))) => n,
             Ok(Ok(None)) => return,
