@@ -68,6 +68,11 @@ struct Opts {
     /// Let NBD writers from different clients share a VDI (qemu-nbd's --shared)
     #[arg(long)]
     nbd_shared: bool,
+    /// Require TLS on NBD (TCP and unix socket) with the credentials in DIR, laid out as
+    /// qemu's tls-creds-x509 server endpoint: server-cert.pem, server-key.pem and, to require
+    /// client certificates signed by it, ca-cert.pem
+    #[arg(long, value_name = "DIR")]
+    nbd_tls_creds: Option<PathBuf>,
     /// HTTP port of /metrics (default 8000 + PORT - 7000; 0 = no HTTP)
     #[arg(long)]
     http_port: Option<u16>,
@@ -375,6 +380,7 @@ fn run(opts: Opts) -> Result<()> {
         None => {}
     }
     let nbd_at = match nbd.tcp.as_ref().and_then(|l| l.local_addr().ok()) {
+        Some(a) if nbd.tls.is_some() => format!(", NBD on {a} (TLS required)"),
         Some(a) => format!(", NBD on {a}"),
         None => String::new(),
     };
@@ -467,7 +473,7 @@ async fn serve(
         limits,
         buffers.clone(),
     ));
-    let nbd_server = sheep::nbd::NbdServer::new(node.clone(), nbd.shared, limits, buffers);
+    let nbd_server = sheep::nbd::NbdServer::new(node.clone(), nbd.shared, limits, buffers, nbd.tls);
     if let Some(l) = nbd.tcp {
         let l = tokio::net::TcpListener::from_std(l)?;
         tokio::spawn(sheep::nbd::listen_tcp(nbd_server.clone(), l));
@@ -514,9 +520,18 @@ struct NbdListeners {
     tcp: Option<std::net::TcpListener>,
     unix: Option<std::os::unix::net::UnixListener>,
     shared: bool,
+    tls: Option<sheep::nbd::tls::NbdTls>,
 }
 
 fn nbd_listeners(opts: &Opts, bind: IpAddr) -> Result<NbdListeners> {
+    // Read first: bad credentials are reported before any port is taken.
+    let tls = match &opts.nbd_tls_creds {
+        None => None,
+        Some(dir) => Some(
+            sheep::nbd::tls::NbdTls::load(dir)
+                .with_context(|| format!("--nbd-tls-creds {}", dir.display()))?,
+        ),
+    };
     let port = match opts.nbd_port {
         Some(p) => p,
         None => u16::try_from(10809 + i64::from(opts.port) - 7000).map_err(|_| {
@@ -548,6 +563,7 @@ fn nbd_listeners(opts: &Opts, bind: IpAddr) -> Result<NbdListeners> {
         tcp,
         unix,
         shared: opts.nbd_shared,
+        tls,
     })
 }
 

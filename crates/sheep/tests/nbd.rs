@@ -655,3 +655,152 @@ fn a_write_of_the_old_holder_while_the_handover_is_decided_is_refused() {
         b.disconnect().await;
     });
 }
+
+/// `--object tls-creds-x509` and `--image-opts` of qemu's tools for `export` on `port` with
+/// the client credentials in `dir`.
+fn qemu_tls(dir: &Path, port: u16, export: &str) -> [String; 4] {
+    [
+        "--object".into(),
+        format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=client",
+            dir.display()
+        ),
+        "--image-opts".into(),
+        format!("driver=nbd,host=127.0.0.1,port={port},export={export},tls-creds=tls0"),
+    ]
+}
+
+fn nbds_uri(dir: &Path, port: u16, export: &str) -> String {
+    format!(
+        "nbds://127.0.0.1:{port}/{export}?tls-certificates={}",
+        dir.display()
+    )
+}
+
+/// Runs `cmd`, which must fail; returns what it printed.
+fn refused(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("spawn");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "{cmd:?} was served: {text}");
+    text
+}
+
+#[test]
+fn tls_serves_clients_of_the_ca_and_refuses_every_other() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = common::tls::Pki::new(certs.path());
+    let creds = pki.server.display().to_string();
+    let c = Cluster::start_with(3, &["--nbd-tls-creds", &creds]);
+    c.dog_ok(0, &["cluster", "format", "--copies=3"]);
+    c.dog_ok(0, &["vdi", "create", "Bob", "1G"]);
+    let (p0, p1) = (c.nodes[0].nbd_port, c.nodes[1].nbd_port);
+
+    let info = run(tool("qemu-img")
+        .args(["info", "--output=json"])
+        .args(qemu_tls(&pki.client, p0, "Bob")));
+    assert!(info.contains("\"virtual-size\": 1073741824"), "{info}");
+    let io = run(tool("qemu-io")
+        .args(qemu_tls(&pki.client, p0, "Bob"))
+        .args(["-c", "write -P 0xab 0 64k", "-c", "read -P 0xab 0 64k"]));
+    assert!(
+        io.contains("read 65536/65536") && !io.contains("verification failed"),
+        "{io}"
+    );
+    // Written through one node, read back over TLS through another.
+    let io = run(tool("qemu-io")
+        .args(qemu_tls(&pki.client, p1, "Bob"))
+        .args(["-r", "-c", "read -P 0xab 0 64k"]));
+    assert!(
+        io.contains("read 65536/65536") && !io.contains("verification failed"),
+        "{io}"
+    );
+    let info = run(tool("nbdinfo").arg(nbds_uri(&pki.client, p0, "Bob")));
+    assert!(info.contains("export-size: 1073741824"), "{info}");
+    // The unix socket serves TLS clients too.
+    let sock = c.nodes[2].dir.join("nbd.sock");
+    let info = run(tool("qemu-img").args([
+        "info",
+        "--object",
+        &format!("tls-creds-x509,id=tls0,dir={},endpoint=client", pki.client.display()),
+        "--image-opts",
+        &format!(
+            "driver=nbd,server.type=unix,server.path={},export=Bob,tls-creds=tls0,tls-hostname=localhost",
+            sock.display()
+        ),
+    ]));
+    assert!(info.contains("1 GiB"), "{info}");
+
+    // Plain clients, on TCP and on the unix socket: refused before any export.
+    let plain = refused(tool("qemu-img").args(["info", &c.nbd_uri(0, "Bob")]));
+    assert!(!plain.contains("1073741824"), "{plain}");
+    refused(tool("qemu-img").args(["info", &c.nbd_unix_uri(0, "Bob")]));
+    refused(tool("nbdinfo").arg(c.nbd_uri(0, "Bob")));
+    refused(tool("nbdinfo").args(["--list", &c.nbd_uri(0, "")]));
+    rt().block_on(async {
+        let mut s = connect_from(None, p0).await;
+        greet(&mut s).await;
+        for o in [opt::GO, opt::INFO] {
+            option(&mut s, o, &common::nbd::go_data("Bob")).await;
+            assert_eq!(option_reply(&mut s).await.0, rep::ERR_TLS_REQD);
+        }
+        option(&mut s, opt::EXPORT_NAME, b"Bob").await;
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(r, Ok(Ok(0))),
+            "closed without data: {r:?} {rest:?}"
+        );
+    });
+
+    // TLS with a certificate of another CA, or with none: refused at the TLS handshake.
+    for dir in [&pki.stranger, &pki.anonymous] {
+        let e = refused(tool("qemu-img").arg("info").args(qemu_tls(dir, p0, "Bob")));
+        assert!(
+            !e.contains("Our own certificate"),
+            "refused by the client: {e}"
+        );
+        refused(tool("nbdinfo").arg(nbds_uri(dir, p0, "Bob")));
+    }
+    // Nothing the refused clients did harmed the node.
+    let info = run(tool("nbdinfo").arg(nbds_uri(&pki.client, p1, "Bob")));
+    assert!(info.contains("export-size: 1073741824"), "{info}");
+}
+
+#[test]
+fn bad_tls_credentials_stop_sheep_at_start_with_one_line() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = common::tls::Pki::new(certs.path());
+    let store = certs.path().join("store");
+    let try_start = |dir: &Path| {
+        let o = Command::new(common::bin("sheep"))
+            .args(["-f", "-p", &common::free_port().to_string()])
+            .args(["--nbd-port", &common::free_port().to_string()])
+            .arg("--nbd-tls-creds")
+            .arg(dir)
+            .arg(&store)
+            .output()
+            .expect("spawn sheep");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "started with {}: {err}", dir.display());
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        err
+    };
+    let err = try_start(&certs.path().join("nowhere"));
+    assert!(err.contains("server-cert.pem"), "{err}");
+    // A key that is not the certificate's.
+    std::fs::copy(
+        pki.client.join("client-key.pem"),
+        pki.server.join("server-key.pem"),
+    )
+    .unwrap();
+    let err = try_start(&pki.server);
+    assert!(err.contains("server-key.pem"), "{err}");
+    std::fs::write(pki.server.join("server-cert.pem"), "junk").unwrap();
+    let err = try_start(&pki.server);
+    assert!(err.contains("no certificate"), "{err}");
+}

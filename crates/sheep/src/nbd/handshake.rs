@@ -1,8 +1,17 @@
 //! The NBD newstyle fixed handshake: greeting, option haggling (EXPORT_NAME, GO, INFO, LIST,
-//! STRUCTURED_REPLY, LIST/SET_META_CONTEXT for base:allocation), until the client picks an
-//! export or leaves. Owns: the option phase of one connection. Never: opening VDIs or serving
-//! data (the catalog answers what exists; transmission serves it).
+//! STRUCTURED_REPLY, LIST/SET_META_CONTEXT for base:allocation, STARTTLS), until the client
+//! picks an export or leaves. Owns: the option phase of one connection, and when it moves to
+//! TLS. Never: opening VDIs or serving data (the catalog answers what exists; transmission
+//! serves it), nor TLS itself (`tls` runs the session this module only starts).
+//!
+//! With TLS credentials the server is in the protocol's FORCEDTLS mode: before STARTTLS every
+//! option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD, and EXPORT_NAME (which cannot be
+//! refused) closes the connection. STARTTLS is acknowledged, the TLS handshake runs on the
+//! same stream, and haggling goes on inside TLS with no second greeting; nothing negotiated
+//! before it counts. A second STARTTLS gets NBD_REP_ERR_INVALID. Without credentials STARTTLS
+//! gets NBD_REP_ERR_UNSUP and no option ever gets ERR_TLS_REQD.
 
+use super::tls::{Conn, NbdTls};
 use proto::nbd::{self, opt, rep, tflag, InfoRequest, MetaContextRequest, OptionHeader};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -69,8 +78,13 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Runs the handshake. `Ok(None)`: the client aborted or left cleanly.
-pub async fn negotiate<S, C>(s: &mut S, catalog: &C) -> io::Result<Option<Negotiated>>
+/// Runs the handshake; with `tls`, TLS is required and `s` is upgraded in place by STARTTLS.
+/// `Ok(None)`: the client aborted or left cleanly.
+pub async fn negotiate<S, C>(
+    s: &mut Conn<S>,
+    catalog: &C,
+    tls: Option<&NbdTls>,
+) -> io::Result<Option<Negotiated>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     C: Catalog,
@@ -80,6 +94,10 @@ where
     let client_flags = s.read_u32().await?;
     if client_flags & !(nbd::CLIENT_FLAG_FIXED_NEWSTYLE | nbd::CLIENT_FLAG_NO_ZEROES) != 0 {
         return Err(bad(format!("unknown client flags {client_flags:#x}")));
+    }
+    if tls.is_some() && client_flags & nbd::CLIENT_FLAG_FIXED_NEWSTYLE == 0 {
+        // Such a client cannot send STARTTLS; the protocol would have us serve it in plain.
+        return Err(bad("TLS is required and the client is not fixed newstyle"));
     }
     let no_zeroes = client_flags & nbd::CLIENT_FLAG_NO_ZEROES != 0;
     let mut structured = false;
@@ -103,6 +121,18 @@ where
         }
         let mut data = vec![0u8; h.length as usize];
         s.read_exact(&mut data).await?;
+        if tls.is_some() && !s.is_tls() {
+            match h.option {
+                opt::STARTTLS | opt::ABORT => {}
+                // No way to refuse this old option: the connection just closes.
+                opt::EXPORT_NAME => return Err(bad("EXPORT_NAME before STARTTLS")),
+                other => {
+                    let m = "TLS is required: send STARTTLS first";
+                    send_err(s, other, rep::ERR_TLS_REQD, m).await?;
+                    continue;
+                }
+            }
+        }
         match h.option {
             opt::EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).into_owned();
@@ -137,7 +167,25 @@ where
                 send_err(s, h.option, rep::ACK, "").await?;
             }
             opt::STARTTLS => {
-                send_err(s, h.option, rep::ERR_UNSUP, "TLS is not supported").await?;
+                let Some(tls) = tls else {
+                    let m = "TLS is not configured on this server";
+                    send_err(s, h.option, rep::ERR_UNSUP, m).await?;
+                    continue;
+                };
+                if s.is_tls() {
+                    let m = "TLS is already running";
+                    send_err(s, h.option, rep::ERR_INVALID, m).await?;
+                    continue;
+                }
+                if !data.is_empty() {
+                    let m = "STARTTLS takes no data";
+                    send_err(s, h.option, rep::ERR_INVALID, m).await?;
+                    continue;
+                }
+                send_err(s, h.option, rep::ACK, "").await?;
+                s.start_tls(tls).await?;
+                structured = false;
+                base_allocation = false;
             }
             opt::INFO | opt::GO => {
                 let req = match InfoRequest::decode(&data) {
@@ -238,34 +286,36 @@ where
     Err(bad("too many options"))
 }
 
+/// A catalog of one export, Bob (fuzzing and tests).
+struct One;
+impl Catalog for One {
+    async fn describe(&self, name: &str) -> Result<ExportInfo, String> {
+        match name {
+            "Bob" => Ok(ExportInfo {
+                size: 1 << 30,
+                read_only: false,
+                description: "VDI Bob".into(),
+            }),
+            _ => Err(format!("no export '{name}'")),
+        }
+    }
+    async fn list(&self) -> Vec<(String, String)> {
+        vec![("Bob".into(), "VDI Bob".into())]
+    }
+    fn flags(&self, _: &ExportInfo) -> u16 {
+        tflag::HAS_FLAGS
+    }
+}
+
 /// Fuzz driver: `data` as everything a client sends, against a catalog of one export. Runs
 /// the real negotiation on an in-memory pipe; never hangs (the client side closes).
 #[doc(hidden)]
 pub fn fuzz_negotiate(data: &[u8]) {
-    struct One;
-    impl Catalog for One {
-        async fn describe(&self, name: &str) -> Result<ExportInfo, String> {
-            match name {
-                "Bob" => Ok(ExportInfo {
-                    size: 1 << 30,
-                    read_only: false,
-                    description: "VDI Bob".into(),
-                }),
-                _ => Err(format!("no export '{name}'")),
-            }
-        }
-        async fn list(&self) -> Vec<(String, String)> {
-            vec![("Bob".into(), "VDI Bob".into())]
-        }
-        fn flags(&self, _: &ExportInfo) -> u16 {
-            tflag::HAS_FLAGS
-        }
-    }
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
     };
     rt.block_on(async {
-        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let (mut client, server) = tokio::io::duplex(1 << 20);
         let input = data.to_vec();
         let feeder = tokio::spawn(async move {
             let _ = client.write_all(&input).await;
@@ -273,7 +323,8 @@ pub fn fuzz_negotiate(data: &[u8]) {
             let mut sink = Vec::new();
             let _ = client.read_to_end(&mut sink).await;
         });
-        let _ = negotiate(&mut server, &One).await;
+        let mut server = Conn::Plain(server);
+        let _ = negotiate(&mut server, &One, None).await;
         drop(server);
         let _ = feeder.await;
     });
@@ -282,6 +333,7 @@ pub fn fuzz_negotiate(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nbd::tls::test_pki;
     use proptest::prelude::*;
 
     fn opt(option: u32, data: &[u8]) -> Vec<u8> {
@@ -290,6 +342,188 @@ mod tests {
         b.extend_from_slice(&(data.len() as u32).to_be_bytes());
         b.extend_from_slice(data);
         b
+    }
+
+    /// The client side of a handshake, over any stream (plain or TLS).
+    async fn send_opt<S: AsyncWrite + Unpin>(s: &mut S, option: u32, data: &[u8]) {
+        s.write_all(&opt(option, data)).await.unwrap();
+        s.flush().await.unwrap();
+    }
+
+    /// One option reply: (option, type, data).
+    async fn reply<S: AsyncRead + Unpin>(s: &mut S) -> (u32, u32, Vec<u8>) {
+        assert_eq!(s.read_u64().await.unwrap(), nbd::REPLY_MAGIC);
+        let o = s.read_u32().await.unwrap();
+        let t = s.read_u32().await.unwrap();
+        let mut d = vec![0u8; s.read_u32().await.unwrap() as usize];
+        s.read_exact(&mut d).await.unwrap();
+        (o, t, d)
+    }
+
+    /// Reads replies up to the final one (ACK or an error); returns its type.
+    async fn final_reply<S: AsyncRead + Unpin>(s: &mut S, option: u32) -> u32 {
+        loop {
+            let (o, t, _) = reply(s).await;
+            assert_eq!(o, option);
+            if t == rep::ACK || t & (1 << 31) != 0 {
+                return t;
+            }
+        }
+    }
+
+    async fn greeted(s: &mut tokio::io::DuplexStream) {
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).await.unwrap();
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        s.write_u32(nbd::CLIENT_FLAG_FIXED_NEWSTYLE | nbd::CLIENT_FLAG_NO_ZEROES)
+            .await
+            .unwrap();
+    }
+
+    fn go(name: &str) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(&0u16.to_be_bytes());
+        d
+    }
+
+    type Served = tokio::task::JoinHandle<io::Result<Option<Negotiated>>>;
+
+    /// A server negotiating on one end of an in-memory pipe; the client gets the other.
+    fn serve(tls: Option<NbdTls>) -> (tokio::io::DuplexStream, Served) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let served = tokio::spawn(async move {
+            let mut conn = Conn::Plain(server);
+            negotiate(&mut conn, &One, tls.as_ref()).await
+        });
+        (client, served)
+    }
+
+    /// A TLS client trusting `ca`, presenting `cert` (PEM certificate, key) if given.
+    fn connector(ca: &test_pki::Ca, cert: Option<(String, String)>) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match cert {
+            Some((c, k)) => {
+                let chain = vec![CertificateDer::from_pem_slice(c.as_bytes()).unwrap()];
+                let key = PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap();
+                b.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => b.with_no_client_auth(),
+        };
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+
+    fn server_tls(ca: &test_pki::Ca) -> (NbdTls, tempfile::TempDir) {
+        let dir = test_pki::server_dir(ca, true);
+        (NbdTls::load(dir.path()).unwrap(), dir)
+    }
+
+    fn localhost() -> rustls_pki_types::ServerName<'static> {
+        rustls_pki_types::ServerName::try_from("localhost").unwrap()
+    }
+
+    #[tokio::test]
+    async fn options_before_starttls_get_tls_reqd_and_export_name_closes() {
+        let ca = test_pki::ca("test CA");
+        let (tls, _dir) = server_tls(&ca);
+        let (mut c, served) = serve(Some(tls));
+        greeted(&mut c).await;
+        for (o, d) in [
+            (opt::LIST, Vec::new()),
+            (opt::STRUCTURED_REPLY, Vec::new()),
+            (opt::INFO, go("Bob")),
+            (opt::GO, go("Bob")),
+            (opt::LIST_META_CONTEXT, Vec::new()),
+            (77, Vec::new()),
+        ] {
+            send_opt(&mut c, o, &d).await;
+            assert_eq!(
+                reply(&mut c).await,
+                (
+                    o,
+                    rep::ERR_TLS_REQD,
+                    b"TLS is required: send STARTTLS first".to_vec()
+                ),
+                "option {o}"
+            );
+        }
+        // EXPORT_NAME cannot be refused: the server closes without a byte of export data.
+        send_opt(&mut c, opt::EXPORT_NAME, b"Bob").await;
+        assert!(served.await.unwrap().is_err());
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn haggling_goes_on_inside_tls_and_a_second_starttls_is_invalid() {
+        let ca = test_pki::ca("test CA");
+        let (tls, _dir) = server_tls(&ca);
+        let (mut c, served) = serve(Some(tls));
+        greeted(&mut c).await;
+        send_opt(&mut c, opt::STARTTLS, b"").await;
+        assert_eq!(reply(&mut c).await, (opt::STARTTLS, rep::ACK, Vec::new()));
+        let cert = test_pki::leaf(&ca, true);
+        let mut t = connector(&ca, Some(cert))
+            .connect(localhost(), c)
+            .await
+            .unwrap();
+        // No second greeting: options go on at once, now inside TLS.
+        send_opt(&mut t, opt::LIST, b"").await;
+        let (_, first, d) = reply(&mut t).await;
+        assert_eq!(first, rep::SERVER);
+        assert_eq!(&d[4..7], b"Bob");
+        assert_eq!(final_reply(&mut t, opt::LIST).await, rep::ACK);
+        send_opt(&mut t, opt::STARTTLS, b"").await;
+        assert_eq!(final_reply(&mut t, opt::STARTTLS).await, rep::ERR_INVALID);
+        send_opt(&mut t, opt::STRUCTURED_REPLY, b"").await;
+        assert_eq!(final_reply(&mut t, opt::STRUCTURED_REPLY).await, rep::ACK);
+        send_opt(&mut t, opt::GO, &go("Bob")).await;
+        assert_eq!(final_reply(&mut t, opt::GO).await, rep::ACK);
+        let neg = served.await.unwrap().unwrap().unwrap();
+        assert_eq!(neg.name, "Bob");
+        assert!(neg.structured);
+    }
+
+    #[tokio::test]
+    async fn starttls_without_credentials_is_unsupported() {
+        let (mut c, served) = serve(None);
+        greeted(&mut c).await;
+        send_opt(&mut c, opt::STARTTLS, b"").await;
+        assert_eq!(final_reply(&mut c, opt::STARTTLS).await, rep::ERR_UNSUP);
+        send_opt(&mut c, opt::GO, &go("Bob")).await;
+        assert_eq!(final_reply(&mut c, opt::GO).await, rep::ACK);
+        assert!(served.await.unwrap().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn clients_without_a_certificate_of_the_ca_are_refused() {
+        let ca = test_pki::ca("test CA");
+        let other = test_pki::ca("another CA");
+        for cert in [None, Some(test_pki::leaf(&other, true))] {
+            let (tls, _dir) = server_tls(&ca);
+            let (mut c, served) = serve(Some(tls));
+            greeted(&mut c).await;
+            send_opt(&mut c, opt::STARTTLS, b"").await;
+            assert_eq!(reply(&mut c).await.1, rep::ACK);
+            let connected = connector(&ca, cert).connect(localhost(), c).await;
+            // TLS 1.3: the client may finish before the server refuses its certificate.
+            if let Ok(mut t) = connected {
+                let _ = t.write_all(&opt(opt::LIST, b"")).await;
+                let _ = t.flush().await;
+                let mut b = [0u8; 1];
+                assert!(!matches!(t.read(&mut b).await, Ok(n) if n > 0));
+            }
+            assert!(served.await.unwrap().is_err());
+        }
     }
 
     proptest! {

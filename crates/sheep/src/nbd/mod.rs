@@ -1,6 +1,7 @@
 //! The NBD front end: listeners, the export catalog (every VDI, and every snapshot
 //! read-only), and the session of one connection with its writer lock. Export names: `NAME`
-//! is the working VDI, `NAME:ID` a snapshot by id, `NAME@TAG` a snapshot by tag.
+//! is the working VDI, `NAME:ID` a snapshot by id, `NAME@TAG` a snapshot by tag. With TLS
+//! credentials every listener (TCP and unix socket) requires TLS.
 //!
 //! The writer lock: a client's first write takes the VDI's lock cluster-wide
 //! (`Message::Lock`); its connections through this node share it. A writer that finds the lock
@@ -15,6 +16,7 @@
 //! Owns: connection lifecycle and who may write. Never: object I/O (that is `volume`).
 
 pub mod handshake;
+pub mod tls;
 pub mod transmission;
 pub mod writers;
 
@@ -28,6 +30,7 @@ use handshake::{Catalog, ExportInfo};
 use proto::nbd::tflag;
 use proto::SdResult;
 use std::sync::{Arc, Mutex, Weak};
+use tls::{Conn, NbdTls};
 use tokio::io::{AsyncRead, AsyncWrite};
 use writers::{ConnId, FlushMark, VolumeKey, WriterTable};
 
@@ -83,6 +86,8 @@ pub struct NbdServer {
     writers: Mutex<WriterTable>,
     /// Serialises this node's changes of writer locks (take, hand over, release).
     locking: tokio::sync::Mutex<()>,
+    /// TLS credentials: when set, every connection must upgrade (STARTTLS) before anything.
+    tls: Option<NbdTls>,
 }
 
 impl NbdServer {
@@ -91,6 +96,7 @@ impl NbdServer {
         shared: bool,
         limits: Limits,
         buffers: Arc<NodeBudget>,
+        tls: Option<NbdTls>,
     ) -> Arc<NbdServer> {
         let server = Arc::new(NbdServer {
             node,
@@ -101,6 +107,7 @@ impl NbdServer {
             opening: tokio::sync::Mutex::new(()),
             writers: Mutex::new(WriterTable::default()),
             locking: tokio::sync::Mutex::new(()),
+            tls,
         });
         // NBD_HANDOVER requests of other nodes reach this server through the node.
         let _ = server.node.nbd.set(Arc::downgrade(&server));
@@ -338,16 +345,19 @@ impl NbdServer {
         }
     }
 
-    /// Serves one NBD connection from handshake to close.
+    /// Serves one NBD connection from handshake to close. The handshake limit covers the TLS
+    /// handshake too; transmission runs over the stream as the handshake left it.
     pub async fn serve_conn<S>(self: Arc<Self>, stream: S, peer: Option<std::net::SocketAddr>)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let _counted = crate::metrics::connection(crate::metrics::Listener::Nbd);
-        let mut stream = stream;
+        let mut stream = Conn::Plain(stream);
         let catalog = NodeCatalog { server: &self };
-        let neg =
-            tokio::time::timeout(HANDSHAKE_LIMIT, handshake::negotiate(&mut stream, &catalog));
+        let neg = tokio::time::timeout(
+            HANDSHAKE_LIMIT,
+            handshake::negotiate(&mut stream, &catalog, self.tls.as_ref()),
+        );
         let neg = match neg.await {
             Ok(Ok(Some(n))) => n,
             Ok(Ok(None)) => return,

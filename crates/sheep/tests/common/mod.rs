@@ -7,6 +7,7 @@ pub mod nbd;
 pub mod qemu;
 pub mod stall;
 pub mod store;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
