@@ -44,6 +44,8 @@ pub enum Action {
     VdiLockUnlock,
     VdiBackup,
     VdiRestore,
+    NodeVnodesSet,
+    ClusterReweight,
 }
 
 pub struct OptDef {
@@ -471,7 +473,27 @@ static NODE_SUBS: &[Sub] = &[
         action: None,
         subs: NODE_MD_SUBS,
     },
+    Sub {
+        name: "vnodes",
+        arg: Some("<num of vnodes>"),
+        opts: "aph",
+        desc: "set new vnodes",
+        need_arg: true,
+        need_nodelist: false,
+        action: None,
+        subs: NODE_VNODES_SUBS,
+    },
 ];
+
+static NODE_VNODES_SUBS: &[Sub] = &[sub(
+    "set",
+    Some("<num of vnodes>"),
+    "aph",
+    "set new vnodes",
+    true,
+    false,
+    Action::NodeVnodesSet,
+)];
 
 static NODE_LOG_SUBS: &[Sub] = &[Sub {
     name: "level",
@@ -580,6 +602,15 @@ static CLUSTER_SUBS: &[Sub] = &[
         true,
         true,
         Action::ClusterRecover,
+    ),
+    sub(
+        "reweight",
+        None,
+        "aphT",
+        "reweight the cluster",
+        false,
+        false,
+        Action::ClusterReweight,
     ),
     sub(
         "check",

@@ -1,6 +1,7 @@
-//! `dog node stat / log level / md`: one node's request counters (STAT), the log level of its
-//! daemon (GET_LOGLEVEL, SET_LOGLEVEL) and its disks (MD_INFO, MD_PLUG, MD_UNPLUG), with the
-//! original's texts and exit codes.
+//! `dog node stat / log level / md / vnodes`, `dog cluster reweight`: one node's request
+//! counters (STAT), the log level of its daemon (GET_LOGLEVEL, SET_LOGLEVEL), its disks
+//! (MD_INFO, MD_PLUG, MD_UNPLUG), its vnodes (SET_VNODES) and the cluster's weights by space
+//! (REWEIGHT), with the original's texts and exit codes.
 //! Owns: these commands' output. Never: another node's state than the one asked.
 
 use crate::cluster::confirm;
@@ -297,6 +298,46 @@ pub async fn md_info(ctx: &Ctx<'_>) -> Res<()> {
         for l in md_rows(&s, raw).await? {
             outln!("{l}");
         }
+    }
+    Ok(())
+}
+
+/// `dog node vnodes set N`: the node dog talks to takes N vnodes (clusters of fixed vnodes).
+pub async fn vnodes_set(ctx: &Ctx<'_>) -> Res<()> {
+    let arg = ctx.arg(0).unwrap_or_default();
+    let n = arg.parse::<u16>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+        Fail::new(
+            crate::error::EXIT_USAGE,
+            format!(
+                "Invalid number of vnodes '{arg}': must be an integer between 1 and {}",
+                u16::MAX
+            ),
+        )
+    })?;
+    let r = ctx
+        .sheep
+        .write(
+            Header::request(opcode::SET_VNODES),
+            Bytes::copy_from_slice(&i32::from(n).to_le_bytes()),
+        )
+        .await
+        .map_err(|f| {
+            Fail::new(
+                EXIT_MINUS_ONE,
+                format!("{}\nFailed to execute request", f.msg),
+            )
+        })?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(Fail::new(EXIT_MINUS_ONE, "Failed to execute request"));
+    }
+    Ok(())
+}
+
+/// `dog cluster reweight`: every node measures its space again; the ring follows.
+pub async fn reweight(ctx: &Ctx<'_>) -> Res<()> {
+    let r = ctx.sheep.call(Header::request(opcode::REWEIGHT)).await?;
+    if r.result() != SdResult::SUCCESS {
+        return Err(Fail::new(EXIT_FAILURE, ""));
     }
     Ok(())
 }

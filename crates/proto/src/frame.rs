@@ -32,8 +32,8 @@ pub fn max_payload(op: u8) -> u32 {
         opcode::MAKE_FS | opcode::MD_PLUG | opcode::MD_UNPLUG => SMALL,
         // `struct recovery_throttling` (24 bytes).
         opcode::SET_RECOVERY => 24,
-        // An i32 log level.
-        opcode::SET_LOGLEVEL => 4,
+        // An i32 log level; an i32 number of vnodes.
+        opcode::SET_LOGLEVEL | opcode::SET_VNODES => 4,
         // A list of object ids.
         opcode::OIDS_EXIST => MAX_READ,
         // Two `vdi_lock` records: the holder and the new writer.

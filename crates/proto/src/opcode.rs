@@ -42,6 +42,7 @@ pub const MD_INFO: u8 = 0xb1;
 pub const MD_PLUG: u8 = 0xb2;
 pub const MD_UNPLUG: u8 = 0xb3;
 pub const GET_HASH: u8 = 0xb4;
+pub const REWEIGHT: u8 = 0xb5;
 pub const GET_CACHE_INFO: u8 = 0xb6;
 pub const STAT: u8 = 0xb8;
 pub const GET_LOGLEVEL: u8 = 0xb9;
@@ -53,6 +54,8 @@ pub const READ_DEL_VDIS: u8 = 0xc9;
 pub const REPAIR_REPLICA: u8 = 0xc5;
 pub const GET_RECOVERY: u8 = 0xca;
 pub const SET_RECOVERY: u8 = 0xcb;
+pub const SET_VNODES: u8 = 0xcc;
+pub const GET_VNODES: u8 = 0xcd;
 /// Makes every write this node took durable (defined, unused by the original; used here).
 pub const FLUSH_PEER: u8 = 0xae;
 /// Extension of this implementation (not in the original): a peer answers once it has applied
@@ -161,6 +164,7 @@ pub fn name(op: u8) -> &'static str {
         MD_PLUG => "MD_PLUG",
         MD_UNPLUG => "MD_UNPLUG",
         GET_HASH => "GET_HASH",
+        REWEIGHT => "REWEIGHT",
         GET_CACHE_INFO => "GET_CACHE_INFO",
         STAT => "STAT",
         GET_LOGLEVEL => "GET_LOGLEVEL",
@@ -172,6 +176,8 @@ pub fn name(op: u8) -> &'static str {
         REPAIR_REPLICA => "REPAIR_REPLICA",
         GET_RECOVERY => "GET_RECOVERY",
         SET_RECOVERY => "SET_RECOVERY",
+        SET_VNODES => "SET_VNODES",
+        GET_VNODES => "GET_VNODES",
         FLUSH_PEER => "FLUSH_PEER",
         WAIT_APPLIED => "WAIT_APPLIED",
         GET_VDI_LOCKS => "GET_VDI_LOCKS",

@@ -46,6 +46,9 @@ pub struct Node {
     history_filled: AtomicBool,
     /// This start of the node (its join event carries it).
     incarnation: u64,
+    /// The space the ring weighs this node by (auto vnodes): `me.space` at start, then what
+    /// the last `dog cluster reweight` measured.
+    space: std::sync::atomic::AtomicU64,
     /// The client ports this node serves besides its Sheepdog port (its join carries them);
     /// set before `start`.
     pub services: std::sync::OnceLock<crate::cluster::state::Services>,
@@ -103,6 +106,7 @@ impl Node {
                     .unwrap_or(0);
                 t ^ (u64::from(std::process::id()) << 32)
             },
+            space: std::sync::atomic::AtomicU64::new(me.space),
             services: std::sync::OnceLock::new(),
             joined: AtomicBool::new(false),
             view: RwLock::new(View { state, ring }),
@@ -349,6 +353,7 @@ impl Node {
                 Effect::Formatted(_)
                     | Effect::PurgeStale { .. }
                     | Effect::StartRecovery { .. }
+                    | Effect::Reweigh
                     | Effect::ResolveSnapshot { .. }
                     | Effect::Shutdown
             )
@@ -421,6 +426,10 @@ impl Node {
                 tracing::info!("epoch {epoch}: every node recovered; {n} stale copies purged");
             }
             Effect::StartRecovery { epoch } => crate::recovery::start(self, epoch),
+            Effect::Reweigh => {
+                // Off the core loop: the announcement is a cluster event of its own.
+                tokio::spawn(self.clone().reweigh());
+            }
             Effect::ResolveSnapshot {
                 vid,
                 freeze,
@@ -467,7 +476,7 @@ impl Node {
     }
 
     fn config_of(&self, f: &Format, shutdown: bool) -> Config {
-        let space = self.me.space;
+        let space = self.space.load(Ordering::SeqCst);
         Config {
             ctime: f.ctime,
             flags: f.flags,
@@ -479,6 +488,63 @@ impl Node {
             version: SD_FORMAT_VERSION,
             space,
         }
+    }
+
+    /// `dog cluster reweight` on this node, as the original's `node_size_varied`: the space
+    /// is the disk's free space and what the objects take; a change of 1% or more is
+    /// recorded in the config and announced (`Message::UpdateNode`). A gateway has none.
+    async fn reweigh(self: Arc<Self>) {
+        if self.me.space == 0 {
+            return;
+        }
+        let store = self.store.clone();
+        let measured =
+            tokio::task::spawn_blocking(move || -> Result<u64, crate::store::StoreError> {
+                let (_, free) = store.space()?;
+                Ok(free + store.usage()?.bytes)
+            })
+            .await;
+        let new = match measured {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return tracing::warn!("reweight: {e}"),
+            Err(e) => return tracing::warn!("reweight: {e}"),
+        };
+        let old = self.space.load(Ordering::SeqCst);
+        if old != 0 && (new.abs_diff(old) as f64) / (old as f64) < 0.01 {
+            return;
+        }
+        self.space.store(new, Ordering::SeqCst);
+        let view = self.view();
+        if let Ok(Some(mut cfg)) = self.store.read_config() {
+            cfg.space = new;
+            if let Err(e) = self.store.write_config(&cfg) {
+                tracing::warn!("reweight: recording the space: {e}");
+            }
+        }
+        let Some(mut me) = view
+            .state
+            .members
+            .iter()
+            .find(|m| m.nid == self.me.nid)
+            .copied()
+        else {
+            return;
+        };
+        tracing::info!("reweight: space {old} -> {new} bytes");
+        me.space = new;
+        if let Err(e) = self.notify(Message::UpdateNode { node: me }).await {
+            tracing::warn!("reweight: {e}");
+        }
+    }
+
+    /// This node's vnodes now (`-V`, or `dog node vnodes set` since).
+    pub fn vnodes(&self) -> u16 {
+        self.view()
+            .state
+            .members
+            .iter()
+            .find(|m| m.nid == self.me.nid)
+            .map_or(self.me.nr_vnodes, |m| m.nr_vnodes)
     }
 
     pub fn request_stop(&self) {

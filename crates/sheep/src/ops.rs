@@ -318,6 +318,43 @@ async fn run(
             }
             Ok(b)
         }
+        opcode::REWEIGHT => {
+            node.gate(false)?;
+            node.notify(Message::Reweight)
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
+        opcode::GET_VNODES => Ok(i32::from(node.vnodes()).to_le_bytes().to_vec()),
+        opcode::SET_VNODES => {
+            let view = node.gate(false)?;
+            let n = data
+                .get(..4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or(SdResult::INVALID_PARMS)?;
+            if node.me.nr_vnodes == 0 {
+                return Err(SdResult::GATEWAY_MODE);
+            }
+            if view.state.format.flags & proto::cluster_flags::AUTO_VNODES != 0 {
+                return Err(SdResult::INVALID_VNODES_STRATEGY);
+            }
+            let n = u16::try_from(n)
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or(SdResult::INVALID_PARMS)?;
+            let mut me = view
+                .state
+                .members
+                .iter()
+                .find(|m| m.nid == node.me.nid)
+                .copied()
+                .ok_or(SdResult::SYSTEM_ERROR)?;
+            me.nr_vnodes = n;
+            node.notify(Message::UpdateNode { node: me })
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
         opcode::ENABLE_RECOVER | opcode::DISABLE_RECOVER => {
             node.gate(false)?;
             let enabled = req.opcode() == opcode::ENABLE_RECOVER;

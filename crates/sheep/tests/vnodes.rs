@@ -1,7 +1,9 @@
 //! Virtual nodes as the original gives them: by disk space when the cluster is not formatted
 //! with `-V` (a node with twice the space holds twice the data: the original's functional
 //! test 011), fixed as each sheep was started with `-V N` when it is, and none for a gateway
-//! (`sheep -g`), which serves clients and stores nothing.
+//! (`sheep -g`), which serves clients and stores nothing. `dog node vnodes set` changes a
+//! node's vnodes in a cluster of fixed vnodes, `dog cluster reweight` weighs the nodes by
+//! their space again after a disk grew.
 
 mod common;
 
@@ -47,11 +49,11 @@ fn vnodes_follow_disk_space_unless_fixed() {
         info.contains(":55, ") || info.contains(":54, ") || info.contains(":56, "),
         "{info}"
     );
-    // Data lands in proportion: 48 objects of one copy.
-    c.dog_ok(0, &["vdi", "create", "Alice", "200M"]);
+    // Data lands in proportion: 96 objects of 1 MiB, one copy each.
+    c.dog_ok(0, &["vdi", "create", "-z", "20", "Alice", "200M"]);
     let input = c.tmp.path().join("data");
-    std::fs::write(&input, pattern(48 << 20, 3)).unwrap();
-    let w = c.dog_stdin(0, &["vdi", "write", "Alice", "0", "48M"], Some(&input));
+    std::fs::write(&input, pattern(96 << 20, 3)).unwrap();
+    let w = c.dog_stdin(0, &["vdi", "write", "Alice", "0", "96M"], Some(&input));
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
     let held: Vec<usize> = (0..3)
         .map(|i| {
@@ -61,9 +63,10 @@ fn vnodes_follow_disk_space_unless_fixed() {
                 .count()
         })
         .collect();
-    assert_eq!(held.iter().sum::<usize>(), 12, "{held:?}");
+    assert_eq!(held.iter().sum::<usize>(), 96, "{held:?}");
+    // Expected 14, 28 and 54: the largest disk holds the most, by far.
     assert!(
-        held[0] < held[2],
+        held[0] < held[2] && held[1] < held[2],
         "the largest disk holds the most: {held:?}"
     );
 
@@ -81,6 +84,22 @@ fn vnodes_follow_disk_space_unless_fixed() {
         [64, 128, 200],
         "{v:?}"
     );
+    // And `node vnodes set` changes one in a new epoch.
+    let before = epoch(&f);
+    f.dog_ok(1, &["node", "vnodes", "set", "32"]);
+    let v: Vec<u16> = vnodes(&f, 0).iter().map(|&(_, n)| n).collect();
+    assert_eq!(v, [64, 32, 200]);
+    assert_eq!(epoch(&f), before + 1);
+    let bad = f.dog(1, &["node", "vnodes", "set", "0"]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Invalid number of vnodes '0'"));
+}
+
+/// The newest epoch `dog cluster info -r` lists.
+fn epoch(c: &Cluster) -> u32 {
+    let info = c.dog_ok(0, &["cluster", "info", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    v["logs"][0]["epoch"].as_u64().unwrap() as u32
 }
 
 #[test]
@@ -116,6 +135,9 @@ fn a_gateway_serves_and_stores_nothing() {
         // Two data objects and the inode, on every storing node.
         assert_eq!(objects(&c.nodes[i].dir).len(), 3, "node {i}");
     }
+    // A gateway has no vnodes to set.
+    let set = c.dog(gw, &["node", "vnodes", "set", "10"]);
+    assert_eq!(set.status.code(), Some(255));
     // Options that contradict each other are refused.
     let o = std::process::Command::new(common::bin("sheep"))
         .args(["-g", "-V", "10", "-p", "1"])

@@ -157,6 +157,14 @@ pub enum Message {
     AutoRecovery {
         enabled: bool,
     },
+    /// A member's vnodes or space changed (`dog node vnodes set`, `dog cluster reweight`):
+    /// the ring follows in a new epoch.
+    UpdateNode {
+        #[serde(with = "node")]
+        node: SdNode,
+    },
+    /// `dog cluster reweight`: every member measures its space again.
+    Reweight,
 }
 
 /// One ordered cluster event.
@@ -221,6 +229,8 @@ pub enum Effect {
     StartRecovery {
         epoch: u32,
     },
+    /// Measure this node's space again and announce it if it changed (`Message::Reweight`).
+    Reweigh,
     /// The node taking a snapshot of `vid` left before it ended: `resolver` (the lowest
     /// member) commits or thaws it, as the base inode on disk says.
     ResolveSnapshot {
@@ -565,6 +575,16 @@ impl ClusterState {
             Message::ForceUnlock { vid } => {
                 self.locks.remove(vid);
             }
+            Message::UpdateNode { node } => {
+                let Some(m) = self.members.iter_mut().find(|m| m.nid == node.nid) else {
+                    return;
+                };
+                *m = *node;
+                if self.status == Status::Ok && self.placed(&self.members) != self.epoch_nodes {
+                    self.new_epoch(fx);
+                }
+            }
+            Message::Reweight => fx.push(Effect::Reweigh),
             Message::Handover { vid, from, to } => {
                 // As for Unlock, the lock may have followed the VDI to a descendant.
                 let at = self
