@@ -101,57 +101,90 @@ struct Opts {
     /// it is not read from until replies drain; one small request per connection always runs
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     max_buffered: usize,
+    /// Refused: see the README (Daemon options of the original)
     #[arg(short = 'D', long)]
     directio: bool,
     /// Gateway only: serve clients and forward their requests, store no object
     #[arg(short = 'g', long)]
     gateway: bool,
+    /// Refused: see the README (Daemon options of the original)
     #[arg(short = 'i', long)]
     ioaddr: Option<String>,
+    /// Refused: see the README (Daemon options of the original)
     #[arg(short = 'j', long)]
     journal: Option<String>,
+    /// Recovery throttle from the start: max=N,interval=MS (N objects at a time, MS between
+    /// batches; as `dog cluster recover throttle N MS`)
     #[arg(short = 'R', long)]
     recovery: Option<String>,
+    /// Refused: see the README (Daemon options of the original)
     #[arg(short = 'u', long)]
     upgrade: bool,
     /// Virtual nodes of this sheep on the placement ring, for clusters formatted with fixed
     /// vnodes (`dog cluster format -V`); without it a cluster gives vnodes by disk space
     #[arg(short = 'V', long)]
     vnodes: Option<u16>,
-    #[arg(short = 'w', long)]
-    wq_threads: Option<String>,
+    /// Threads serving requests (the runtime's worker threads; default: one per core)
+    #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    wq_threads: Option<u16>,
+    /// Accepted: recovery always asks every node for the objects it needs
     #[arg(short = 'W', long)]
     wildcard_recovery: bool,
-    #[arg(short = 'x', long)]
-    max_dynamic_threads: Option<String>,
+    /// Most threads doing disk I/O at once (default 512)
+    #[arg(short = 'x', long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    max_dynamic_threads: Option<u16>,
+}
+
+/// `-R max=N,interval=MS`: (objects at a time, pause between batches in ms).
+fn parse_recovery(s: &str) -> Result<(u32, u64)> {
+    let (mut max, mut interval) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("max", v)) => max = v.parse::<u32>().ok().filter(|&n| n > 0),
+            Some(("interval", v)) => interval = v.parse::<u64>().ok().filter(|&n| n > 0),
+            _ => bail!("invalid -R argument '{part}': max=N,interval=MS"),
+        }
+    }
+    match (max, interval) {
+        (Some(m), Some(i)) => Ok((m, i)),
+        _ => bail!("-R needs max=N and interval=MS, both above 0 (e.g. -R max=50,interval=1000)"),
+    }
 }
 
 impl Opts {
-    /// Options of the original that this sheep does not implement yet: refuse, don't ignore.
+    /// Options of the original that this sheep does not offer: refused with the reason,
+    /// never ignored.
     fn refuse_unsupported(&self) -> Result<()> {
-        let mut bad = Vec::new();
-        let flags = [
-            (self.directio, "-D/--directio"),
-            (self.ioaddr.is_some(), "-i/--ioaddr"),
-            (self.journal.is_some(), "-j/--journal"),
-            (self.recovery.is_some(), "-R/--recovery"),
-            (self.upgrade, "-u/--upgrade"),
-            (self.wq_threads.is_some(), "-w/--wq-threads"),
-            (self.wildcard_recovery, "-W/--wildcard-recovery"),
+        let refused = [
             (
-                self.max_dynamic_threads.is_some(),
-                "-x/--max-dynamic-threads",
+                self.directio,
+                "-D/--directio",
+                "every write is synced (fsync) on every copy before it is acknowledged; \
+                 direct I/O is not offered",
+            ),
+            (
+                self.ioaddr.is_some(),
+                "-i/--ioaddr",
+                "peers talk on the advertised address (-y); a second address for their I/O \
+                 is not offered",
+            ),
+            (
+                self.journal.is_some(),
+                "-j/--journal",
+                "every write is synced on every copy before it is acknowledged, so there is \
+                 no journal to replay",
+            ),
+            (
+                self.upgrade,
+                "-u/--upgrade",
+                "this sheep reads the current store layout (version 6) only; upgrade an older \
+                 store with the original's sheep -u first",
             ),
         ];
-        for (set, name) in flags {
-            if set {
-                bad.push(name);
-            }
+        match refused.iter().find(|(set, _, _)| *set) {
+            Some((_, name, why)) => bail!("option {name} is not supported: {why}"),
+            None => Ok(()),
         }
-        if !bad.is_empty() {
-            bail!("option {} is not supported yet", bad.join(", "));
-        }
-        Ok(())
     }
 
     /// This node's virtual nodes: none for a gateway (`-g`), `-V N`, else the default (a
@@ -327,6 +360,7 @@ fn main() {
 fn run(opts: Opts) -> Result<()> {
     opts.refuse_unsupported()?;
     let nr_vnodes = opts.vnodes()?;
+    let throttle = opts.recovery.as_deref().map(parse_recovery).transpose()?;
     let limits = opts.limits()?;
     let log = parse_log(opts.log.as_deref())?;
     // Checked now for a clear error; built again after the fork, as it records its pid.
@@ -404,9 +438,15 @@ fn run(opts: Opts) -> Result<()> {
 
     // Failpoints named in FAILPOINTS (builds with the `failpoints` feature only; tests).
     let _failpoints = fail::FailScenario::setup();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = opts.wq_threads {
+        rt.worker_threads(usize::from(n));
+    }
+    if let Some(n) = opts.max_dynamic_threads {
+        rt.max_blocking_threads(usize::from(n));
+    }
+    let rt = rt.build()?;
     let listeners = Listeners {
         tcp: listener,
         unix,
@@ -414,7 +454,7 @@ fn run(opts: Opts) -> Result<()> {
         http,
         limits,
     };
-    let result = rt.block_on(serve(store, driver, me, listeners, ready));
+    let result = rt.block_on(serve(store, driver, me, listeners, throttle, ready));
     let _ = std::fs::remove_file(&pidfile);
     let _ = std::fs::remove_file(&sock_path);
     result
@@ -434,6 +474,7 @@ async fn serve(
     driver: Arc<dyn sheep::cluster::Driver>,
     me: SdNode,
     listeners: Listeners,
+    throttle: Option<(u32, u64)>,
     ready: Option<std::fs::File>,
 ) -> Result<()> {
     let Listeners {
@@ -444,6 +485,9 @@ async fn serve(
         limits,
     } = listeners;
     let node = Node::new(me, store, driver);
+    if let Some((max, interval)) = throttle {
+        node.recovery.set_throttle(max, interval);
+    }
     let sheep_at = tcp.local_addr()?;
     let nbd_port = nbd
         .tcp

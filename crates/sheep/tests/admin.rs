@@ -1,7 +1,8 @@
 //! The original's administration requests against real sheep: CLUSTER_INFO in the original's
 //! `struct cluster_info` layout (what the original's dog asks before format and vdi create),
 //! STAT through `dog node stat`, the log level through `dog node log level`, and the disks
-//! through `dog node md info`, with the original's texts and exit codes.
+//! through `dog node md info`, with the original's texts and exit codes; and the daemon
+//! options of the original, taken (-R, -w, -x, -W) or refused with a reason (-D, -i, -j, -u).
 
 mod common;
 
@@ -155,4 +156,74 @@ fn cluster_info_stat_log_level_and_disks_as_the_original() {
     assert_eq!(plug.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&plug.stderr)
         .contains("Failed to execute request, look for sheep.log for more information"));
+}
+
+/// The throttle node `i` recovers with: (objects at a time, ms between batches).
+fn throttle(c: &Cluster, i: usize) -> (u32, u64) {
+    let port = c.port(i);
+    let r = rt().block_on(async {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let conn = client::Connection::connect(addr).await.unwrap();
+        conn.read(Header::request(opcode::GET_RECOVERY), 24)
+            .await
+            .unwrap()
+    });
+    assert_eq!(r.result(), SdResult::SUCCESS);
+    let max = u32::from_le_bytes(r.data[..4].try_into().unwrap());
+    let interval = u64::from_le_bytes(r.data[8..16].try_into().unwrap());
+    (max, interval)
+}
+
+#[test]
+fn daemon_options_of_the_original_work_or_are_refused_with_a_reason() {
+    // -R, -w, -x and -W are taken; the daemon runs with them.
+    let c = Cluster::start_with(
+        2,
+        &["-R", "max=5,interval=250", "-w", "6", "-x", "16", "-W"],
+    );
+    assert_eq!(throttle(&c, 0), (5, 250));
+    assert_eq!(throttle(&c, 1), (5, 250));
+    c.dog_ok(0, &["cluster", "format", "-c", "2"]);
+    c.dog_ok(1, &["vdi", "create", "Alice", "8M"]);
+    let threads = std::fs::read_dir(format!(
+        "/proc/{}/task",
+        c.nodes[0].child.as_ref().unwrap().id()
+    ))
+    .unwrap()
+    .filter_map(|t| t.ok())
+    .filter(|t| {
+        std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.starts_with("tokio-r"))
+    })
+    .count();
+    // Six workers (a machine of this project has two cores: without -w, two).
+    assert!(threads >= 6, "{threads} runtime threads");
+
+    let dir = c.tmp.path().join("refused");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(common::bin("sheep"))
+            .args(args)
+            .args(["-p", "1"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} was taken");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    for (opt, why) in [
+        (&["-D"][..], "direct I/O is not offered"),
+        (&["-i", "127.0.0.2"][..], "a second address for their I/O"),
+        (&["-j", "dir=/tmp"][..], "no journal to replay"),
+        (&["-u"][..], "current store layout"),
+        (&["-R", "max=5"][..], "-R needs max=N and interval=MS"),
+        (&["-R", "speed=1"][..], "invalid -R argument 'speed=1'"),
+    ] {
+        let err = run(opt);
+        assert!(err.contains(why), "{opt:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{opt:?}: one line: {err}"
+        );
+    }
+    assert!(run(&["-w", "0"]).contains("0 is not in 1..=1024"));
 }
