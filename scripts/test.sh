@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Real clients the tests drive: qemu-img/qemu-io (qemu-utils), nbdinfo/nbdcopy (libnbd-bin),
 # fio with its nbd engine, a standalone ZooKeeper (Debian's zookeeper package), corosync,
-# curl for the HTTP API, headless Chromium for the status page, qemu-system-x86_64
-# (qemu-system-x86) for the live-migration test.
+# curl for the HTTP API, Graphviz to read dog vdi graph, headless Chromium for the status
+# page, qemu-system-x86_64 (qemu-system-x86) for the live-migration test.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v cc >/dev/null || need+=(gcc)
@@ -16,6 +16,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   [ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
   command -v corosync >/dev/null || need+=(corosync)
   command -v curl >/dev/null || need+=(curl)
+  command -v dot >/dev/null || need+=(graphviz)
   command -v chromium >/dev/null || need+=(chromium)
   command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
   if [ ${#need[@]} -gt 0 ]; then

@@ -44,6 +44,7 @@ pub enum Action {
     VdiLockUnlock,
     VdiBackup,
     VdiRestore,
+    VdiGraph,
     NodeVnodesSet,
     ClusterReweight,
 }
@@ -331,6 +332,15 @@ static VDI_SUBS: &[Sub] = &[
         false,
         false,
         Action::VdiTree,
+    ),
+    sub(
+        "graph",
+        None,
+        "aphT",
+        "show images in Graphviz dot format",
+        false,
+        false,
+        Action::VdiGraph,
     ),
     sub(
         "setattr",

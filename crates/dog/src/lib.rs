@@ -185,6 +185,7 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::NodeLogLevelSet => node_admin::log_level_set(&ctx).await,
         Action::NodeLogLevelList => node_admin::log_level_list(&ctx),
         Action::NodeMdInfo => node_admin::md_info(&ctx).await,
+        Action::VdiGraph => lifecycle::graph(&ctx).await,
         Action::NodeVnodesSet => node_admin::vnodes_set(&ctx).await,
         Action::ClusterReweight => node_admin::reweight(&ctx).await,
         Action::NodeMdPlug => node_admin::md_plug(&ctx, true).await,

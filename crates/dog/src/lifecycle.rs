@@ -235,6 +235,51 @@ fn render(nodes: &[TreeNode], roots: &[(String, usize)]) -> String {
     d.out
 }
 
+/// One VDI of `vdi graph`: its edge from its parent and its box, as the original prints them.
+fn graph_node(ino: &Inode) -> String {
+    let vid = ino.vid();
+    let when = ino.hdr.create_time >> 32;
+    let name = ino.name();
+    let mut s = format!("  \"{:x}\" -> \"{vid:x}\";\n", ino.hdr.parent_vdi_id);
+    s.push_str(&format!(
+        "  \"{vid:x}\" [\n    group = \"{name}\",\n    label = \"\
+         Name: {name:>10}\\nTag:  {:>10x}\\nSize: {:>10}\\nDate: {:>10}\\nTime: {:>10}",
+        ino.hdr.snap_id,
+        fmt::size(ino.hdr.vdi_size, false),
+        fmt::local_time(when, "%Y-%m-%d"),
+        fmt::local_time(when, "%H:%M:%S"),
+    ));
+    if ino.is_snapshot() {
+        s.push_str("\"\n  ];\n");
+    } else {
+        s.push_str("\",\n    color=\"red\"\n  ];\n");
+    }
+    s
+}
+
+/// `dog vdi graph`: every VDI and snapshot as a Graphviz digraph, children under parents.
+pub async fn graph(ctx: &Ctx<'_>) -> Res<()> {
+    let mut inodes = Vec::new();
+    lookup::walk(&ctx.sheep, false, |ino| {
+        if !ino.hdr.name.is_empty() {
+            inodes.push(ino);
+        }
+    })
+    .await?;
+    inodes.sort_by_key(|i| i.vid());
+    let mut out = String::from(
+        "digraph G {\n  node [shape = \"box\", fontname = \"Courier\"];\n\n  \
+         \"0\" [shape = \"ellipse\", label = \"root\"];\n",
+    );
+    for ino in &inodes {
+        out.push('\n');
+        out.push_str(&graph_node(ino));
+    }
+    out.push_str("\n}");
+    outln!("{out}");
+    Ok(())
+}
+
 pub async fn tree(ctx: &Ctx<'_>) -> Res<()> {
     let mut inodes = Vec::new();
     lookup::walk(&ctx.sheep, false, |ino| {
@@ -419,6 +464,31 @@ mod tests {
             label: label.to_string(),
             children,
         }
+    }
+
+    #[test]
+    fn graph_nodes_as_the_original_prints_them() {
+        let mut ino = Inode::default();
+        ino.hdr.name = b"Alice".to_vec();
+        ino.hdr.vdi_id = 0x7c2b25;
+        ino.hdr.parent_vdi_id = 0x7c2b24;
+        ino.hdr.snap_id = 2;
+        ino.hdr.vdi_size = 4 << 30;
+        let g = graph_node(&ino);
+        let lines: Vec<&str> = g.lines().collect();
+        assert_eq!(lines[0], "  \"7c2b24\" -> \"7c2b25\";");
+        assert_eq!(lines[1], "  \"7c2b25\" [");
+        assert_eq!(lines[2], "    group = \"Alice\",");
+        assert!(
+            lines[3].starts_with(
+                "    label = \"Name:      Alice\\nTag:           2\\nSize:     4.0 GB\\nDate: "
+            ),
+            "{g}"
+        );
+        assert_eq!(lines[4], "    color=\"red\"");
+        assert_eq!(lines[5], "  ];");
+        ino.hdr.snap_ctime = 1;
+        assert!(graph_node(&ino).ends_with("\"\n  ];\n"));
     }
 
     #[test]

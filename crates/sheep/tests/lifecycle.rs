@@ -88,6 +88,39 @@ fn snapshot_clone_rollback_resize_attributes_delete() {
             .starts_with("`-Charlie---(you are here)"),
         "{tree}"
     );
+    // The same family as a Graphviz graph, which Graphviz itself reads: root, Alice's
+    // snapshot under it, the working Alice and Charlie under the snapshot.
+    let graph = c.dog_ok(1, &["vdi", "graph"]);
+    assert!(graph.starts_with("digraph G {\n"), "{graph}");
+    let dot = std::process::Command::new("dot")
+        .arg("-Tplain")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut p| {
+            use std::io::Write;
+            p.stdin.take().unwrap().write_all(graph.as_bytes())?;
+            p.wait_with_output()
+        })
+        .expect("run Graphviz's dot (apt-get install graphviz)");
+    assert!(dot.status.success(), "{graph}");
+    let plain = String::from_utf8_lossy(&dot.stdout).replace('"', "");
+    let edges: Vec<&str> = plain.lines().filter(|l| l.starts_with("edge ")).collect();
+    assert_eq!(edges.len(), 3, "{plain}");
+    let vid = |name: &str, flag: &str| -> String {
+        let list = c.dog_ok(0, &["vdi", "list", "-r"]);
+        let f: Vec<&str> = row(&list, &format!("{flag} {name} ")).split(' ').collect();
+        f[7].to_string()
+    };
+    let (snap, alice, charlie) = (vid("Alice", "s"), vid("Alice", "="), vid("Charlie", "c"));
+    for (from, to) in [("0", &snap), (&snap, &alice), (&snap, &charlie)] {
+        assert!(
+            edges
+                .iter()
+                .any(|e| e.starts_with(&format!("edge {from} {to} "))),
+            "{from} -> {to}: {plain}"
+        );
+    }
 
     // Rollback: Alice is the snapshot's contents again, and stays a plain VDI.
     c.dog_ok(0, &["vdi", "rollback", "-f", "-s", "first", "Alice"]);
