@@ -201,11 +201,21 @@ pub async fn read_table(c: &Connection, vid: u32, n: u64) -> Result<Vec<u32>, Vo
 
 /// Rewrites the inode header of `h.vdi_id` (resize).
 pub async fn write_header(c: &Connection, h: &InodeHeader) -> Result<(), VolumeError> {
+    write_header_at(c, h, h.nr_copies).await
+}
+
+/// Rewrites the inode header of `h.vdi_id` on the `copies` copies it has now (alter-copy:
+/// the header says the new number before the objects move).
+pub async fn write_header_at(
+    c: &Connection,
+    h: &InodeHeader,
+    copies: u8,
+) -> Result<(), VolumeError> {
     let mut head = vec![0u8; SD_INODE_HEADER_SIZE];
     h.encode_into(&mut head);
     let mut req = Header::request(opcode::WRITE_OBJ);
     req.set_oid(Oid::inode(Vid(h.vdi_id)).0)
-        .set_obj_copies(h.nr_copies);
+        .set_obj_copies(copies);
     let r = c.write(req, head.into()).await?;
     refused(Step::WriteHeader, r.result())
 }

@@ -45,6 +45,8 @@ pub enum Action {
     VdiBackup,
     VdiRestore,
     VdiGraph,
+    VdiAlterCopy,
+    ClusterAlterCopy,
     NodeVnodesSet,
     ClusterReweight,
 }
@@ -334,6 +336,15 @@ static VDI_SUBS: &[Sub] = &[
         Action::VdiTree,
     ),
     sub(
+        "alter-copy",
+        Some("<vdiname>"),
+        "caphTf",
+        "set the vdi's redundancy level",
+        true,
+        true,
+        Action::VdiAlterCopy,
+    ),
+    sub(
         "graph",
         None,
         "aphT",
@@ -612,6 +623,15 @@ static CLUSTER_SUBS: &[Sub] = &[
         true,
         true,
         Action::ClusterRecover,
+    ),
+    sub(
+        "alter-copy",
+        None,
+        "aphTcf",
+        "set the cluster's redundancy level",
+        false,
+        true,
+        Action::ClusterAlterCopy,
     ),
     sub(
         "reweight",

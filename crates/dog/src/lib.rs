@@ -52,6 +52,7 @@ mod node_admin;
 mod nodelist;
 mod progress;
 mod recover;
+mod redundancy;
 mod vdi;
 mod vdi_rw;
 mod vm;
@@ -186,6 +187,8 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::NodeLogLevelList => node_admin::log_level_list(&ctx),
         Action::NodeMdInfo => node_admin::md_info(&ctx).await,
         Action::VdiGraph => lifecycle::graph(&ctx).await,
+        Action::VdiAlterCopy => redundancy::vdi_alter_copy(&ctx).await,
+        Action::ClusterAlterCopy => redundancy::cluster_alter_copy(&ctx).await,
         Action::NodeVnodesSet => node_admin::vnodes_set(&ctx).await,
         Action::ClusterReweight => node_admin::reweight(&ctx).await,
         Action::NodeMdPlug => node_admin::md_plug(&ctx, true).await,

@@ -49,6 +49,8 @@ pub const GET_LOGLEVEL: u8 = 0xb9;
 pub const SET_LOGLEVEL: u8 = 0xba;
 pub const EXIST: u8 = 0xbd;
 pub const CLUSTER_INFO: u8 = 0xbe;
+pub const ALTER_CLUSTER_COPY: u8 = 0xbf;
+pub const ALTER_VDI_COPY: u8 = 0xc0;
 pub const OIDS_EXIST: u8 = 0xc6;
 pub const READ_DEL_VDIS: u8 = 0xc9;
 pub const REPAIR_REPLICA: u8 = 0xc5;
@@ -171,6 +173,8 @@ pub fn name(op: u8) -> &'static str {
         SET_LOGLEVEL => "SET_LOGLEVEL",
         EXIST => "EXIST",
         CLUSTER_INFO => "CLUSTER_INFO",
+        ALTER_CLUSTER_COPY => "ALTER_CLUSTER_COPY",
+        ALTER_VDI_COPY => "ALTER_VDI_COPY",
         OIDS_EXIST => "OIDS_EXIST",
         READ_DEL_VDIS => "READ_DEL_VDIS",
         REPAIR_REPLICA => "REPAIR_REPLICA",

@@ -400,6 +400,11 @@ impl Node {
                 })
                 .await??;
             }
+            Effect::Reconfigured(f) => {
+                let shutdown = false;
+                let cfg = self.config_of(&f, shutdown);
+                tokio::task::spawn_blocking(move || store.write_config(&cfg)).await??;
+            }
             Effect::Adopted(f) => {
                 let current = self.store.read_config()?;
                 if current.as_ref().map(|c| c.ctime) != Some(f.ctime)

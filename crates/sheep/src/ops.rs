@@ -318,6 +318,33 @@ async fn run(
             }
             Ok(b)
         }
+        opcode::ALTER_CLUSTER_COPY => {
+            node.gate(false)?;
+            let copies = req.cluster_copies();
+            if req.cluster_copy_policy() != 0 || copies == 0 || copies > proto::SD_MAX_COPIES {
+                return Err(SdResult::INVALID_PARMS);
+            }
+            node.notify(Message::AlterClusterCopy { copies })
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
+        opcode::ALTER_VDI_COPY => {
+            let view = node.gate(false)?;
+            let (vid, copies) = (req.new_vid(), req.vs_copies());
+            if req.vs_copy_policy() != 0 || copies == 0 || copies > proto::SD_MAX_COPIES {
+                return Err(SdResult::INVALID_PARMS);
+            }
+            match view.state.vdis.get(&vid) {
+                Some(v) if !v.deleted && v.copy_policy == 0 => {}
+                Some(v) if !v.deleted => return Err(SdResult::INVALID_PARMS),
+                _ => return Err(SdResult::NO_VDI),
+            }
+            node.notify(Message::AlterVdiCopy { vid, copies })
+                .await
+                .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
         opcode::REWEIGHT => {
             node.gate(false)?;
             node.notify(Message::Reweight)

@@ -166,10 +166,11 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
     let _guard = node.lock().await.map_err(|_| SdResult::CLUSTER_ERROR)?;
     let view = node.gate(false)?;
     let fmt = &view.state.format;
-    let copies = if hdr.vdi_copies() != 0 {
-        hdr.vdi_copies()
+    // No redundancy asked for (copies 0): the cluster's, copies and policy both.
+    let (copies, copy_policy) = if hdr.vdi_copies() != 0 {
+        (hdr.vdi_copies(), hdr.vdi_copy_policy())
     } else {
-        fmt.copies
+        (fmt.copies, fmt.copy_policy)
     };
     let bss = if hdr.vdi_block_size_shift() != 0 {
         hdr.vdi_block_size_shift()
@@ -195,7 +196,7 @@ pub async fn create(node: &Arc<Node>, hdr: &Header, data: &[u8]) -> Result<Inode
         name: name.clone(),
         create_time: now,
         vdi_size: hdr.vdi_size(),
-        copy_policy: hdr.vdi_copy_policy(),
+        copy_policy,
         store_policy: hdr.store_policy(),
         nr_copies: copies,
         block_size_shift: bss,

@@ -165,6 +165,16 @@ pub enum Message {
     },
     /// `dog cluster reweight`: every member measures its space again.
     Reweight,
+    /// `dog cluster alter-copy`: the copies of VDIs created from now on.
+    AlterClusterCopy {
+        copies: u8,
+    },
+    /// `dog vdi alter-copy`: the copies of one VDI; its objects move in a new epoch (each node
+    /// sets aside the copies the ring no longer gives it and fetches the new ones).
+    AlterVdiCopy {
+        vid: u32,
+        copies: u8,
+    },
 }
 
 /// One ordered cluster event.
@@ -231,6 +241,8 @@ pub enum Effect {
     },
     /// Measure this node's space again and announce it if it changed (`Message::Reweight`).
     Reweigh,
+    /// The cluster's configuration changed (`Message::AlterClusterCopy`): record it.
+    Reconfigured(Format),
     /// The node taking a snapshot of `vid` left before it ended: `resolver` (the lowest
     /// member) commits or thaws it, as the base inode on disk says.
     ResolveSnapshot {
@@ -585,6 +597,25 @@ impl ClusterState {
                 }
             }
             Message::Reweight => fx.push(Effect::Reweigh),
+            Message::AlterClusterCopy { copies } => {
+                if !self.is_formatted() || *copies == 0 {
+                    return;
+                }
+                self.format.copies = *copies;
+                fx.push(Effect::Reconfigured(self.format.clone()));
+            }
+            Message::AlterVdiCopy { vid, copies } => {
+                let Some(v) = self.vdis.get_mut(vid).filter(|v| !v.deleted) else {
+                    return;
+                };
+                if *copies == 0 || v.copies == *copies {
+                    return;
+                }
+                v.copies = *copies;
+                if self.status == Status::Ok {
+                    self.new_epoch(fx);
+                }
+            }
             Message::Handover { vid, from, to } => {
                 // As for Unlock, the lock may have followed the VDI to a descendant.
                 let at = self
