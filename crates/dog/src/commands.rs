@@ -136,6 +136,7 @@ static NODE_OPTS: &[OptDef] = &[
 
 static VDI_OPTS: &[OptDef] = &[
     o('P', "prealloc", false, "preallocate all the data objects"),
+    o('n', "no-share", false, "share nothing with its parent"),
     o('i', "index", true, "specify the index of data objects"),
     o('s', "snapshot", true, "specify a snapshot id or tag name"),
     o('w', "writeback", false, "use writeback mode"),
@@ -302,7 +303,7 @@ static VDI_SUBS: &[Sub] = &[
     sub(
         "clone",
         Some("<src vdi> <dst vdi>"),
-        "sPcaphrvT",
+        "sPncaphrvT",
         "clone an image",
         true,
         false,

@@ -88,17 +88,48 @@ pub async fn clone(ctx: &Ctx<'_>) -> Res<()> {
             "Only snapshot VDIs can be cloned\nPlease specify the '-s' option",
         ));
     }
-    let ino = lookup::open(&ctx.sheep, src, &ctx.opts.snapshot, false).await?;
+    let copy_all = ctx.opts.no_share || ctx.opts.prealloc;
+    let ino = lookup::open(&ctx.sheep, src, &ctx.opts.snapshot, copy_all).await?;
     if !ino.is_snapshot() {
         return Err(Fail::new(EXIT_USAGE, "Only snapshot VDIs can be cloned"));
     }
-    let new = new_vdi(ctx, dst, &ino, ino.vid(), false).await?;
+    // -n: a VDI of its own (no parent), every object copied into it.
+    let base = if ctx.opts.no_share { 0 } else { ino.vid() };
+    let new = new_vdi(ctx, dst, &ino, base, false).await?;
+    if copy_all {
+        copy_objects(ctx, &ino, new).await?;
+    }
     if ctx.opts.verbose {
         if ctx.opts.raw {
             outln!("{new:x}");
         } else {
             outln!("new VDI ID: {new:x}");
         }
+    }
+    Ok(())
+}
+
+/// `vdi clone -n / -P`: every object of the snapshot `snap` written into the new VDI `new`
+/// as its own (with -P also the holes, as empty objects), as the original copies them.
+async fn copy_objects(ctx: &Ctx<'_>, snap: &Inode, new: u32) -> Res<()> {
+    let dst = lookup::read_inode(&ctx.sheep, new, false)
+        .await?
+        .map_err(|line| Fail::new(EXIT_FAILURE, line))?;
+    let size = snap.object_size();
+    for idx in 0..snap.nr_objs() {
+        let owner = snap.owner(idx);
+        let data = if owner != 0 {
+            let oid = Oid::data(Vid(owner), idx as u32).0;
+            lookup::read_object(&ctx.sheep, oid, 0, size as u32, true)
+                .await?
+                .map_err(|line| Fail::new(EXIT_FAILURE, line))?
+        } else if ctx.opts.prealloc {
+            Vec::new()
+        } else {
+            continue;
+        };
+        crate::vdi_rw::write_object_range(&ctx.sheep, &dst.hdr, 0, idx as u32, 0, data.into())
+            .await?;
     }
     Ok(())
 }

@@ -154,6 +154,24 @@ fn copies_of_the_cluster_and_of_one_vdi_change_and_objects_follow() {
             )
         );
     }
+    // A clone that shares nothing (-n) is standalone: its copies can change, and it holds
+    // the snapshot's data in objects of its own.
+    c.dog_ok(0, &["vdi", "clone", "-n", "-s", "s1", "test", "clone2"]);
+    let list = c.dog_ok(0, &["vdi", "list", "-r", "clone2"]);
+    assert!(
+        list.starts_with("= clone2 0 12582912 12582912 0 "),
+        "{list}"
+    );
+    let vid2 = list.split(' ').nth(7).unwrap().to_string();
+    let o = c.dog_stdin(0, &["vdi", "alter-copy", "clone2", "-c", "2"], Some(&yes));
+    assert!(o.status.success(), "{o:?}");
+    wait_copies(&c, &vid2, 2);
+    let back = c.dog(4, &["vdi", "read", "clone2", "0", "12M"]);
+    assert!(
+        back.status.success() && back.stdout == data,
+        "clone2 reads the snapshot's data"
+    );
+
     // More copies than nodes asks first; "no" changes nothing.
     let no = c.tmp.path().join("no");
     std::fs::write(&no, "no\n").unwrap();
