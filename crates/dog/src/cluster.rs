@@ -140,7 +140,8 @@ fn initial_slots(members: usize) -> usize {
     (members * 2).clamp(16, proto::SD_MAX_NODES)
 }
 
-pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
+/// STAT_CLUSTER: the cluster's result (the status) and its epochs, newest first.
+pub(crate) async fn epoch_logs(ctx: &Ctx<'_>) -> Res<(SdResult, Vec<EpochLog>)> {
     let nl = ctx.nodes()?;
     let mut slots = initial_slots(nl.nodes.len());
     let r = loop {
@@ -156,13 +157,17 @@ pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
         }
         break r;
     };
-    let logs = EpochLog::decode_all(&r.data, slots);
+    Ok((r.result(), EpochLog::decode_all(&r.data, slots)))
+}
+
+pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
+    let (result, logs) = epoch_logs(ctx).await?;
     if ctx.opts.json {
-        let mut v = info_json(r.result(), &logs, ctx.opts.verbose);
+        let mut v = info_json(result, &logs, ctx.opts.verbose);
         // Ours, so in --json only: a cluster with fewer zones than copies keeps fewer copies.
         let copies = logs.first().map(|l| usize::from(l.nr_copies)).unwrap_or(0);
-        let zones = nl.zones();
-        if r.result() == SdResult::SUCCESS {
+        let zones = ctx.nodes()?.zones();
+        if result == SdResult::SUCCESS {
             v["zones"] = json!(zones);
             v["degraded"] = json!(zones < copies);
         }
@@ -170,7 +175,7 @@ pub async fn info(ctx: &Ctx<'_>) -> Res<()> {
     } else {
         out!(
             "{}",
-            info_text(r.result(), &logs, ctx.opts.verbose, ctx.opts.raw)
+            info_text(result, &logs, ctx.opts.verbose, ctx.opts.raw)
         );
     }
     Ok(())

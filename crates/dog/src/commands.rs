@@ -45,6 +45,7 @@ pub enum Action {
     VdiBackup,
     VdiRestore,
     VdiGraph,
+    VdiTrack,
     VdiAlterCopy,
     ClusterAlterCopy,
     NodeVnodesSet,
@@ -344,6 +345,15 @@ static VDI_SUBS: &[Sub] = &[
         true,
         true,
         Action::VdiAlterCopy,
+    ),
+    sub(
+        "track",
+        Some("<vdiname>"),
+        "isaphoT",
+        "show the object epoch trace in the image",
+        true,
+        true,
+        Action::VdiTrack,
     ),
     sub(
         "graph",

@@ -187,6 +187,7 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::NodeLogLevelList => node_admin::log_level_list(&ctx),
         Action::NodeMdInfo => node_admin::md_info(&ctx).await,
         Action::VdiGraph => lifecycle::graph(&ctx).await,
+        Action::VdiTrack => vdi::track(&ctx).await,
         Action::VdiAlterCopy => redundancy::vdi_alter_copy(&ctx).await,
         Action::ClusterAlterCopy => redundancy::cluster_alter_copy(&ctx).await,
         Action::NodeVnodesSet => node_admin::vnodes_set(&ctx).await,

@@ -306,6 +306,68 @@ fn print_expected(ctx: &Ctx<'_>, oid: u64, copies: u8) -> Res<()> {
     Ok(())
 }
 
+/// `dog vdi track`: where an object's copies were at every epoch, newest first (the
+/// inode with no `-i`/`-o`, data object `-i N`, or any object `-o OID`).
+pub async fn track(ctx: &Ctx<'_>) -> Res<()> {
+    let name = name_arg(ctx)?;
+    let ino = open_for_object(ctx, name, &ctx.opts.snapshot, "FATAL: no inode objects").await?;
+    let nodes = ctx.nodes()?.nodes.len();
+    let (vid, copies) = (ino.vid(), ino.hdr.nr_copies);
+    let oid = match (ctx.opts.oid, ctx.opts.index) {
+        (Some(oid), _) => {
+            outln!("Tracking the object {oid:016x} (the inode vid 0x{vid:x}) with {nodes} nodes");
+            oid
+        }
+        (None, None) => {
+            outln!("Tracking the inode object 0x{vid:x} with {nodes} nodes");
+            Oid::inode(Vid(vid)).0
+        }
+        (None, Some(idx)) if idx >= proto::SD_INODE_DATA_INDEX => {
+            outln!("The offset is too large!");
+            return Err(Fail::quiet(EXIT_FAILURE));
+        }
+        (None, Some(idx)) => {
+            let oid = Oid::data(Vid(ino.owner(idx)), idx as u32).0;
+            outln!(
+                "Tracking the object {oid:016x} (the inode vid 0x{vid:x} idx {idx}) with \
+                 {nodes} nodes"
+            );
+            oid
+        }
+    };
+    let (result, logs) = crate::cluster::epoch_logs(ctx).await?;
+    if result != SdResult::SUCCESS {
+        outln!("{}", result.text());
+        return Err(Fail::quiet(crate::error::EXIT_SYSFAIL));
+    }
+    outln!("{}", track_text(oid, copies, &logs));
+    Ok(())
+}
+
+/// The locations of `oid` with `copies` copies at each epoch of `logs`, as the original
+/// prints them.
+fn track_text(oid: u64, copies: u8, logs: &[proto::node::EpochLog]) -> String {
+    let mut out = String::new();
+    for log in logs {
+        out.push_str(&format!(
+            "\nobj {oid:016x} locations at epoch {}, copies = {copies}\n\
+             ---------------------------------------------------\n",
+            log.epoch
+        ));
+        let at: Vec<proto::SdNode> = if log.nodes.len() < usize::from(copies) {
+            log.nodes.clone()
+        } else {
+            Ring::new(&log.nodes).placement(Oid(oid), usize::from(copies))
+        };
+        for n in at {
+            out.push_str(&fmt::addr(&n.nid.addr, n.nid.port));
+            out.push('\n');
+        }
+    }
+    out.pop();
+    out
+}
+
 pub async fn object_location(ctx: &Ctx<'_>) -> Res<()> {
     let name = name_arg(ctx)?;
     let ino = open_for_object(ctx, name, &ctx.opts.snapshot, "FATAL: no inode objects").await?;

@@ -3,7 +3,8 @@
 //! test 011), fixed as each sheep was started with `-V N` when it is, and none for a gateway
 //! (`sheep -g`), which serves clients and stores nothing. `dog node vnodes set` changes a
 //! node's vnodes in a cluster of fixed vnodes, `dog cluster reweight` weighs the nodes by
-//! their space again after a disk grew.
+//! their space again after a disk grew; `dog vdi track` tells where an object was at every
+//! epoch, and it is where the newest one says.
 
 mod common;
 
@@ -146,4 +147,76 @@ fn a_gateway_serves_and_stores_nothing() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("'-g' and '-V' can not be both"));
+}
+
+/// The nodes (ports) listed under each "locations at epoch N" of `dog vdi track`.
+fn tracked(text: &str) -> Vec<(u32, Vec<u16>)> {
+    let mut out: Vec<(u32, Vec<u16>)> = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("obj ") {
+            let epoch = rest
+                .split("epoch ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap();
+            out.push((epoch.parse().unwrap(), Vec::new()));
+        } else if let Some((_, port)) = l.rsplit_once(':') {
+            if let (Some(last), Ok(p)) = (out.last_mut(), port.parse()) {
+                last.1.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn track_shows_where_an_object_was_at_every_epoch() {
+    let mut c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "-c", "2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "16M"]);
+    let input = c.tmp.path().join("data");
+    std::fs::write(&input, pattern(4 << 20, 8)).unwrap();
+    let w = c.dog_stdin(0, &["vdi", "write", "Alice", "0", "4M"], Some(&input));
+    assert!(w.status.success());
+    c.add(3);
+    c.wait_members(4);
+    let text = c.dog_ok(1, &["vdi", "track", "-i", "0", "Alice"]);
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.starts_with("Tracking the object 00") && first.ends_with(" idx 0) with 4 nodes"),
+        "{text}"
+    );
+    let epochs = tracked(&text);
+    assert_eq!(epochs.len(), 2, "{text}");
+    assert_eq!(epochs[0].0, 2, "newest first: {text}");
+    assert_eq!(epochs[1].0, 1, "{text}");
+    // Where the newest epoch says, the object is (once recovery has put it there).
+    let oid = first.split(' ').nth(3).unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let holders: Vec<u16> = c
+            .nodes
+            .iter()
+            .filter(|n| objects(&n.dir).contains(&oid))
+            .map(|n| n.port)
+            .collect();
+        let mut want = epochs[0].1.clone();
+        want.sort();
+        if holders == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{holders:?} vs {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The inode, by default; an object id, with -o.
+    let inode = c.dog_ok(0, &["vdi", "track", "Alice"]);
+    assert!(inode.starts_with("Tracking the inode object 0x"), "{inode}");
+    assert_eq!(tracked(&inode).len(), 2);
+    let by_oid = c.dog_ok(0, &["vdi", "track", "-o", &oid, "Alice"]);
+    assert_eq!(tracked(&by_oid), epochs);
 }
