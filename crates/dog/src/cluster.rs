@@ -57,7 +57,11 @@ fn format_flags(o: &crate::cli::Opts) -> u16 {
 }
 
 pub async fn format(ctx: &Ctx<'_>) -> Res<()> {
-    let o = ctx.opts;
+    format_as(ctx, ctx.opts).await
+}
+
+/// `cluster format` with the options `o` (`cluster snapshot load` formats as its farm says).
+pub(crate) async fn format_as(ctx: &Ctx<'_>, o: &crate::cli::Opts) -> Res<()> {
     let (copies, policy) = o.copies.unwrap_or((proto::SD_DEFAULT_COPIES, 0));
     let zones = ctx.nodes()?.zones();
     // As the original: asked only of copies given with -c (the default is the sheep's).

@@ -48,6 +48,10 @@ pub enum Action {
     VdiTrack,
     VdiAlterCopy,
     ClusterAlterCopy,
+    ClusterSnapshotSave,
+    ClusterSnapshotList,
+    ClusterSnapshotLoad,
+    ClusterSnapshotShow,
     NodeVnodesSet,
     ClusterReweight,
 }
@@ -108,6 +112,12 @@ static CLUSTER_OPTS: &[OptDef] = &[
         "skip recovery if recovery process can cause disk full",
     ),
     o('l', "lock", false, "Lock vdi to exclude multiple users"),
+    o(
+        'm',
+        "multithread",
+        false,
+        "use multi-thread for 'cluster snapshot save'",
+    ),
     o('R', "recyclevid", false, "enable recycling of VID"),
     o(
         't',
@@ -635,6 +645,16 @@ static CLUSTER_SUBS: &[Sub] = &[
         true,
         Action::ClusterRecover,
     ),
+    Sub {
+        name: "snapshot",
+        arg: Some("<tag|idx> <path> [vdi1] [vdi2] ..."),
+        opts: "aphTm",
+        desc: "snapshot/restore the cluster",
+        need_arg: true,
+        need_nodelist: false,
+        action: None,
+        subs: CLUSTER_SNAPSHOT_SUBS,
+    },
     sub(
         "alter-copy",
         None,
@@ -661,6 +681,45 @@ static CLUSTER_SUBS: &[Sub] = &[
         false,
         true,
         Action::ClusterCheck,
+    ),
+];
+
+static CLUSTER_SNAPSHOT_SUBS: &[Sub] = &[
+    sub(
+        "save",
+        None,
+        "h",
+        "save snapshot to localpath",
+        true,
+        true,
+        Action::ClusterSnapshotSave,
+    ),
+    sub(
+        "list",
+        None,
+        "h",
+        "list snapshot of localpath",
+        true,
+        false,
+        Action::ClusterSnapshotList,
+    ),
+    sub(
+        "load",
+        None,
+        "h",
+        "load snapshot from localpath",
+        true,
+        true,
+        Action::ClusterSnapshotLoad,
+    ),
+    sub(
+        "show",
+        None,
+        "h",
+        "show vdi list from snapshot",
+        true,
+        true,
+        Action::ClusterSnapshotShow,
     ),
 ];
 

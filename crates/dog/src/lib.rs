@@ -43,6 +43,7 @@ mod cluster;
 mod commands;
 mod conn;
 mod error;
+mod farm;
 mod fmt;
 mod inflight;
 mod lifecycle;
@@ -188,6 +189,10 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::NodeMdInfo => node_admin::md_info(&ctx).await,
         Action::VdiGraph => lifecycle::graph(&ctx).await,
         Action::VdiTrack => vdi::track(&ctx).await,
+        Action::ClusterSnapshotSave => farm::save(&ctx).await,
+        Action::ClusterSnapshotList => farm::list(&ctx),
+        Action::ClusterSnapshotLoad => farm::load(&ctx).await,
+        Action::ClusterSnapshotShow => farm::show(&ctx).await,
         Action::VdiAlterCopy => redundancy::vdi_alter_copy(&ctx).await,
         Action::ClusterAlterCopy => redundancy::cluster_alter_copy(&ctx).await,
         Action::NodeVnodesSet => node_admin::vnodes_set(&ctx).await,

@@ -318,6 +318,33 @@ async fn run(
             }
             Ok(b)
         }
+        opcode::NOTIFY_VDI_ADD => {
+            // A VDI whose objects were written from outside (`dog cluster snapshot load`):
+            // the cluster learns of it, as a snapshot when its inode (written first by our
+            // dog) says so.
+            node.gate(false)?;
+            let vid = req.new_vid();
+            if vid == 0 || vid >= 1 << 24 {
+                return Err(SdResult::INVALID_PARMS);
+            }
+            let h = vdi::read_header(node, vid).await.ok();
+            let info = crate::cluster::state::VdiInfo {
+                copies: req.vs_copies(),
+                copy_policy: req.vs_copy_policy(),
+                block_size_shift: req.vs_block_size_shift(),
+                snapshot: h.as_ref().is_some_and(|h| h.is_snapshot()),
+                parent: h.as_ref().map_or(0, |h| h.parent_vdi_id),
+                deleted: h.as_ref().is_some_and(|h| h.name.is_empty()),
+            };
+            node.notify(Message::VdiAdd {
+                vid,
+                info,
+                old: None,
+            })
+            .await
+            .map_err(|_| SdResult::CLUSTER_ERROR)?;
+            Ok(Vec::new())
+        }
         opcode::ALTER_CLUSTER_COPY => {
             node.gate(false)?;
             let copies = req.cluster_copies();
