@@ -39,6 +39,12 @@ pub struct Opts {
     pub prealloc: bool,
     /// `vdi clone -n`: the clone copies every object (shares nothing with the snapshot).
     pub no_share: bool,
+    /// `benchmark io -t N`: writes in all.
+    pub total: Option<u64>,
+    /// `benchmark io -n N`: writers of a fixed work queue.
+    pub nr_threads: Option<usize>,
+    /// `benchmark io -w ordered|dynamic|fixed`.
+    pub workqueue: Option<String>,
     pub index: Option<u64>,
     pub snapshot: Snap,
     pub writeback: bool,
@@ -75,6 +81,9 @@ impl Default for Opts {
             block_size_shift: None,
             prealloc: false,
             no_share: false,
+            total: None,
+            nr_threads: None,
+            workqueue: None,
             index: None,
             snapshot: Snap::default(),
             writeback: false,
@@ -187,6 +196,7 @@ fn apply(opts: &mut Opts, od: &OptDef, val: Option<String>) -> Result<(), (i32, 
             _ => return Err((EXIT_USAGE, format!("Invalid port number '{v}'\n"))),
         },
         'r' => opts.raw = true,
+        'n' if od.has_arg => opts.nr_threads = v.parse().ok().filter(|&n| n > 0),
         'n' => opts.no_share = true,
         'v' => opts.verbose = true,
         'T' => opts.time = true,
@@ -217,6 +227,7 @@ fn apply(opts: &mut Opts, od: &OptDef, val: Option<String>) -> Result<(), (i32, 
         'F' => opts.avoid_diskfull = true,
         'l' => opts.lock = true,
         'R' => opts.recycle_vid = true,
+        't' if od.has_arg => opts.total = v.parse().ok().filter(|&n| n > 0),
         't' => opts.strict = true,
         'V' => opts.fixed_vnodes = true,
         'z' => {
@@ -236,6 +247,7 @@ fn apply(opts: &mut Opts, od: &OptDef, val: Option<String>) -> Result<(), (i32, 
             opts.block_size_shift = Some(shift);
         }
         'P' => opts.prealloc = true,
+        'w' if od.has_arg => opts.workqueue = Some(v),
         'w' => opts.writeback = true,
         'i' => {
             let idx = match v.strip_prefix("0x") {

@@ -52,6 +52,7 @@ pub enum Action {
     ClusterSnapshotList,
     ClusterSnapshotLoad,
     ClusterSnapshotShow,
+    BenchmarkIo,
     NodeVnodesSet,
     ClusterReweight,
 }
@@ -754,7 +755,39 @@ pub static COMMANDS: &[Command] = &[
         subs: VM_SUBS,
         options: &[],
     },
+    Command {
+        name: "benchmark",
+        subs: BENCHMARK_SUBS,
+        options: BENCHMARK_OPTS,
+    },
 ];
+
+static BENCHMARK_OPTS: &[OptDef] = &[
+    o('w', "workqueue", true, "specify workqueue type"),
+    o('f', "force", false, "do not prompt for confirmation"),
+    o(
+        't',
+        "total",
+        true,
+        "a number of total operation (e.g. I/O request)",
+    ),
+    o(
+        'n',
+        "nr-threads",
+        true,
+        "a number of worker threads (only used for fixed workqueue)",
+    ),
+];
+
+static BENCHMARK_SUBS: &[Sub] = &[sub(
+    "io",
+    Some("<vdiname>"),
+    "aprhTfwtnJ",
+    "benchmark I/O performance",
+    true,
+    true,
+    Action::BenchmarkIo,
+)];
 
 pub fn find_opt(cmd: &Command, ch: char) -> Option<&'static OptDef> {
     GLOBAL_OPTS

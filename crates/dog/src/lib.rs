@@ -37,6 +37,7 @@ macro_rules! errln {
 }
 
 mod backup;
+mod benchmark;
 mod check;
 mod cli;
 mod cluster;
@@ -189,6 +190,7 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::NodeMdInfo => node_admin::md_info(&ctx).await,
         Action::VdiGraph => lifecycle::graph(&ctx).await,
         Action::VdiTrack => vdi::track(&ctx).await,
+        Action::BenchmarkIo => benchmark::io(&ctx).await,
         Action::ClusterSnapshotSave => farm::save(&ctx).await,
         Action::ClusterSnapshotList => farm::list(&ctx),
         Action::ClusterSnapshotLoad => farm::load(&ctx).await,

@@ -359,3 +359,53 @@ fn incremental_backup_between_snapshots_and_restore() {
     assert!(!o.status.success());
     assert!(c.dog(1, &["vdi", "read", "Alice", "0", "8M"]).stdout == data);
 }
+
+#[test]
+fn benchmark_io_overwrites_a_preallocated_vdi_and_says_how_fast() {
+    let c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format", "-c", "2"]);
+    c.dog_ok(0, &["vdi", "create", "-P", "Bench", "16M"]);
+    let input = c.tmp.path().join("ones");
+    std::fs::write(&input, vec![1u8; 16 << 20]).unwrap();
+    assert!(c
+        .dog_stdin(0, &["vdi", "write", "Bench"], Some(&input))
+        .status
+        .success());
+    let out = c.dog_ok(
+        1,
+        &[
+            "benchmark",
+            "io",
+            "-f",
+            "-t",
+            "20",
+            "-w",
+            "dynamic",
+            "--json",
+            "Bench",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["writes"], 20);
+    assert_eq!(v["bytes"], 20u64 * (4 << 20));
+    assert_eq!(v["in_flight"], 16);
+    assert!(v["iops"].as_f64().unwrap() > 0.0, "{v}");
+    // The original's text: nothing; and the data is overwritten (zeros).
+    assert_eq!(
+        c.dog_ok(1, &["benchmark", "io", "-f", "-t", "4", "Bench"]),
+        ""
+    );
+    let back = c.dog(2, &["vdi", "read", "Bench"]);
+    assert!(back.stdout.iter().all(|&b| b == 0) && back.stdout.len() == 16 << 20);
+
+    c.dog_ok(0, &["vdi", "create", "Thin", "16M"]);
+    let o = c.dog(0, &["benchmark", "io", "-f", "Thin"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "VDI Thin has unallocated data\n"
+    );
+    let o = c.dog(0, &["benchmark", "io", "-f", "-w", "lazy", "Bench"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("unknown workqueue type: lazy\n"));
+}
