@@ -112,7 +112,7 @@ pub struct Invocation {
 /// The outcome of parsing: run something, or print and exit.
 #[derive(Debug)]
 pub enum Parsed {
-    Run(Invocation),
+    Run(Box<Invocation>),
     Exit {
         code: i32,
         stdout: String,
@@ -458,13 +458,13 @@ pub fn parse(argv: &[String]) -> Parsed {
         }
         cur = next;
     };
-    Parsed::Run(Invocation {
+    Parsed::Run(Box::new(Invocation {
         action,
         opts,
         args,
         need_nodelist,
         usage,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -479,7 +479,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Invocation {
         match p(args) {
-            Parsed::Run(i) => i,
+            Parsed::Run(i) => *i,
             other => panic!("{args:?}: {other:?}"),
         }
     }

@@ -106,7 +106,7 @@ pub fn run() -> i32 {
             let _ = std::io::stderr().write_all(stderr.as_bytes());
             return code;
         }
-        Parsed::Run(inv) => inv,
+        Parsed::Run(inv) => *inv,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
