@@ -45,6 +45,8 @@ pub struct Opts {
     pub nr_threads: Option<usize>,
     /// `benchmark io -w ordered|dynamic|fixed`.
     pub workqueue: Option<String>,
+    /// `upgrade -o v0.7|v0.8`: the layout of the file to convert.
+    pub upgrade_from: Option<String>,
     pub index: Option<u64>,
     pub snapshot: Snap,
     pub writeback: bool,
@@ -84,6 +86,7 @@ impl Default for Opts {
             total: None,
             nr_threads: None,
             workqueue: None,
+            upgrade_from: None,
             index: None,
             snapshot: Snap::default(),
             writeback: false,
@@ -284,6 +287,7 @@ fn apply(opts: &mut Opts, od: &OptDef, val: Option<String>) -> Result<(), (i32, 
                 _ => opts.snapshot = Snap { id: 0, tag: v },
             }
         }
+        'o' if od.long == "orig-version" => opts.upgrade_from = Some(v),
         'o' => match u64::from_str_radix(v.trim_start_matches("0x"), 16) {
             Ok(oid) => opts.oid = Some(oid),
             Err(_) => return Err((EXIT_FAILURE, "object id must be a hex integer\n".into())),

@@ -53,6 +53,10 @@ pub enum Action {
     ClusterSnapshotLoad,
     ClusterSnapshotShow,
     BenchmarkIo,
+    UpgradeInodeConvert,
+    UpgradeEpochConvert,
+    UpgradeConfigConvert,
+    UpgradeObjectLocation,
     NodeVnodesSet,
     ClusterReweight,
 }
@@ -760,6 +764,52 @@ pub static COMMANDS: &[Command] = &[
         subs: BENCHMARK_SUBS,
         options: BENCHMARK_OPTS,
     },
+    Command {
+        name: "upgrade",
+        subs: UPGRADE_SUBS,
+        options: UPGRADE_OPTS,
+    },
+];
+
+static UPGRADE_OPTS: &[OptDef] = &[o('o', "orig-version", true, "version of converting file")];
+
+static UPGRADE_SUBS: &[Sub] = &[
+    sub(
+        "inode-convert",
+        Some("<path of original inode file> <path of new inode file>"),
+        "hTo",
+        "upgrade inode object file",
+        true,
+        false,
+        Action::UpgradeInodeConvert,
+    ),
+    sub(
+        "epoch-convert",
+        Some("<path of original epoch log file> <path of new epoch log file>"),
+        "hTo",
+        "upgrade epoch log file",
+        true,
+        false,
+        Action::UpgradeEpochConvert,
+    ),
+    sub(
+        "config-convert",
+        Some("<path of original config file> <path of new config file>"),
+        "hT",
+        "upgrade config file",
+        true,
+        false,
+        Action::UpgradeConfigConvert,
+    ),
+    sub(
+        "object-location",
+        Some("<path of latest epoch file> <oid>"),
+        "hT",
+        "print object location",
+        true,
+        false,
+        Action::UpgradeObjectLocation,
+    ),
 ];
 
 static BENCHMARK_OPTS: &[OptDef] = &[

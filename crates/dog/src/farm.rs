@@ -375,8 +375,10 @@ pub async fn save(ctx: &Ctx<'_>) -> Res<()> {
     farm.append(&rec.encode()).map_err(failed)
 }
 
-pub fn list(ctx: &Ctx<'_>) -> Res<()> {
-    let path = arg(ctx, 0, "Please specify the path to list snapshot.")?;
+pub fn list(args: &[String]) -> Res<()> {
+    let path = args
+        .first()
+        .ok_or_else(|| Fail::usage("Please specify the path to list snapshot."))?;
     let failed = |f: Fail| f.then("Fail to list snapshot.");
     let farm = Farm::init(path).map_err(failed)?;
     let (_, recs) = farm.read_log().map_err(failed)?;

@@ -55,6 +55,7 @@ mod nodelist;
 mod progress;
 mod recover;
 mod redundancy;
+mod upgrade;
 mod vdi;
 mod vdi_rw;
 mod vm;
@@ -143,7 +144,23 @@ pub fn run() -> i32 {
     code
 }
 
+/// Commands that need no sheep: they work on local files.
+fn offline(inv: &Invocation) -> Option<Res<()>> {
+    let (o, a) = (&inv.opts, &inv.args[..]);
+    Some(match inv.action {
+        Action::UpgradeInodeConvert => upgrade::inode_convert(o, a),
+        Action::UpgradeEpochConvert => upgrade::epoch_convert(o, a),
+        Action::UpgradeConfigConvert => upgrade::config_convert(a),
+        Action::UpgradeObjectLocation => upgrade::object_location(a),
+        Action::ClusterSnapshotList => farm::list(a),
+        _ => return None,
+    })
+}
+
 async fn dispatch(inv: &Invocation) -> Res<()> {
+    if let Some(done) = offline(inv) {
+        return done;
+    }
     let o = &inv.opts;
     let sheep = Sheep::connect(&o.address, o.port).await.map_err(|f| {
         if inv.need_nodelist && f.code == EXIT_SYSFAIL {
@@ -191,8 +208,12 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiGraph => lifecycle::graph(&ctx).await,
         Action::VdiTrack => vdi::track(&ctx).await,
         Action::BenchmarkIo => benchmark::io(&ctx).await,
+        Action::UpgradeInodeConvert
+        | Action::UpgradeEpochConvert
+        | Action::UpgradeConfigConvert
+        | Action::UpgradeObjectLocation
+        | Action::ClusterSnapshotList => Err(Fail::new(EXIT_SYSFAIL, "an offline command")),
         Action::ClusterSnapshotSave => farm::save(&ctx).await,
-        Action::ClusterSnapshotList => farm::list(&ctx),
         Action::ClusterSnapshotLoad => farm::load(&ctx).await,
         Action::ClusterSnapshotShow => farm::show(&ctx).await,
         Action::VdiAlterCopy => redundancy::vdi_alter_copy(&ctx).await,
