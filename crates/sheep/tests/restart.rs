@@ -529,3 +529,34 @@ fn after_recover_force_a_returning_node_with_newer_copies_wins() {
     let e = history(&c, 0);
     assert!(e[0].0 > 3, "{e:?}");
 }
+
+#[test]
+fn fresh_nodes_that_join_a_restarted_cluster_list_its_whole_history() {
+    // The original's functional test 070.
+    let mut c = Cluster::start(3);
+    c.dog_ok(0, &["cluster", "format"]);
+    c.dog_ok(0, &["cluster", "shutdown"]);
+    for i in 0..3 {
+        c.wait_exit(i);
+    }
+    for z in 3..6 {
+        c.add(z);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_members(6);
+    for i in 0..6 {
+        let info = c.dog_ok(i, &["cluster", "info"]);
+        let epoch1 = info
+            .lines()
+            .find(|l| l.contains(" 1 "))
+            .unwrap_or_else(|| panic!("node {i}: {info}"));
+        for n in 0..3 {
+            assert!(
+                epoch1.contains(&format!("127.0.0.1:{}:", c.nodes[n].port)),
+                "node {i}'s epoch 1 lacks node {n}: {info}"
+            );
+        }
+    }
+}
