@@ -346,7 +346,7 @@ static VDI_SUBS: &[Sub] = &[
     sub(
         "tree",
         None,
-        "aphT",
+        "aphTJ",
         "show images in tree view format",
         false,
         false,
@@ -653,7 +653,7 @@ static CLUSTER_SUBS: &[Sub] = &[
     Sub {
         name: "snapshot",
         arg: Some("<tag|idx> <path> [vdi1] [vdi2] ..."),
-        opts: "aphTm",
+        opts: "aphTmJ",
         desc: "snapshot/restore the cluster",
         need_arg: true,
         need_nodelist: false,
@@ -702,7 +702,7 @@ static CLUSTER_SNAPSHOT_SUBS: &[Sub] = &[
     sub(
         "list",
         None,
-        "h",
+        "hJ",
         "list snapshot of localpath",
         true,
         false,

@@ -375,13 +375,21 @@ pub async fn save(ctx: &Ctx<'_>) -> Res<()> {
     farm.append(&rec.encode()).map_err(failed)
 }
 
-pub fn list(args: &[String]) -> Res<()> {
+pub fn list(args: &[String], json: bool) -> Res<()> {
     let path = args
         .first()
         .ok_or_else(|| Fail::usage("Please specify the path to list snapshot."))?;
     let failed = |f: Fail| f.then("Fail to list snapshot.");
     let farm = Farm::init(path).map_err(failed)?;
     let (_, recs) = farm.read_log().map_err(failed)?;
+    if json {
+        let v: Vec<serde_json::Value> = recs
+            .iter()
+            .map(|r| serde_json::json!({ "index": r.idx, "tag": r.tag, "time": r.time }))
+            .collect();
+        outln!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
     let mut out = String::from("Index\t\tTag\t\tSnapshot Time\n");
     for r in recs {
         out.push_str(&format!(

@@ -152,7 +152,7 @@ fn offline(inv: &Invocation) -> Option<Res<()>> {
         Action::UpgradeEpochConvert => upgrade::epoch_convert(o, a),
         Action::UpgradeConfigConvert => upgrade::config_convert(a),
         Action::UpgradeObjectLocation => upgrade::object_location(a),
-        Action::ClusterSnapshotList => farm::list(a),
+        Action::ClusterSnapshotList => farm::list(a, o.json),
         _ => return None,
     })
 }

@@ -288,8 +288,8 @@ fn graph_node(ino: &Inode) -> String {
     s
 }
 
-/// `dog vdi graph`: every VDI and snapshot as a Graphviz digraph, children under parents.
-pub async fn graph(ctx: &Ctx<'_>) -> Res<()> {
+/// Every VDI and snapshot in use (not deleted), by id.
+async fn named_inodes(ctx: &Ctx<'_>) -> Res<Vec<Inode>> {
     let mut inodes = Vec::new();
     lookup::walk(&ctx.sheep, false, |ino| {
         if !ino.hdr.name.is_empty() {
@@ -298,6 +298,12 @@ pub async fn graph(ctx: &Ctx<'_>) -> Res<()> {
     })
     .await?;
     inodes.sort_by_key(|i| i.vid());
+    Ok(inodes)
+}
+
+/// `dog vdi graph`: every VDI and snapshot as a Graphviz digraph, children under parents.
+pub async fn graph(ctx: &Ctx<'_>) -> Res<()> {
+    let inodes = named_inodes(ctx).await?;
     let mut out = String::from(
         "digraph G {\n  node [shape = \"box\", fontname = \"Courier\"];\n\n  \
          \"0\" [shape = \"ellipse\", label = \"root\"];\n",
@@ -312,14 +318,27 @@ pub async fn graph(ctx: &Ctx<'_>) -> Res<()> {
 }
 
 pub async fn tree(ctx: &Ctx<'_>) -> Res<()> {
-    let mut inodes = Vec::new();
-    lookup::walk(&ctx.sheep, false, |ino| {
-        if !ino.hdr.name.is_empty() {
-            inodes.push(ino);
-        }
-    })
-    .await?;
-    inodes.sort_by_key(|i| i.vid());
+    let inodes = named_inodes(ctx).await?;
+    if ctx.opts.json {
+        // Each VDI with its parent: the same tree, for programs.
+        let v: Vec<serde_json::Value> = inodes
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": i.name(),
+                    "vdi_id": format!("{:x}", i.vid()),
+                    "parent": (i.hdr.parent_vdi_id != 0)
+                        .then(|| format!("{:x}", i.hdr.parent_vdi_id)),
+                    "snapshot": i.is_snapshot(),
+                    "snap_id": i.hdr.snap_id,
+                    "tag": i.tag(),
+                    "created": i.hdr.create_time >> 32,
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
     let index: std::collections::HashMap<u32, usize> = inodes
         .iter()
         .enumerate()

@@ -88,6 +88,11 @@ fn a_cluster_snapshot_is_saved_listed_and_loaded_into_a_new_cluster() {
         list.lines().nth(2).unwrap().starts_with("2\t\ts2\t\t"),
         "{list}"
     );
+    let j: serde_json::Value =
+        serde_json::from_str(&c.dog_ok(2, &["cluster", "snapshot", "list", "--json", farm_s]))
+            .unwrap();
+    assert_eq!(j[1]["index"], 2);
+    assert_eq!(j[1]["tag"], "s2");
     let added = files(&farm) - after_one;
     assert!(
         added < after_one,

@@ -113,6 +113,19 @@ fn snapshot_clone_rollback_resize_attributes_delete() {
         f[7].to_string()
     };
     let (snap, alice, charlie) = (vid("Alice", "s"), vid("Alice", "="), vid("Charlie", "c"));
+    let tree: serde_json::Value =
+        serde_json::from_str(&c.dog_ok(2, &["vdi", "tree", "--json"])).unwrap();
+    let by_id = |id: &str| {
+        tree.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vdi_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} in {tree}"))
+    };
+    assert_eq!(by_id(&charlie)["parent"], snap.as_str());
+    assert_eq!(by_id(&alice)["parent"], snap.as_str());
+    assert_eq!(by_id(&snap)["snapshot"], true);
     for (from, to) in [("0", &snap), (&snap, &alice), (&snap, &charlie)] {
         assert!(
             edges
