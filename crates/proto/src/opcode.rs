@@ -23,6 +23,13 @@ pub const GET_VDI_ATTR: u8 = 0x89;
 pub const FORCE_RECOVER: u8 = 0x8a;
 pub const GET_STORE_LIST: u8 = 0x90;
 pub const CLEANUP: u8 = 0x94;
+/// The original's tracer and NFS server requests: answered NO_SUPPORT here.
+pub const TRACE_STATUS: u8 = 0x95;
+pub const TRACE_READ_BUF: u8 = 0x96;
+pub const TRACE_ENABLE: u8 = 0x9b;
+pub const TRACE_DISABLE: u8 = 0x9c;
+pub const NFS_CREATE: u8 = 0xbb;
+pub const NFS_DELETE: u8 = 0xbc;
 pub const STAT_RECOVERY: u8 = 0x97;
 pub const FLUSH_DEL_CACHE: u8 = 0x98;
 pub const NOTIFY_VDI_DEL: u8 = 0x99;
@@ -147,6 +154,12 @@ pub fn name(op: u8) -> &'static str {
         FORCE_RECOVER => "FORCE_RECOVER",
         GET_STORE_LIST => "GET_STORE_LIST",
         CLEANUP => "CLEANUP",
+        TRACE_STATUS => "TRACE_STATUS",
+        TRACE_READ_BUF => "TRACE_READ_BUF",
+        TRACE_ENABLE => "TRACE_ENABLE",
+        TRACE_DISABLE => "TRACE_DISABLE",
+        NFS_CREATE => "NFS_CREATE",
+        NFS_DELETE => "NFS_DELETE",
         STAT_RECOVERY => "STAT_RECOVERY",
         FLUSH_DEL_CACHE => "FLUSH_DEL_CACHE",
         NOTIFY_VDI_DEL => "NOTIFY_VDI_DEL",

@@ -572,6 +572,49 @@ async fn run(
                 .collect();
             Ok(LockRecord::encode_list(&records))
         }
+        opcode::GET_VDI_COPIES => {
+            // The original's `struct vdi_state` of every VDI the cluster knows, with who
+            // holds its lock (the original's dog lists locks with it).
+            node.catch_up().await;
+            let view = node.gate(true)?;
+            let st = &view.state;
+            let nid_of = |s: &str| st.members.iter().find(|m| m.nid.to_string() == s);
+            let states: Vec<proto::vdi_lock::VdiState> = st
+                .vdis
+                .iter()
+                .map(|(&vid, v)| {
+                    let lock = st.locks.get(&vid);
+                    let mut owners: Vec<proto::NodeId> = Vec::new();
+                    for h in lock.map(|l| &l.holders[..]).unwrap_or_default() {
+                        if let Some(m) = nid_of(&h.node).filter(|m| !owners.contains(&m.nid)) {
+                            owners.push(m.nid);
+                        }
+                    }
+                    proto::vdi_lock::VdiState {
+                        vid,
+                        copies: v.copies,
+                        snapshot: v.snapshot,
+                        deleted: v.deleted,
+                        copy_policy: v.copy_policy,
+                        block_size_shift: v.block_size_shift,
+                        parent: v.parent,
+                        owners,
+                        shared: lock.is_some_and(|l| l.shared),
+                    }
+                })
+                .collect();
+            let need = states.len() * proto::vdi_lock::VDI_STATE_SIZE;
+            if (req.data_length() as usize) < need {
+                return Err(SdResult::BUFFER_SMALL);
+            }
+            Ok(proto::vdi_lock::VdiState::encode_list(&states))
+        }
+        opcode::TRACE_STATUS
+        | opcode::TRACE_READ_BUF
+        | opcode::TRACE_ENABLE
+        | opcode::TRACE_DISABLE
+        | opcode::NFS_CREATE
+        | opcode::NFS_DELETE => Err(SdResult::NO_SUPPORT),
         opcode::WAIT_APPLIED => {
             let seq = req.oid();
             tokio::time::timeout(Duration::from_secs(5), node.wait_applied(seq))

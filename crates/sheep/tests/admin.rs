@@ -227,3 +227,46 @@ fn daemon_options_of_the_original_work_or_are_refused_with_a_reason() {
     }
     assert!(run(&["-w", "0"]).contains("0 is not in 1..=1024"));
 }
+
+#[test]
+fn vdi_states_as_the_original_dog_reads_them_for_its_lock_list() {
+    let c = Cluster::start(2);
+    c.dog_ok(0, &["cluster", "format", "-c", "2"]);
+    c.dog_ok(0, &["vdi", "create", "Alice", "8M"]);
+    let rt = rt();
+    let ask = |len: u32| {
+        let port = c.port(1);
+        rt.block_on(async {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let conn = client::Connection::connect(addr).await.unwrap();
+            conn.read(Header::request(opcode::GET_VDI_COPIES), len)
+                .await
+                .unwrap()
+        })
+    };
+    let size = proto::vdi_lock::VDI_STATE_SIZE;
+    assert_eq!(ask(size as u32 - 1).result(), SdResult::BUFFER_SMALL);
+    let r = ask(16 * size as u32);
+    assert_eq!(r.result(), SdResult::SUCCESS);
+    assert_eq!(r.data.len(), size);
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    assert_eq!(r.data[4], 2, "copies");
+    assert_eq!(u32_at(&r.data, 16), proto::vdi_lock::LOCK_STATE_UNLOCKED);
+    // An NBD writer through node 0 holds it: locked, owned by node 0.
+    let nbd_port = c.nodes[0].nbd_port;
+    let mut w = rt.block_on(async {
+        let mut w = common::nbd::Client::open(None, nbd_port, "Alice")
+            .await
+            .unwrap();
+        w.write(0, b"x").await.unwrap();
+        w
+    });
+    let r = ask(16 * size as u32);
+    assert_eq!(u32_at(&r.data, 16), proto::vdi_lock::LOCK_STATE_LOCKED);
+    assert_eq!(
+        u16::from_le_bytes([r.data[36], r.data[37]]),
+        c.port(0),
+        "the owner is the node serving the writer"
+    );
+    rt.block_on(async { w.flush().await.unwrap() });
+}
