@@ -110,7 +110,11 @@ async fn lock_vdi(
 /// every holder's (`dog vdi lock unlock`).
 async fn release_vdi(node: &Arc<Node>, client: &Client, req: &Header) -> Result<(), SdResult> {
     let vid = req.base_vdi_id();
-    let msg = if req.has_flag(FLAG_FORCE_RELEASE) {
+    // The original's `dog vdi lock unlock` sends RELEASE_VDI with no payload (QEMU's release
+    // always names the VDI): a forced unlock, as our dog's FORCE_RELEASE flag.
+    let forced = req.has_flag(FLAG_FORCE_RELEASE)
+        || (req.data_length() == 0 && !client.held().contains(&vid));
+    let msg = if forced {
         node.catch_up().await;
         if !node.view().state.locks.contains_key(&vid) {
             return Err(SdResult::VDI_NOT_LOCKED);

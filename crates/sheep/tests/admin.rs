@@ -269,4 +269,18 @@ fn vdi_states_as_the_original_dog_reads_them_for_its_lock_list() {
         "the owner is the node serving the writer"
     );
     rt.block_on(async { w.flush().await.unwrap() });
+    // The original's `dog vdi lock unlock`: RELEASE_VDI of the vid with no payload, from a
+    // connection that holds nothing, is a forced unlock.
+    let vid = u32_at(&r.data, 0);
+    let port = c.port(1);
+    let released = rt.block_on(async {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let conn = client::Connection::connect(addr).await.unwrap();
+        let mut h = Header::request(opcode::RELEASE_VDI);
+        h.set_base_vdi_id(vid);
+        conn.read(h, 0).await.unwrap()
+    });
+    assert_eq!(released.result(), SdResult::SUCCESS);
+    let r = ask(16 * size as u32);
+    assert_eq!(u32_at(&r.data, 16), proto::vdi_lock::LOCK_STATE_UNLOCKED);
 }
