@@ -422,3 +422,28 @@ fn benchmark_io_overwrites_a_preallocated_vdi_and_says_how_fast() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("unknown workqueue type: lazy\n"));
 }
+
+#[test]
+fn a_write_stops_at_the_end_of_the_vdi_as_the_original() {
+    // The original's 009 pipes an endless stream into `dog vdi write`.
+    let c = Cluster::start(1);
+    c.dog_ok(0, &["cluster", "format", "-c", "1"]);
+    c.dog_ok(0, &["vdi", "create", "Small", "4M"]);
+    let input = c.tmp.path().join("more");
+    let data = pattern(6 << 20, 5);
+    std::fs::write(&input, &data).unwrap();
+    let w = c.dog_stdin(0, &["vdi", "write", "Small"], Some(&input));
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    assert!(c.dog(0, &["vdi", "read", "Small"]).stdout == data[..4 << 20]);
+    // A length past the end is cut off there too.
+    let w = c.dog_stdin(0, &["vdi", "write", "Small", "1M", "8M"], Some(&input));
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    let back = c.dog(0, &["vdi", "read", "Small"]).stdout;
+    assert!(back[1 << 20..] == data[..3 << 20]);
+    let o = c.dog_stdin(0, &["vdi", "write", "Small", "5M"], Some(&input));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "Write offset is beyond the end of the VDI\n"
+    );
+}

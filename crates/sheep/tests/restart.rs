@@ -560,3 +560,64 @@ fn fresh_nodes_that_join_a_restarted_cluster_list_its_whole_history() {
         }
     }
 }
+
+/// 060 as the original runs it: eight nodes with six copies, four VDIs written while the
+/// next ones are created, then every node killed one after the other (each death a new epoch
+/// on the nodes still up, so they come back with different epochs) and all started again,
+/// three times. Every VDI is listed and reads back everywhere.
+#[test]
+fn staggered_kills_of_every_node_lose_no_vdi() {
+    let n = 8;
+    let mut c = Cluster::start(n);
+    c.dog_ok(0, &["cluster", "format", "--copies=6"]);
+    let mut vdis = Vec::new();
+    let mut writers = Vec::new();
+    for k in 0..4 {
+        let mut v = Vdi::create(&c, 0, &format!("test{k}"), 100 * MB);
+        let bytes = pattern(512, 90 + k as u64);
+        let input = c.tmp.path().join(format!("s{k}"));
+        std::fs::write(&input, &bytes).unwrap();
+        for j in [0usize, 7, 13, 24] {
+            let off = j * 4 * MB;
+            v.data[off..off + 512].copy_from_slice(&bytes);
+        }
+        let port = c.port(k % n).to_string();
+        let name = v.name.clone();
+        writers.push(std::thread::spawn(move || {
+            for j in [0usize, 7, 13, 24] {
+                let o = std::process::Command::new(common::bin("dog"))
+                    .args(["vdi", "write", &name, &(j * 4 * MB).to_string(), "512"])
+                    .args(["-p", &port])
+                    .stdin(std::fs::File::open(&input).unwrap())
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            }
+        }));
+        vdis.push(v);
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    for round in 0..3 {
+        for i in 0..n {
+            c.kill(i);
+            // Long enough for the others to see it go (a new epoch each).
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        for i in (0..n).rev() {
+            c.restart(i);
+        }
+        c.wait_members(n);
+        wait_running(&c);
+        let list = c.dog_ok(round % n, &["vdi", "list", "-r"]);
+        for v in &vdis {
+            assert!(
+                list.contains(&format!(" {} 0 ", v.name)),
+                "round {round}: {} is gone: {list}",
+                v.name
+            );
+        }
+    }
+    assert_back(&c, 6, &vdis.iter().collect::<Vec<_>>(), None);
+}
