@@ -128,6 +128,18 @@ async fn prealloc(ctx: &Ctx<'_>, vid: u32) -> Res<()> {
 pub async fn delete(ctx: &Ctx<'_>) -> Res<()> {
     let name = name_arg(ctx)?;
     let snap = &ctx.opts.snapshot;
+    // As the original: the VDI is looked up first, and a lookup that fails says so.
+    if let Err(e) = lookup::find_vid(&ctx.sheep, name, snap).await? {
+        return Err(Fail::new(
+            EXIT_FAILURE,
+            format!(
+                "Failed to open VDI {name} (snapshot id: {} snapshot tag: {}): {}",
+                snap.id,
+                snap.tag,
+                e.text()
+            ),
+        ));
+    }
     client::volumes::delete(ctx.sheep.conn(), name, snap.id, &snap.tag)
         .await
         .map_err(|e| {

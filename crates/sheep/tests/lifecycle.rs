@@ -170,6 +170,19 @@ fn snapshot_clone_rollback_resize_attributes_delete() {
         Some(5)
     );
 
+    // Deleting what is not there says what was looked for, as the original (046).
+    let o = c.dog(0, &["vdi", "delete", "-s", "nosuch", "Alice"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "Failed to open VDI Alice (snapshot id: 0 snapshot tag: nosuch): Failed to find \
+         requested tag\n"
+    );
+    let o = c.dog(0, &["vdi", "delete", "Nobody"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "Failed to open VDI Nobody (snapshot id: 0 snapshot tag: ): No VDI found\n"
+    );
     // Deletes in any order: objects stay while anyone uses them, then every one goes.
     c.dog_ok(0, &["vdi", "delete", "-s", "first", "Alice"]);
     assert!(c.dog(1, &["vdi", "read", "Charlie", "0", "8M"]).stdout == data);
