@@ -279,8 +279,9 @@ async fn write_inode(node: &Arc<Node>, h: &InodeHeader, table: &[u8]) -> Result<
     .map_err(|e| {
         tracing::warn!("creating inode {vid:x}: {e}");
         match e {
-            // What the client can act on: too few nodes, or a disk that is full.
-            SdResult::HALT | SdResult::NO_SPACE => e,
+            // A full disk is worth saying; anything else (too few nodes included) is the
+            // original's "Failed to write to requested VDI".
+            SdResult::NO_SPACE => e,
             _ => SdResult::VDI_WRITE,
         }
     })
