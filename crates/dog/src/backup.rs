@@ -121,8 +121,19 @@ pub async fn restore(ctx: &Ctx<'_>) -> Res<()> {
             "The backup file is corrupted or of another version",
         ));
     }
-    // Back to the snapshot, as `vdi rollback` does, then the records on top.
-    let base = lookup::open(&ctx.sheep, name, &o.snapshot, false).await?;
+    // Back to the snapshot, as `vdi rollback` does, then the records on top; then, as the
+    // original, the restored VDI becomes a snapshot of its own with a working VDI on it.
+    let base = lookup::open(&ctx.sheep, name, &o.snapshot, false)
+        .await
+        .map_err(|_| {
+            Fail::new(
+                EXIT_FAILURE,
+                format!(
+                    "Snapshot ID {} or tag {} doesn't exist",
+                    o.snapshot.id, o.snapshot.tag
+                ),
+            )
+        })?;
     lifecycle::back_to(ctx, name, &base, true).await?;
     let none = crate::cli::Snap::default();
     let mut ino = lookup::open(&ctx.sheep, name, &none, true).await?;
@@ -135,7 +146,13 @@ pub async fn restore(ctx: &Ctx<'_>) -> Res<()> {
         let field = |k: usize| u32::from_le_bytes([rec[k], rec[k + 1], rec[k + 2], rec[k + 3]]);
         let (idx, offset, length) = (field(0), field(4), field(8));
         if idx == END {
-            return Ok(());
+            return client::volumes::snapshot(ctx.sheep.conn(), &ino.hdr, "")
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    ctx.sheep
+                        .volume_failure("failed to resume the current vdi", e)
+                });
         }
         if u64::from(idx) >= ino.nr_objs() || u64::from(offset) + u64::from(length) > obj {
             return Err(Fail::new(EXIT_FAILURE, "The backup file is corrupted"));

@@ -379,6 +379,28 @@ fn incremental_backup_between_snapshots_and_restore() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(c.dog(1, &["vdi", "read", "Alice", "0", "8M"]).stdout == data);
+    // As the original (041): the restored state is a snapshot of its own (id 3, s2's data),
+    // with the working VDI on it.
+    assert!(
+        c.dog(1, &["vdi", "read", "-s", "3", "Alice", "0", "8M"])
+            .stdout
+            == data
+    );
+    let list = c.dog_ok(0, &["vdi", "list", "-r"]);
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("s Alice ")).count(),
+        3,
+        "{list}"
+    );
+    let o = c.dog_stdin(
+        0,
+        &["vdi", "restore", "-s", "nosuch", "Alice"],
+        Some(&diff_file),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "Snapshot ID 0 or tag nosuch doesn't exist\n"
+    );
     // A stream that is not a backup is refused and changes nothing.
     let bad = write_file(&c, "bad", b"not a backup at all");
     let o = c.dog_stdin(0, &["vdi", "restore", "-s", "s1", "Alice"], Some(&bad));
