@@ -365,6 +365,16 @@ async fn agree(
     let Some(&(best, newest)) = took.iter().max_by_key(|(_, v)| *v) else {
         return Err(failed.first().map(|f| f.1).unwrap_or(SdResult::EIO));
     };
+    // A copy on a full disk cannot take the write, nor be healed (that needs room too):
+    // the write is refused at once (not acknowledged: it may have reached the other
+    // copies, as the original; `dog vdi check` makes them agree again).
+    if let Some((nid, _)) = failed.iter().find(|(_, e)| *e == SdResult::NO_SPACE) {
+        tracing::warn!(
+            "{oid}: no space on {nid}; the write is refused ({} copies took it)",
+            took.len()
+        );
+        return Err(SdResult::NO_SPACE);
+    }
     // Versions say something only of a write that had the object to itself: with other
     // writes to it in flight, copies take them in different orders and answer different
     // counts for the same history. Then only copies that failed are healed.

@@ -526,3 +526,54 @@ fn object_lists_longer_than_one_answer_are_read_page_by_page() {
         assert!(read_all(&c, i, "40M") == data, "node {i}");
     }
 }
+
+/// The original's 042: two nodes of four have small disks that fill up. Writes whose copies
+/// fall on them fail at once with "no space" (never hang, never EIO), VDI creation fails as
+/// the original says, and the cluster goes on serving.
+#[test]
+fn writes_to_a_cluster_with_full_disks_fail_with_no_space_at_once() {
+    // Disks of 1 GiB, 1 GiB, 30 MiB and 30 MiB: 249, 249, 7 and 7 vnodes.
+    let mut c = Cluster::start(0);
+    for (zone, mb) in [(0, 1024), (1, 1024), (2, 30), (3, 30)] {
+        c.add_on_tmpfs(zone, mb);
+    }
+    c.wait_members(4);
+    c.dog_ok(0, &["cluster", "format"]);
+    let list = c.dog_ok(0, &["node", "list", "-r"]);
+    assert!(list.lines().nth(2).unwrap().contains(" 7 "), "{list}");
+    c.dog_ok(0, &["vdi", "create", "test0", "100M"]);
+    c.dog_ok(0, &["vdi", "create", "test1", "100M"]);
+    for i in [2, 3] {
+        let filler = c.nodes[i].dir.join("zero");
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M"])
+            .arg(format!("of={}", filler.display()))
+            .output();
+    }
+    let input = write_file(&c, "one", b"1\n");
+    for (vdi, node) in [("test0", 0), ("test1", 2)] {
+        for i in 0..4u64 {
+            let started = std::time::Instant::now();
+            let o = c.dog_stdin(
+                node,
+                &["vdi", "write", vdi, &(i * (4 << 20)).to_string(), "512"],
+                Some(&input),
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "a write to a full disk hung"
+            );
+            assert!(!o.status.success());
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.ends_with(": Server has no space for new objects\nFailed to write VDI\n"),
+                "{err}"
+            );
+        }
+    }
+    let o = c.dog(0, &["vdi", "create", "test2", "100M"]);
+    assert!(!o.status.success());
+    // The cluster still answers.
+    c.dog_ok(1, &["node", "list"]);
+    c.dog_ok(3, &["vdi", "list"]);
+}
