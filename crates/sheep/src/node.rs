@@ -146,13 +146,17 @@ impl Node {
         };
         let mut vdis = BTreeMap::new();
         if format.is_some() {
-            for oid in self.store.list()? {
+            // Every inode here, current or set aside: a VDI whose inode this node holds only
+            // as a stale copy (set aside when it came back, before recovery put it back,
+            // and the cluster was stopped again) is still a VDI the cluster must know, so
+            // that recovery brings its objects back.
+            for (oid, tag, _) in self.store.tagged_list()? {
                 if oid.kind() != OidKind::Inode {
                     continue;
                 }
-                let Ok(b) =
-                    self.store
-                        .read(oid, 0, proto::inode::SD_INODE_HEADER_SIZE as u32 as usize)
+                let Ok(b) = self
+                    .store
+                    .read_tagged(oid, tag, 0, proto::inode::SD_INODE_HEADER_SIZE)
                 else {
                     continue;
                 };
