@@ -352,7 +352,7 @@ fn main() {
         return;
     }
     if let Err(e) = run(opts) {
-        eprintln!("sheep: {e:#}");
+        eprintln!("{e:#}");
         std::process::exit(1);
     }
 }
@@ -454,7 +454,16 @@ fn run(opts: Opts) -> Result<()> {
         http,
         limits,
     };
-    let result = rt.block_on(serve(store, driver, me, listeners, throttle, ready));
+    let fixed_vnodes = opts.vnodes.is_some();
+    let result = rt.block_on(serve(
+        store,
+        driver,
+        me,
+        listeners,
+        throttle,
+        fixed_vnodes,
+        ready,
+    ));
     let _ = std::fs::remove_file(&pidfile);
     let _ = std::fs::remove_file(&sock_path);
     result
@@ -475,6 +484,7 @@ async fn serve(
     me: SdNode,
     listeners: Listeners,
     throttle: Option<(u32, u64)>,
+    fixed_vnodes: bool,
     ready: Option<std::fs::File>,
 ) -> Result<()> {
     let Listeners {
@@ -501,6 +511,7 @@ async fn serve(
     let _ = node.services.set(sheep::cluster::state::Services {
         nbd_port,
         http_port,
+        fixed_vnodes,
     });
     let tcp = tokio::net::TcpListener::from_std(tcp)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;

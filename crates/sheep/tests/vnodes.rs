@@ -78,6 +78,9 @@ fn vnodes_follow_disk_space_unless_fixed() {
         f.add(zone);
     }
     f.wait_members(3);
+    // Sheep started with -V keep their vnodes before the format too (the original's 110).
+    let v: Vec<u16> = vnodes(&f, 1).iter().map(|&(_, n)| n).collect();
+    assert_eq!(v, [64, 128, 200]);
     f.dog_ok(0, &["cluster", "format", "-V"]);
     let v = vnodes(&f, 2);
     assert_eq!(

@@ -95,6 +95,10 @@ pub struct Services {
     pub nbd_port: Option<u16>,
     /// The HTTP port, if it serves one.
     pub http_port: Option<u16>,
+    /// Started with fixed vnodes (`sheep -V`): before a format, a cluster of such sheep
+    /// places by their vnodes, as the original's.
+    #[serde(default)]
+    pub fixed_vnodes: bool,
 }
 
 /// Cluster-wide messages, delivered in the same order to every node.
@@ -314,8 +318,17 @@ impl ClusterState {
     /// vnodes) unless the cluster was formatted with fixed vnodes (`dog cluster format -V`),
     /// then as each sheep was started (`-V`; a gateway, `-g`, has none either way).
     pub fn placed(&self, nodes: &[SdNode]) -> Vec<SdNode> {
-        let fixed =
-            self.is_formatted() && self.format.flags & proto::cluster_flags::AUTO_VNODES == 0;
+        let fixed = if self.is_formatted() {
+            self.format.flags & proto::cluster_flags::AUTO_VNODES == 0
+        } else {
+            // Before a format: fixed when every sheep was started with -V.
+            !nodes.is_empty()
+                && nodes.iter().all(|n| {
+                    self.services
+                        .get(&n.nid.to_string())
+                        .is_some_and(|s| s.fixed_vnodes)
+                })
+        };
         if fixed {
             nodes.to_vec()
         } else {
@@ -974,6 +987,7 @@ mod tests {
                 services: Services {
                     nbd_port: Some(10809),
                     http_port: None,
+                    fixed_vnodes: true,
                 },
             },
         };
