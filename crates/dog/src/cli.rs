@@ -439,7 +439,14 @@ pub fn parse(argv: &[String]) -> Parsed {
         (sc, vec![sc.name], sc.need_nodelist, usage);
     let action = loop {
         if let Some(action) = cur.action {
-            break action;
+            // A command that also has subcommands (`node recovery [info|set-throttle|...]`)
+            // runs itself unless the next argument names one of them.
+            let named = args
+                .first()
+                .is_some_and(|a| cur.subs.iter().any(|s| s.name == a));
+            if !named {
+                break action;
+            }
         }
         if args.is_empty() {
             return exit(EXIT_USAGE, usage, String::new());

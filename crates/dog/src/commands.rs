@@ -58,6 +58,8 @@ pub enum Action {
     UpgradeConfigConvert,
     UpgradeObjectLocation,
     NodeVnodesSet,
+    NodeRecoverySetThrottle,
+    NodeRecoveryGetThrottle,
     ClusterReweight,
 }
 
@@ -473,15 +475,16 @@ static NODE_SUBS: &[Sub] = &[
         true,
         Action::NodeInfo,
     ),
-    sub(
-        "recovery",
-        None,
-        "aprhTJ",
-        "show recovery information of nodes",
-        false,
-        true,
-        Action::NodeRecovery,
-    ),
+    Sub {
+        name: "recovery",
+        arg: None,
+        opts: "aprhTJ",
+        desc: "show recovery information of nodes",
+        need_arg: false,
+        need_nodelist: true,
+        action: Some(Action::NodeRecovery),
+        subs: NODE_RECOVERY_SUBS,
+    },
     sub(
         "kill",
         Some("<node id>"),
@@ -541,6 +544,36 @@ static NODE_VNODES_SUBS: &[Sub] = &[sub(
     false,
     Action::NodeVnodesSet,
 )];
+
+static NODE_RECOVERY_SUBS: &[Sub] = &[
+    sub(
+        "info",
+        None,
+        "aphPrT",
+        "show recovery information of nodes (default)",
+        false,
+        true,
+        Action::NodeRecovery,
+    ),
+    sub(
+        "set-throttle",
+        Some("<max> <interval>"),
+        "aph",
+        "set new throttling",
+        false,
+        false,
+        Action::NodeRecoverySetThrottle,
+    ),
+    sub(
+        "get-throttle",
+        None,
+        "aph",
+        "get current throttling",
+        false,
+        false,
+        Action::NodeRecoveryGetThrottle,
+    ),
+];
 
 static NODE_LOG_SUBS: &[Sub] = &[Sub {
     name: "level",

@@ -17,6 +17,9 @@ pub const EXIT_FULL: i32 = 4;
 pub const EXIT_MISSING: i32 = 5;
 /// Bad command line.
 pub const EXIT_USAGE: i32 = 64;
+/// Exits 64 without the subcommand's usage (where the original's command calls
+/// `exit(EXIT_USAGE)` itself).
+pub const EXIT_USAGE_BARE: i32 = 0x1_0040;
 
 /// Why a command stopped: `msg` (may be empty, may hold several lines) goes to stderr.
 /// With `EXIT_USAGE` the runner also prints the subcommand's usage, as the original does.
@@ -42,6 +45,11 @@ impl Fail {
     /// A bad argument: the message, then the subcommand's usage.
     pub fn usage(msg: impl Into<String>) -> Fail {
         Fail::new(EXIT_USAGE, msg)
+    }
+
+    /// A bad argument the original reports and exits 64 on, without the usage.
+    pub fn bare_usage(msg: impl Into<String>) -> Fail {
+        Fail::new(EXIT_USAGE_BARE, msg)
     }
 
     /// Appends a line (the original's follow-up message).

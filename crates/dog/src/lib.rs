@@ -132,7 +132,11 @@ pub fn run() -> i32 {
             if code == EXIT_USAGE {
                 out!("{}", inv.usage);
             }
-            code
+            if code == crate::error::EXIT_USAGE_BARE {
+                EXIT_USAGE
+            } else {
+                code
+            }
         }
     };
     if inv.opts.time {
@@ -199,6 +203,8 @@ async fn dispatch(inv: &Invocation) -> Res<()> {
         Action::VdiBackup => backup::backup(&ctx).await,
         Action::VdiRestore => backup::restore(&ctx).await,
         Action::NodeRecovery => recover::node_recovery(&ctx).await,
+        Action::NodeRecoverySetThrottle => recover::set_throttle(&ctx).await,
+        Action::NodeRecoveryGetThrottle => recover::get_throttle(&ctx).await,
         Action::NodeKill => recover::node_kill(&ctx).await,
         Action::NodeStat => node_admin::stat(&ctx).await,
         Action::NodeLogLevelGet => node_admin::log_level_get(&ctx).await,

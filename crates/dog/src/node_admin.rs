@@ -306,13 +306,10 @@ pub async fn md_info(ctx: &Ctx<'_>) -> Res<()> {
 pub async fn vnodes_set(ctx: &Ctx<'_>) -> Res<()> {
     let arg = ctx.arg(0).unwrap_or_default();
     let n = arg.parse::<u16>().ok().filter(|&n| n >= 1).ok_or_else(|| {
-        Fail::new(
-            crate::error::EXIT_USAGE,
-            format!(
-                "Invalid number of vnodes '{arg}': must be an integer between 1 and {}",
-                u16::MAX
-            ),
-        )
+        Fail::bare_usage(format!(
+            "Invalid number of vnodes '{arg}': must be an integer between 1 and {}",
+            u16::MAX
+        ))
     })?;
     let r = ctx
         .sheep

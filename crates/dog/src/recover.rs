@@ -106,6 +106,64 @@ fn throttle_payload(max: u32, interval_ms: u64) -> Vec<u8> {
     b
 }
 
+/// `dog node recovery set-throttle MAX INTERVAL`: the node dog talks to recovers at most
+/// MAX objects at a time with INTERVAL ms between batches (0 0: no throttle), checked and
+/// worded as the original.
+pub async fn set_throttle(ctx: &Ctx<'_>) -> Res<()> {
+    let (max, interval) = match (ctx.arg(0), ctx.arg(1)) {
+        (Some(m), Some(i)) => (m, i),
+        (m, i) => {
+            return Err(Fail::bare_usage(format!(
+                "Invalid interval max ({}), interval ({})",
+                m.unwrap_or("(null)"),
+                i.unwrap_or("(null)")
+            )))
+        }
+    };
+    let m: u32 = match max.parse::<i64>() {
+        Ok(v) if (0..=i64::from(u32::MAX)).contains(&v) => v as u32,
+        _ => return Err(Fail::bare_usage(format!("Invalid max ({max})"))),
+    };
+    let i: u64 = match interval.parse::<i64>() {
+        Ok(v) if v >= 0 => v as u64,
+        _ => return Err(Fail::bare_usage(format!("Invalid interval ({interval})"))),
+    };
+    if (m == 0) != (i == 0) {
+        return Err(Fail::bare_usage(format!(
+            "Invalid interval max ({m}), interval ({i})"
+        )));
+    }
+    let r = ctx
+        .sheep
+        .write(
+            Header::request(opcode::SET_RECOVERY),
+            throttle_payload(m, i).into(),
+        )
+        .await;
+    match r {
+        Ok(r) if r.result() == SdResult::SUCCESS => Ok(()),
+        _ => Err(Fail::new(255, "Failed to execute request")),
+    }
+}
+
+/// `dog node recovery get-throttle`, as the original prints it (on stderr).
+pub async fn get_throttle(ctx: &Ctx<'_>) -> Res<()> {
+    let r = ctx
+        .sheep
+        .read(Header::request(opcode::GET_RECOVERY), 24)
+        .await;
+    match r {
+        Ok(r) if r.result() == SdResult::SUCCESS && r.data.len() >= 16 => {
+            let max = u32::from_le_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]);
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&r.data[8..16]);
+            errln!("max ({max}), interval ({})", u64::from_le_bytes(b));
+            Ok(())
+        }
+        _ => Err(Fail::new(255, "Failed to execute request")),
+    }
+}
+
 pub async fn cluster_recover(ctx: &Ctx<'_>) -> Res<()> {
     let usage =
         || Fail::usage("Usage: dog cluster recover force|enable|disable|throttle MAX INTERVAL_MS");

@@ -434,6 +434,8 @@ async fn run(
         opcode::GET_RECOVERY => {
             node.gate(true)?;
             let (max, interval) = node.recovery.throttle();
+            // Not throttled (no pause between batches): the original's "max (0), interval (0)".
+            let max = if interval == 0 { 0 } else { max };
             Ok(encode_throttle(max, interval))
         }
         opcode::SET_RECOVERY => {

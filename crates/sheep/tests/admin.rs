@@ -284,3 +284,61 @@ fn vdi_states_as_the_original_dog_reads_them_for_its_lock_list() {
     let r = ask(16 * size as u32);
     assert_eq!(u32_at(&r.data, 16), proto::vdi_lock::LOCK_STATE_UNLOCKED);
 }
+
+#[test]
+fn node_recovery_set_and_get_throttle_as_the_original() {
+    // The original's 107.
+    let c = Cluster::start(1);
+    c.dog_ok(0, &["cluster", "format", "-c", "1"]);
+    // The port goes before `--`, after which everything is an argument.
+    let port = c.port(0).to_string();
+    let run = |args: &[&str]| {
+        let mut a = vec!["node", "recovery", args[0], "-p", &port];
+        a.extend_from_slice(&args[1..]);
+        let o = std::process::Command::new(common::bin("dog"))
+            .args(&a)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for (args, err) in [
+        (
+            &["set-throttle", "--", "0", "1"][..],
+            "Invalid interval max (0), interval (1)\n",
+        ),
+        (
+            &["set-throttle", "--", "0", "-1"][..],
+            "Invalid interval (-1)\n",
+        ),
+        (&["set-throttle", "--", "-2", "0"][..], "Invalid max (-2)\n"),
+        (
+            &["set-throttle", "--", "4294967296", "1"][..],
+            "Invalid max (4294967296)\n",
+        ),
+        (
+            &["set-throttle", "--", "1", "9223372036854775808"][..],
+            "Invalid interval (9223372036854775808)\n",
+        ),
+    ] {
+        assert_eq!(run(args), (Some(64), err.to_string()), "{args:?}");
+        assert_eq!(run(&["get-throttle"]).1, "max (0), interval (0)\n");
+    }
+    assert_eq!(
+        run(&["set-throttle", "4294967295", "9223372036854775807"]).0,
+        Some(0)
+    );
+    assert_eq!(
+        run(&["get-throttle"]).1,
+        "max (4294967295), interval (9223372036854775807)\n"
+    );
+    assert_eq!(throttle(&c, 0), (4294967295, 9223372036854775807));
+    // Without a subcommand, and with `info`, the recovery table as before.
+    for a in [&[][..], &["info"][..]] {
+        let mut args = vec!["node", "recovery"];
+        args.extend_from_slice(a);
+        assert!(c.dog_ok(0, &args).starts_with("Nodes In Recovery:"));
+    }
+}
