@@ -28,10 +28,27 @@ struct Opts {
     #[arg(default_value = "/tmp")]
     dir: PathBuf,
     /// TCP port to listen on
-    #[arg(short = 'p', long, default_value_t = proto::SD_DEFAULT_PORT)]
+    #[arg(
+        short = 'p',
+        long = "port",
+        value_name = "PORT",
+        default_value = "7000",
+        allow_hyphen_values = true
+    )]
+    port_arg: String,
+    /// The port, checked (`-p`).
+    #[arg(skip)]
     port: u16,
     /// Zone id (default: derived from the address)
-    #[arg(short = 'z', long)]
+    #[arg(
+        short = 'z',
+        long = "zone",
+        value_name = "ZONE",
+        allow_hyphen_values = true
+    )]
+    zone_arg: Option<String>,
+    /// The zone, checked (`-z`).
+    #[arg(skip)]
     zone: Option<u32>,
     /// Address to listen on, Sheepdog, NBD and HTTP (default: the -y address, else 127.0.0.1 only;
     /// 0.0.0.0 for every address)
@@ -357,7 +374,33 @@ fn main() {
     }
 }
 
-fn run(opts: Opts) -> Result<()> {
+/// A decimal number with nothing else around it (no sign, no space), as the original's
+/// checks of -p and -z want.
+fn plain_number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn run(mut opts: Opts) -> Result<()> {
+    opts.port = plain_number(&opts.port_arg)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|&p| p != 0)
+        .ok_or_else(|| anyhow!("Invalid port number '{}'", opts.port_arg))?;
+    opts.zone = match &opts.zone_arg {
+        None => None,
+        Some(z) => Some(
+            plain_number(z)
+                .and_then(|z| u32::try_from(z).ok())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "Invalid zone id '{z}': must be an integer between 0 and {}",
+                        u32::MAX
+                    )
+                })?,
+        ),
+    };
     opts.refuse_unsupported()?;
     let nr_vnodes = opts.vnodes()?;
     let throttle = opts.recovery.as_deref().map(parse_recovery).transpose()?;
@@ -408,6 +451,10 @@ fn run(opts: Opts) -> Result<()> {
         Some(daemonize()?)
     };
     init_logging(&log_dir, log.level, opts.foreground)?;
+    tracing::info!(
+        "sheepdog daemon (version {}) started",
+        env!("CARGO_PKG_VERSION")
+    );
     match &note {
         Some(Note::Info(m)) => tracing::info!("{m}"),
         Some(Note::Warn(m)) => tracing::warn!("{m}"),
@@ -589,12 +636,8 @@ fn nbd_listeners(opts: &Opts, bind: IpAddr) -> Result<NbdListeners> {
     };
     let port = match opts.nbd_port {
         Some(p) => p,
-        None => u16::try_from(10809 + i64::from(opts.port) - 7000).map_err(|_| {
-            anyhow!(
-                "no default NBD port for sheep port {}; give --nbd-port",
-                opts.port
-            )
-        })?,
+        // A sheep port whose default NBD port would not fit serves no NBD unless asked.
+        None => u16::try_from(10809 + i64::from(opts.port) - 7000).unwrap_or(0),
     };
     let tcp = if port == 0 {
         None
@@ -631,12 +674,8 @@ struct HttpListener {
 fn http_listener(opts: &Opts, bind: IpAddr) -> Result<Option<HttpListener>> {
     let port = match opts.http_port {
         Some(p) => p,
-        None => u16::try_from(8000 + i64::from(opts.port) - 7000).map_err(|_| {
-            anyhow!(
-                "no default HTTP port for sheep port {}; give --http-port",
-                opts.port
-            )
-        })?,
+        // Nor HTTP.
+        None => u16::try_from(8000 + i64::from(opts.port) - 7000).unwrap_or(0),
     };
     if port == 0 {
         if opts.api_token_file.is_some() {

@@ -226,6 +226,25 @@ fn daemon_options_of_the_original_work_or_are_refused_with_a_reason() {
         );
     }
     assert!(run(&["-w", "0"]).contains("0 is not in 1..=1024"));
+    // Ports and zones are checked as the original (108, 109).
+    for bad in ["0", "65536", "-1", "42a", "+"] {
+        let o = std::process::Command::new(common::bin("sheep"))
+            .args(["-p", bad])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr),
+            format!("Invalid port number '{bad}'\n")
+        );
+    }
+    for bad in ["4294967296", "-1", "a"] {
+        assert_eq!(
+            run(&["-z", bad]),
+            format!("Invalid zone id '{bad}': must be an integer between 0 and 4294967295\n")
+        );
+    }
 }
 
 #[test]
