@@ -104,14 +104,19 @@ fn copies_land_on_distinct_zones_and_the_ring() {
         .dog_stdin(3, &["vdi", "write", "Alice"], Some(&input))
         .status
         .success());
-    let nodes: Vec<proto::SdNode> = (0..4)
-        .map(|i| proto::SdNode {
-            nid: proto::NodeId::new("127.0.0.1".parse().unwrap(), c.port(i)),
-            nr_vnodes: 128,
-            zone: i as u32,
-            space: 0,
-        })
-        .collect();
+    // The ring of the node list (vnodes as the cluster gives them: by space).
+    let mut nodes: Vec<proto::SdNode> = common::rt().block_on(async {
+        let conn = c.conn(0).await;
+        let r = conn
+            .read(
+                proto::Header::request(proto::opcode::GET_NODE_LIST),
+                80 * 64,
+            )
+            .await
+            .unwrap();
+        proto::SdNode::decode_list(&r.data)
+    });
+    nodes.sort_by_key(|n| (0..4).position(|i| c.port(i) == n.nid.port));
     let ring = sheep::ring::Ring::new(&nodes);
     for idx in 0..4 {
         let oid = Oid::data(Vid(0x15d167), idx);

@@ -116,7 +116,11 @@ fn a_gateway_serves_and_stores_nothing() {
     let v = vnodes(&c, gw);
     assert_eq!(v.len(), 4);
     assert_eq!(v[gw].1, 0, "{v:?}");
-    assert!(v[..3].iter().all(|&(_, n)| n == 128), "{v:?}");
+    // On one file system: about the default each (by the free space each saw first).
+    assert!(
+        v[..3].iter().all(|&(_, n)| (100..=160).contains(&n)),
+        "{v:?}"
+    );
     // Three copies on the three nodes that store; the gateway is not a zone.
     c.dog_ok(gw, &["cluster", "format", "-c", "3"]);
     let info = c.dog_ok(gw, &["cluster", "info"]);
