@@ -105,17 +105,7 @@ fn copies_land_on_distinct_zones_and_the_ring() {
         .status
         .success());
     // The ring of the node list (vnodes as the cluster gives them: by space).
-    let mut nodes: Vec<proto::SdNode> = common::rt().block_on(async {
-        let conn = c.conn(0).await;
-        let r = conn
-            .read(
-                proto::Header::request(proto::opcode::GET_NODE_LIST),
-                80 * 64,
-            )
-            .await
-            .unwrap();
-        proto::SdNode::decode_list(&r.data)
-    });
+    let mut nodes = c.node_list(0);
     nodes.sort_by_key(|n| (0..4).position(|i| c.port(i) == n.nid.port));
     let ring = sheep::ring::Ring::new(&nodes);
     for idx in 0..4 {

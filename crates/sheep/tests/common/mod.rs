@@ -347,6 +347,21 @@ impl Cluster {
     }
 
     /// A protocol connection to node `i`.
+    /// The node list node `i` answers (GET_NODE_LIST: vnodes as the ring has them).
+    pub fn node_list(&self, i: usize) -> Vec<proto::SdNode> {
+        rt().block_on(async {
+            let conn = self.conn(i).await;
+            let r = conn
+                .read(
+                    proto::Header::request(proto::opcode::GET_NODE_LIST),
+                    80 * 64,
+                )
+                .await
+                .unwrap();
+            proto::SdNode::decode_list(&r.data)
+        })
+    }
+
     pub async fn conn(&self, i: usize) -> client::Connection {
         client::Connection::connect(("127.0.0.1", self.port(i)).into_addr())
             .await

@@ -1,7 +1,7 @@
 //! What the stores of a test cluster hold, read straight from their directories: objects,
 //! stale copies, copies per object and their digests, and waiting for recovery to end.
 
-use super::{rt, Cluster};
+use super::Cluster;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -66,17 +66,7 @@ pub fn wait_recovered(c: &Cluster, want: usize) {
 /// Every live node holds exactly the copies the ring gives it (its share; the ring's balance
 /// is checked by the unit tests).
 pub fn assert_placement(c: &Cluster, copies: usize) {
-    let nodes: Vec<proto::SdNode> = rt().block_on(async {
-        let conn = c.conn(0).await;
-        let r = conn
-            .read(
-                proto::Header::request(proto::opcode::GET_NODE_LIST),
-                80 * 64,
-            )
-            .await
-            .unwrap();
-        proto::SdNode::decode_list(&r.data)
-    });
+    let nodes = c.node_list(0);
     let ring = sheep::ring::Ring::new(&nodes);
     for n in c.nodes.iter().filter(|n| n.child.is_some()) {
         let mine: Vec<String> = objects(&n.dir);
