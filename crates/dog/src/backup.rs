@@ -72,6 +72,7 @@ pub async fn backup(ctx: &Ctx<'_>) -> Res<()> {
     if !to.is_snapshot() || from.as_ref().is_some_and(|f| !f.is_snapshot()) {
         return Err(Fail::new(EXIT_USAGE, "Only snapshots can be backed up"));
     }
+    crate::stdout::flush();
     let mut out = std::io::stdout().lock();
     let mut head = [0u8; 8];
     head[..4].copy_from_slice(&VERSION.to_le_bytes());

@@ -18,14 +18,9 @@ const MAX_STAT_REPLY: usize = 48 << 20;
 
 /// `confirm`: prints `msg`, reads a line; anything but "yes" ends dog with exit code 0.
 pub(crate) fn confirm(msg: &str) -> Res<()> {
-    // Shown at once on a terminal; into a file or pipe it goes when stdout is next flushed,
-    // as the original's (buffered) prompt does: its later messages on stderr come first.
-    use std::io::{IsTerminal, Write};
-    if std::io::stdout().is_terminal() {
-        out!("{msg}");
-    } else {
-        let _ = write!(std::io::stdout().lock(), "{msg}");
-    }
+    // Shown at once on a terminal; into a file or pipe it goes with the rest of stdout, as
+    // the original's buffered prompt does (`stdout`).
+    out!("{msg}");
     let mut line = String::new();
     let n = std::io::stdin().read_line(&mut line).unwrap_or(0);
     let yes = line.get(..3).is_some_and(|s| s.eq_ignore_ascii_case("yes"));

@@ -171,7 +171,7 @@ static VDI_OPTS: &[OptDef] = &[
         true,
         "specify the bit shift num for data object size",
     ),
-    o('f', "force", false, "do not prompt for confirmation"),
+    o('f', "force", false, "do operation forcibly"),
     o('x', "exclusive", false, "write in an exclusive mode"),
     o('d', "delete", false, "delete a key"),
     o(

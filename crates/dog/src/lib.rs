@@ -9,8 +9,7 @@
 #[doc(hidden)]
 macro_rules! outln {
     ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+        $crate::stdout::print(format_args!("{}\n", format_args!($($t)*)));
     }};
 }
 
@@ -19,10 +18,7 @@ macro_rules! outln {
 #[doc(hidden)]
 macro_rules! out {
     ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let mut o = std::io::stdout().lock();
-        let _ = write!(o, $($t)*);
-        let _ = o.flush();
+        $crate::stdout::print(format_args!($($t)*));
     }};
 }
 
@@ -55,6 +51,7 @@ mod nodelist;
 mod progress;
 mod recover;
 mod redundancy;
+pub mod stdout;
 mod upgrade;
 mod vdi;
 mod vdi_rw;
@@ -104,6 +101,7 @@ pub fn run() -> i32 {
             stderr,
         } => {
             out!("{stdout}");
+            stdout::flush();
             let _ = std::io::stderr().write_all(stderr.as_bytes());
             return code;
         }
@@ -145,6 +143,7 @@ pub fn run() -> i32 {
             start.elapsed().as_secs_f64()
         );
     }
+    stdout::flush();
     code
 }
 

@@ -499,6 +499,7 @@ pub async fn getattr(ctx: &Ctx<'_>) -> Res<()> {
                 )
             })?
     };
+    crate::stdout::flush();
     let mut out = std::io::stdout().lock();
     out.write_all(&value)
         .and_then(|_| out.flush())

@@ -83,6 +83,7 @@ pub async fn read(ctx: &Ctx<'_>) -> Res<()> {
         ));
     }
     let total = len.unwrap_or(u64::MAX).min(size - offset);
+    crate::stdout::flush();
     let mut out = tokio::io::stdout();
     let mut window = Window::new(IN_FLIGHT);
     for (idx, off, n) in Pieces::new(offset, total, ino.object_size()) {
