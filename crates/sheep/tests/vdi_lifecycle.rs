@@ -433,17 +433,18 @@ fn snapshots_chosen_by_id_or_tag_and_refusals_that_change_nothing() {
         5,
         "Failed to open VDI Alice",
     );
+    // As the original's do_vdi_delete: looked up first, exit 1 when not found.
     refused(
         &c,
         &["vdi", "delete", "-s", "7", "Alice"],
-        5,
-        "Failed to delete Alice",
+        1,
+        "Failed to open VDI Alice (snapshot id: 7 snapshot tag: ): ",
     );
     refused(
         &c,
         &["vdi", "delete", "Nobody"],
-        5,
-        "Failed to delete Nobody",
+        1,
+        "Failed to open VDI Nobody (snapshot id: 0 snapshot tag: ): No VDI found",
     );
     refused(
         &c,
