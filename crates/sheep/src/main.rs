@@ -139,8 +139,8 @@ struct Opts {
     upgrade: bool,
     /// Virtual nodes of this sheep on the placement ring, for clusters formatted with fixed
     /// vnodes (`dog cluster format -V`); without it a cluster gives vnodes by disk space
-    #[arg(short = 'V', long)]
-    vnodes: Option<u16>,
+    #[arg(short = 'V', long, value_name = "VNODES", allow_hyphen_values = true)]
+    vnodes: Option<String>,
     /// Threads serving requests (the runtime's worker threads; default: one per core)
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     wq_threads: Option<u16>,
@@ -207,14 +207,18 @@ impl Opts {
     /// This node's virtual nodes: none for a gateway (`-g`), `-V N`, else the default (a
     /// cluster of auto vnodes gives it vnodes by space in the ring whatever it says here).
     fn vnodes(&self) -> Result<u16> {
-        match (self.gateway, self.vnodes) {
+        match (self.gateway, &self.vnodes) {
             (true, Some(_)) => bail!("Options '-g' and '-V' can not be both specified"),
             (true, None) => Ok(0),
-            (false, Some(0)) => bail!(
-                "Invalid number of vnodes '0': must be an integer between 1 and {}",
-                u16::MAX
-            ),
-            (false, Some(v)) => Ok(v),
+            (false, Some(v)) => plain_number(v)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "Invalid number of vnodes '{v}': must be an integer between 1 and {}",
+                        u16::MAX
+                    )
+                }),
             (false, None) => Ok(proto::SD_DEFAULT_VNODES),
         }
     }

@@ -216,6 +216,10 @@ fn daemon_options_of_the_original_work_or_are_refused_with_a_reason() {
         (&["-u"][..], "current store layout"),
         (&["-R", "max=5"][..], "-R needs max=N and interval=MS"),
         (&["-R", "speed=1"][..], "invalid -R argument 'speed=1'"),
+        (
+            &["-V", "-1"][..],
+            "Invalid number of vnodes '-1': must be an integer between 1 and 65535",
+        ),
     ] {
         let err = run(opt);
         assert!(err.contains(why), "{opt:?}: {err}");
