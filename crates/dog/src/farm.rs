@@ -417,7 +417,10 @@ fn wanted(farm: &Farm, trunk: &[Entry], names: &[String]) -> Res<BTreeSet<u64>> 
             continue;
         }
         keep.insert(e.oid);
-        let table = &data[proto::inode::SD_INODE_HEADER_SIZE..];
+        // A short (damaged) inode has no table to follow.
+        let table = data
+            .get(proto::inode::SD_INODE_HEADER_SIZE..)
+            .unwrap_or_default();
         for (idx, v) in table
             .chunks_exact(4)
             .take(proto::SD_INODE_DATA_INDEX as usize)
