@@ -435,18 +435,28 @@ fn wanted(farm: &Farm, trunk: &[Entry], names: &[String]) -> Res<BTreeSet<u64>> 
     Ok(keep)
 }
 
-pub async fn load(ctx: &Ctx<'_>) -> Res<()> {
-    let which = arg(ctx, 0, "")?;
-    let (idx, tag) = idx_or_tag(which);
-    let path = arg(ctx, 1, "Please specify the path to save snapshot.")?;
-    let failed = |f: Fail| f.then("Fail to load snapshot");
-    let farm = Farm::init(path).map_err(failed)?;
-    let Some(trunk) = farm.trunk(idx, tag).map_err(failed)? else {
-        return Err(failed(Fail::new(
+/// The farm at the second argument and the trunk of the snapshot the first names (index or
+/// tag); `no_path` is the original's words for a missing path, `failed` adds its last line.
+fn snapshot_of(
+    ctx: &Ctx<'_>,
+    no_path: &str,
+    failed: impl Fn(Fail) -> Fail,
+) -> Res<(Farm, Vec<Entry>)> {
+    let (idx, tag) = idx_or_tag(arg(ctx, 0, "")?);
+    let path = arg(ctx, 1, no_path)?;
+    let farm = Farm::init(path).map_err(&failed)?;
+    match farm.trunk(idx, tag).map_err(&failed)? {
+        Some(trunk) => Ok((farm, trunk)),
+        None => Err(failed(Fail::new(
             EXIT_SYSFAIL,
             "Snapshot index or tag does not exist.",
-        )));
-    };
+        ))),
+    }
+}
+
+pub async fn load(ctx: &Ctx<'_>) -> Res<()> {
+    let failed = |f: Fail| f.then("Fail to load snapshot");
+    let (farm, trunk) = snapshot_of(ctx, "Please specify the path to save snapshot.", failed)?;
     let Some(hdr) = farm.read_log().map_err(failed)?.0 else {
         return Err(failed(Fail::quiet(EXIT_SYSFAIL)));
     };
@@ -537,17 +547,8 @@ async fn notify_vdis(ctx: &Ctx<'_>, inodes: &[Entry]) -> Res<()> {
 }
 
 pub async fn show(ctx: &Ctx<'_>) -> Res<()> {
-    let which = arg(ctx, 0, "")?;
-    let (idx, tag) = idx_or_tag(which);
-    let path = arg(ctx, 1, "Please specify the path to show snapshot.")?;
     let failed = |f: Fail| f.then("Fail to show snapshot");
-    let farm = Farm::init(path).map_err(failed)?;
-    let Some(trunk) = farm.trunk(idx, tag).map_err(failed)? else {
-        return Err(failed(Fail::new(
-            EXIT_SYSFAIL,
-            "Snapshot index or tag does not exist.",
-        )));
-    };
+    let (farm, trunk) = snapshot_of(ctx, "Please specify the path to show snapshot.", failed)?;
     let names: Vec<String> = ctx.args.iter().skip(2).cloned().collect();
     let mut seq = 0;
     for e in trunk.iter().filter(|e| e.is_inode()) {
