@@ -306,6 +306,12 @@ async fn working(
     Ok((h, all))
 }
 
+/// The volume `name` as it is now, answered with `status`.
+async fn volume_answer(api: &Api, c: &Connection, name: &str, status: StatusCode) -> Answer {
+    let (h, all) = working(api, c, name).await?;
+    ok(status, volume_json(api, c, &h, &all).await?)
+}
+
 async fn list_volumes(State(api): State<Arc<Api>>) -> Answer {
     let c = api.conn().await?;
     let all = headers(&api, &c).await?;
@@ -319,8 +325,7 @@ async fn list_volumes(State(api): State<Arc<Api>>) -> Answer {
 
 async fn get_volume(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
     let c = api.conn().await?;
-    let (h, all) = working(&api, &c, &name).await?;
-    ok(StatusCode::OK, volume_json(&api, &c, &h, &all).await?)
+    volume_answer(&api, &c, &name, StatusCode::OK).await
 }
 
 /// The body of `POST /v1/volumes`.
@@ -362,8 +367,7 @@ async fn create_volume(State(api): State<Arc<Api>>, bytes: axum::body::Bytes) ->
     volumes::new_vdi(&c, &v)
         .await
         .map_err(|e| ApiError::of_volume(e, &format!("creating volume {}", b.name)))?;
-    let (h, all) = working(&api, &c, &b.name).await?;
-    ok(StatusCode::CREATED, volume_json(&api, &c, &h, &all).await?)
+    volume_answer(&api, &c, &b.name, StatusCode::CREATED).await
 }
 
 async fn delete_volume(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
@@ -454,8 +458,7 @@ async fn clone_volume(
     volumes::new_from(&c, &b.name, &snap, false, None)
         .await
         .map_err(|e| ApiError::of_volume(e, &format!("creating volume {}", b.name)))?;
-    let (h, all) = working(&api, &c, &b.name).await?;
-    ok(StatusCode::CREATED, volume_json(&api, &c, &h, &all).await?)
+    volume_answer(&api, &c, &b.name, StatusCode::CREATED).await
 }
 
 #[derive(Deserialize)]
@@ -486,8 +489,7 @@ async fn resize_volume(
     volumes::write_header(&c, &h)
         .await
         .map_err(|e| ApiError::of_volume(e, &format!("resizing volume {name}")))?;
-    let (h, all) = working(&api, &c, &name).await?;
-    ok(StatusCode::OK, volume_json(&api, &c, &h, &all).await?)
+    volume_answer(&api, &c, &name, StatusCode::OK).await
 }
 
 fn status_text(s: crate::cluster::state::Status) -> &'static str {
