@@ -48,17 +48,21 @@ pub fn cluster_info(node: &Node, view: &View) -> Vec<u8> {
     .encode()
 }
 
-/// MD_INFO: this node's disks. A node stores on one directory, reported as disk 0 with the
-/// space of its file system.
+/// MD_INFO: this node's disks, in the original's order, with their free space and the space
+/// their copies take.
 pub fn md_info(node: &Node) -> Result<Vec<u8>, SdResult> {
-    let (total, free) = crate::peer::space(node)?;
-    let disk = Disk {
-        idx: 0,
-        free,
-        used: total.saturating_sub(free),
-        path: node.store.obj_dir().display().to_string(),
-    };
-    Ok(admin::encode_md_info(&[disk]))
+    let disks = node.store.md_info().map_err(|e| e.result())?;
+    let disks: Vec<Disk> = disks
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| Disk {
+            idx: i as u32,
+            free: d.free,
+            used: d.used,
+            path: d.path.display().to_string(),
+        })
+        .collect();
+    Ok(admin::encode_md_info(&disks))
 }
 
 /// The syslog number of the level the daemon logs at (`-l level=`, SET_LOGLEVEL).

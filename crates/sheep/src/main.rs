@@ -24,7 +24,8 @@ use std::sync::Arc;
     disable_version_flag = true
 )]
 struct Opts {
-    /// Store directory (created if missing)
+    /// Store directory (created if missing), then the disks for objects if there are several:
+    /// META[,DISK1,DISK2,...]
     #[arg(default_value = "/tmp")]
     dir: PathBuf,
     /// TCP port to listen on
@@ -412,10 +413,22 @@ fn run(mut opts: Opts) -> Result<()> {
     let log = parse_log(opts.log.as_deref())?;
     // Checked now for a clear error; built again after the fork, as it records its pid.
     sheep::cluster::driver_from_option(&opts.cluster).map_err(|e| anyhow!(e))?;
+    // META[,DISK...]: the meta directory, then the disks of a multi-disk node.
+    let mut parts = opts
+        .dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .split(|&b| b == b',');
+    let meta = PathBuf::from(String::from_utf8_lossy(parts.next().unwrap_or_default()).as_ref());
+    let disks: Vec<PathBuf> = parts
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(String::from_utf8_lossy(p).as_ref()))
+        .collect();
+    opts.dir = meta;
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = opts.dir.canonicalize()?;
-    let store = Arc::new(Store::open(&dir, opts.nosync)?);
+    let store = Arc::new(Store::open_disks(&dir, &disks, opts.nosync)?);
 
     raise_nofile();
     let (bind, advertised, note) = addresses(opts.bindaddr, opts.myaddr);
@@ -432,13 +445,13 @@ fn run(mut opts: Opts) -> Result<()> {
 
     let nid = NodeId::new(advertised, opts.port);
     // The space the ring weighs this node by (auto vnodes), as the original: none for a
-    // gateway, else what the store's config recorded, else the disk's free space now.
+    // gateway, else what the store's config recorded, else its disks' space when first used.
     let space = if opts.gateway {
         0
     } else {
         match store.read_config()?.map(|c| c.space).filter(|&s| s > 0) {
             Some(s) => s,
-            None => store.space().map(|(_, free)| free).unwrap_or(0),
+            None => store.disk_space(),
         }
     };
     let me = SdNode {

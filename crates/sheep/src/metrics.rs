@@ -113,6 +113,7 @@ struct StateGauges {
     stale: Gauge,
     disk_size: Gauge,
     disk_free: Gauge,
+    disks: Gauge,
     recovery_running: Gauge,
     recovery_epoch: Gauge,
     recovery_done: Gauge,
@@ -267,15 +268,20 @@ impl Metrics {
         );
         r.register_with_unit(
             "sheep_disk_size",
-            "Size of the file system of this node's store",
+            "Size of the file systems of this node's disks, each counted once",
             Unit::Bytes,
             s.disk_size.clone(),
         );
         r.register_with_unit(
             "sheep_disk_free",
-            "Free space of the file system of this node's store",
+            "Free space of the file systems of this node's disks, each counted once",
             Unit::Bytes,
             s.disk_free.clone(),
+        );
+        r.register(
+            "sheep_disks",
+            "Disks in use by this node's store (a failed disk is taken out)",
+            s.disks.clone(),
         );
         r.register(
             "sheep_recovery_running",
@@ -537,9 +543,12 @@ pub async fn scrape(node: &Arc<Node>) -> String {
     set(&s.recovery_done, p.done);
     set(&s.recovery_planned, p.total);
     let store = node.store.clone();
-    let read = tokio::task::spawn_blocking(move || (store.usage(), store.space())).await;
+    let read =
+        tokio::task::spawn_blocking(move || (store.usage(), store.space(), store.disk_count()))
+            .await;
     match read {
-        Ok((usage, space)) => {
+        Ok((usage, space, disks)) => {
+            set(&s.disks, disks as u64);
             match usage {
                 Ok(u) => {
                     set(&s.objects, u.objects);

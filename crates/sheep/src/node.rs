@@ -264,6 +264,7 @@ impl Node {
         let (tx, rx) = mpsc::unbounded_channel();
         self.driver.clone().start(self.me, info, tx).await?;
         tokio::spawn(self.clone().core_loop(rx));
+        tokio::spawn(self.clone().watch_disks());
         let mut applied = self.applied.subscribe();
         loop {
             if let Some(e) = self
@@ -502,6 +503,46 @@ impl Node {
     /// `dog cluster reweight` on this node, as the original's `node_size_varied`: the space
     /// is the disk's free space and what the objects take; a change of 1% or more is
     /// recorded in the config and announced (`Message::UpdateNode`). A gateway has none.
+    /// Follows the changes of this node's disks: once at start and after every plug, unplug
+    /// or failed disk, puts each copy on its disk; then recovers at the current epoch what a
+    /// disk that went took with it. With no disk left the node leaves the cluster.
+    async fn watch_disks(self: Arc<Self>) {
+        let mut events = self.store.disk_events();
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::select! {
+                    r = events.changed() => if r.is_err() { return },
+                    _ = self.stop.notified() => return,
+                }
+            }
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            if self.store.disk_count() == 0 {
+                tracing::error!("no disks available, going down");
+                self.request_stop();
+                return;
+            }
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.rebalance()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!("{n} copies moved to the disks that hold them now"),
+                Ok(Err(e)) => tracing::error!("moving copies between disks: {e}"),
+                Err(e) => tracing::error!("moving copies between disks: {e}"),
+            }
+            let view = self.view();
+            if !first
+                && view.state.status == crate::cluster::state::Status::Ok
+                && view.state.is_member(&self.me)
+                && !view.state.recovery_disabled
+            {
+                crate::recovery::start(&self, view.state.epoch);
+            }
+            first = false;
+        }
+    }
+
     async fn reweigh(self: Arc<Self>) {
         if self.me.space == 0 {
             return;

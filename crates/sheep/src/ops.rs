@@ -518,15 +518,39 @@ async fn run(
         }
         opcode::STAT => Ok(crate::metrics::sd_stat().encode()),
         opcode::MD_INFO => crate::admin::md_info(node),
-        // One directory per node: there is no disk to add or remove online.
         opcode::MD_PLUG | opcode::MD_UNPLUG => {
-            tracing::warn!(
-                "{}: refused {}: this sheep stores on one directory (multi-disk is not \
-                 supported)",
+            node.gate(true)?;
+            let plug = req.opcode() == opcode::MD_PLUG;
+            let text = data.split(|&b| b == 0).next().unwrap_or_default();
+            let paths: Vec<std::path::PathBuf> = String::from_utf8_lossy(text)
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(Into::into)
+                .collect();
+            if paths.is_empty() {
+                return Err(SdResult::INVALID_PARMS);
+            }
+            let store = node.store.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                if plug {
+                    store.plug(&paths)
+                } else {
+                    store.unplug(&paths)
+                }
+            })
+            .await
+            .map_err(|_| SdResult::SYSTEM_ERROR)?
+            .map_err(|e| e.result())?;
+            tracing::info!(
+                "{}: {} {done:?}",
                 client.name,
-                opcode::name(req.opcode())
+                if plug { "plugged" } else { "unplugged" }
             );
-            Err(SdResult::NO_SUPPORT)
+            // Nothing changed: the original's answer.
+            if done.is_empty() {
+                return Err(SdResult::UNKNOWN);
+            }
+            Ok(Vec::new())
         }
         opcode::GET_LOGLEVEL => Ok(crate::admin::log_level()),
         opcode::SET_LOGLEVEL => crate::admin::set_log_level(&data),

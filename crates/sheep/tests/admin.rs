@@ -152,7 +152,9 @@ fn cluster_info_stat_log_level_and_disks_as_the_original() {
     assert_eq!(disks.len(), 3, "{j}");
     assert_eq!(disks[2]["path"], obj.display().to_string(), "{j}");
     assert!(disks[2]["size"].as_u64().unwrap() > 0, "{j}");
-    let plug = c.dog(0, &["node", "md", "plug", "-f", "/nonexistent"]);
+    // A disk that cannot be plugged (here the node's own meta directory) changes nothing.
+    let meta = c.nodes[0].dir.display().to_string();
+    let plug = c.dog(0, &["node", "md", "plug", "-f", &meta]);
     assert_eq!(plug.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&plug.stderr)
         .contains("Failed to execute request, look for sheep.log for more information"));

@@ -492,6 +492,7 @@ fn the_http_port_follows_its_rule_and_zero_turns_it_off() {
         http_port: None,
         zone: 0,
         dir: c.tmp.path().join("st0"),
+        disks: Vec::new(),
         child: None,
     });
     c.restart(0);

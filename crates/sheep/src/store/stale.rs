@@ -1,53 +1,79 @@
 //! Copies this node no longer serves, kept until every node has recovered the epoch:
-//! `obj/.stale/<oid>.<epoch>` as the original's plain store, where the epoch is the last one in
-//! which the copy was current. Recovery reads them when no current copy exists anywhere.
+//! `<disk>/.stale/<oid>.<epoch>` as the original's plain store, where the epoch is the last one
+//! in which the copy was current; a copy is set aside on the disk it is on. Recovery reads them
+//! when no current copy exists anywhere.
 //! Owns: the stale area. Never: deciding what is stale (that is `recovery`).
 
-use super::{io, Store, StoreError};
+use super::{io, read_file, Layout, Store, StoreError};
 use proto::Oid;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Tag of a copy in `obj/` (current), next to the epochs of stale copies.
 pub const CURRENT: u32 = proto::objlist::TAG_CURRENT;
 
-impl Store {
-    fn stale_dir(&self) -> PathBuf {
-        self.obj.join(".stale")
-    }
+/// Where the stale copy of `oid` tagged `tag` is on the disk `disk`.
+pub(super) fn path_in(disk: &Path, oid: Oid, tag: u32) -> PathBuf {
+    disk.join(".stale")
+        .join(format!("{}.{tag}", oid.file_name()))
+}
 
-    fn stale_path(&self, oid: Oid, tag: u32) -> PathBuf {
-        self.stale_dir().join(format!("{}.{tag}", oid.file_name()))
-    }
-
-    /// The file of the copy of `oid` tagged `tag`: current (`CURRENT`) or stale.
-    pub(super) fn tagged_path(&self, oid: Oid, tag: u32) -> PathBuf {
-        if tag == CURRENT {
-            self.path(oid)
-        } else {
-            self.stale_path(oid, tag)
+/// The stale copies on one disk: (oid, epoch in which the copy was last current).
+pub(super) fn list_in(disk: &Path) -> Result<Vec<(Oid, u32)>, StoreError> {
+    let dir = disk.join(".stale");
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("list", &dir)(e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(io("list", &dir))?;
+        let name = e.file_name();
+        let Some((o, t)) = name.to_str().and_then(|n| n.split_once('.')) else {
+            continue;
+        };
+        if let (Some(oid), Ok(tag)) = (Oid::parse_file_name(o), t.parse::<u32>()) {
+            out.push((oid, tag));
         }
+    }
+    Ok(out)
+}
+
+impl Store {
+    fn disk_dirs(&self) -> Vec<PathBuf> {
+        self.layout().disks.iter().map(|d| d.path.clone()).collect()
+    }
+
+    /// The file of the stale copy of `oid` tagged `tag`, on whichever plugged disk has it
+    /// (its home disk first).
+    fn stale_file(l: &Layout, home: &Path, oid: Oid, tag: u32) -> Option<PathBuf> {
+        std::iter::once(home)
+            .chain(l.disks.iter().map(|d| d.path.as_path()))
+            .map(|d| path_in(d, oid, tag))
+            .find(|p| p.exists())
+    }
+
+    /// The file of the copy of `oid` tagged `tag` (`CURRENT` or stale) and its home path.
+    pub(super) fn tagged_file(&self, oid: Oid, tag: u32) -> Result<PathBuf, StoreError> {
+        self.at(oid, |l, home, path| {
+            if tag == CURRENT {
+                if path.exists() || self.bring_home(l, oid, home)? {
+                    return Ok(path.to_path_buf());
+                }
+                return Err(StoreError::NoObj);
+            }
+            Self::stale_file(l, home, oid, tag).ok_or(StoreError::NoObj)
+        })
     }
 
     /// Stale copies: (oid, epoch in which the copy was last current).
     pub fn stale_list(&self) -> Result<Vec<(Oid, u32)>, StoreError> {
-        let dir = self.stale_dir();
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io("list", &dir)(e)),
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let e = e.map_err(io("list", &dir))?;
-            let name = e.file_name();
-            let Some((o, t)) = name.to_str().and_then(|n| n.split_once('.')) else {
-                continue;
-            };
-            if let (Some(oid), Ok(tag)) = (Oid::parse_file_name(o), t.parse::<u32>()) {
-                out.push((oid, tag));
-            }
+        for d in self.disk_dirs() {
+            out.extend(list_in(&d)?);
         }
-        out.sort();
+        out.sort_unstable();
+        out.dedup();
         Ok(out)
     }
 
@@ -106,55 +132,56 @@ impl Store {
         if tag == CURRENT {
             return self.read(oid, offset, len);
         }
-        let p = self.stale_path(oid, tag);
-        let f = std::fs::File::open(&p).map_err(io("open", &p))?;
-        let size = f.metadata().map_err(io("stat", &p))?.len();
-        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
-            return Err(StoreError::OutOfRange);
-        }
-        let mut buf = vec![0u8; len];
-        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset).map_err(io("read", &p))?;
-        Ok(buf)
+        self.at(oid, |l, home, _| {
+            let p = Self::stale_file(l, home, oid, tag).ok_or(StoreError::NoObj)?;
+            read_file(&p, offset, len)
+        })
     }
 
-    /// Moves the current copy of `oid` to the stale area, last current in epoch `tag`.
+    /// Moves the current copy of `oid` to the stale area of its disk, last current in epoch
+    /// `tag`.
     pub fn make_stale(&self, oid: Oid, tag: u32) -> Result<(), StoreError> {
-        let dir = self.stale_dir();
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let from = self.path(oid);
-        let to = self.stale_path(oid, tag);
-        std::fs::rename(&from, &to).map_err(io("rename", &from))
+        self.at(oid, |l, home, path| {
+            if !path.exists() && !self.bring_home(l, oid, home)? {
+                return Err(StoreError::NoObj);
+            }
+            let to = path_in(home, oid, tag);
+            let dir = to.parent().unwrap_or(home);
+            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+            std::fs::rename(path, &to).map_err(io("rename", path))
+        })
     }
 
     /// Installs a whole recovered object as the current copy, durably, with the version (and
     /// the last write id) of the copy it came from.
     pub fn install(&self, oid: Oid, data: &[u8], stamp: (u64, u64)) -> Result<(), StoreError> {
-        let path = self.path(oid);
-        let tmp = path.with_extension(format!(
-            "tmp{}",
-            self.tmp_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-            std::os::unix::fs::FileExt::write_all_at(&f, data, 0).map_err(io("write", &tmp))?;
-            super::version::set_with_id(&f, &tmp, stamp.0, stamp.1)?;
-            f.sync_all().map_err(io("sync", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-            self.sync_dir(&self.obj)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        self.at(oid, |l, home, path| {
+            // A copy on another disk goes first: one current copy per node.
+            self.bring_home(l, oid, home)?;
+            let tmp = self.tmp_name(home, oid);
+            let result = (|| {
+                let f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+                std::os::unix::fs::FileExt::write_all_at(&f, data, 0).map_err(io("write", &tmp))?;
+                super::version::set_with_id(&f, &tmp, stamp.0, stamp.1)?;
+                f.sync_all().map_err(io("sync", &tmp))?;
+                std::fs::rename(&tmp, path).map_err(io("rename", path))?;
+                self.sync_dir(home)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
     }
 
     /// Removes the stale copies of `oid`.
     pub fn remove_stale(&self, oid: Oid) -> Result<(), StoreError> {
-        for (o, tag) in self.stale_list()? {
-            if o == oid {
-                let p = self.stale_path(o, tag);
-                std::fs::remove_file(&p).map_err(io("remove", &p))?;
+        for d in self.disk_dirs() {
+            for (o, tag) in list_in(&d)? {
+                if o == oid {
+                    let p = path_in(&d, o, tag);
+                    std::fs::remove_file(&p).map_err(io("remove", &p))?;
+                }
             }
         }
         Ok(())
@@ -167,17 +194,21 @@ impl Store {
 
     /// Removes every stale copy but those of the objects `keep` names; returns how many went.
     pub fn purge_stale_except(&self, keep: impl Fn(Oid) -> bool) -> Result<usize, StoreError> {
-        let mut list = self.stale_list()?;
-        list.retain(|(oid, _)| !keep(*oid));
-        for (oid, tag) in &list {
-            let p = self.stale_path(*oid, *tag);
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("remove", &p)(e)),
+        let mut n = 0;
+        for d in self.disk_dirs() {
+            let mut list = list_in(&d)?;
+            list.retain(|(oid, _)| !keep(*oid));
+            for (oid, tag) in &list {
+                let p = path_in(&d, *oid, *tag);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("remove", &p)(e)),
+                }
             }
+            n += list.len();
         }
-        Ok(list.len())
+        Ok(n)
     }
 }
 

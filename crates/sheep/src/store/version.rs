@@ -101,8 +101,16 @@ impl Store {
 
     /// The version of that copy and the id of the last write it counted.
     pub fn stamp(&self, oid: proto::Oid, tag: u32) -> Result<(u64, u64), StoreError> {
-        let p = self.tagged_path(oid, tag);
-        let f = File::open(&p).map_err(io("open", &p))?;
-        get_with_id(&f, &p)
+        self.stamp_at(&self.tagged_file(oid, tag)?)
+    }
+
+    /// The version and last write id of the copy in the file at `path`.
+    pub(super) fn stamp_at(&self, path: &Path) -> Result<(u64, u64), StoreError> {
+        let f = File::open(path).map_err(io("open", path))?;
+        get_with_id(&f, path)
+    }
+
+    pub(super) fn version_at(&self, path: &Path) -> Result<u64, StoreError> {
+        self.stamp_at(path).map(|(v, _)| v)
     }
 }

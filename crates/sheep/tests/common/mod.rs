@@ -71,7 +71,20 @@ pub struct Sheep {
     pub http_port: Option<u16>,
     pub zone: u32,
     pub dir: PathBuf,
+    /// Its disks for objects (`sheep DIR,DISK,...`); none: the one disk `DIR/obj`.
+    pub disks: Vec<PathBuf>,
     pub child: Option<Child>,
+}
+
+impl Sheep {
+    /// The directories its objects are in.
+    pub fn obj_dirs(&self) -> Vec<PathBuf> {
+        if self.disks.is_empty() {
+            vec![self.dir.join("obj")]
+        } else {
+            self.disks.clone()
+        }
+    }
 }
 
 pub struct Cluster {
@@ -147,6 +160,25 @@ impl Cluster {
             http_port: Some(free_port()),
             zone,
             dir,
+            disks: Vec::new(),
+            child: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.restart(i);
+        i
+    }
+
+    /// Starts one more sheep in zone `zone` with `n` disks (`stI/d0..`, the meta files in
+    /// `stI`).
+    pub fn add_with_disks(&mut self, zone: u32, n: usize) -> usize {
+        let dir = self.tmp.path().join(format!("st{}", self.nodes.len()));
+        self.nodes.push(Sheep {
+            port: free_port(),
+            nbd_port: free_port(),
+            http_port: Some(free_port()),
+            zone,
+            disks: (0..n).map(|d| dir.join(format!("d{d}"))).collect(),
+            dir,
             child: None,
         });
         let i = self.nodes.len() - 1;
@@ -211,7 +243,12 @@ impl Cluster {
             .args(&http)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .arg(&n.dir)
+            .arg(
+                std::iter::once(n.dir.as_os_str())
+                    .chain(n.disks.iter().map(|d| d.as_os_str()))
+                    .collect::<Vec<_>>()
+                    .join(std::ffi::OsStr::new(",")),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(

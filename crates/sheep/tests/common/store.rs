@@ -1,9 +1,9 @@
 //! What the stores of a test cluster hold, read straight from their directories: objects,
 //! stale copies, copies per object and their digests, and waiting for recovery to end.
 
-use super::Cluster;
+use super::{Cluster, Sheep};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Objects in the current area of a store (the stale area excluded).
@@ -20,6 +20,36 @@ pub fn objects(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Objects on every disk of a node, and the disk each is on.
+pub fn node_objects(n: &Sheep) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    for d in n.obj_dirs() {
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.len() == 16 && !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.extend(names.into_iter().map(|o| (o, d.clone())));
+    }
+    v.sort();
+    v
+}
+
+/// Stale copies on every disk of a node.
+pub fn node_stale(n: &Sheep) -> usize {
+    n.obj_dirs()
+        .iter()
+        .map(|d| {
+            std::fs::read_dir(d.join(".stale"))
+                .map(|rd| rd.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 pub fn stale(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("obj").join(".stale"))
         .map(|rd| rd.count())
@@ -30,7 +60,7 @@ pub fn stale(dir: &Path) -> usize {
 pub fn copies(c: &Cluster) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for n in c.nodes.iter().filter(|n| n.child.is_some()) {
-        for o in objects(&n.dir) {
+        for (o, _) in node_objects(n) {
             *m.entry(o).or_insert(0) += 1;
         }
     }
@@ -48,7 +78,7 @@ pub fn wait_recovered(c: &Cluster, want: usize) {
         let busy = live
             .iter()
             .any(|&i| !c.dog(i, &["node", "recovery", "-r"]).stdout.is_empty());
-        let stale_left: usize = live.iter().map(|&i| stale(&c.nodes[i].dir)).sum();
+        let stale_left: usize = live.iter().map(|&i| node_stale(&c.nodes[i])).sum();
         let m = copies(c);
         let exact = !m.is_empty() && m.values().all(|&n| n == want);
         if !busy && stale_left == 0 && exact {
@@ -69,7 +99,7 @@ pub fn assert_placement(c: &Cluster, copies: usize) {
     let nodes = c.node_list(0);
     let ring = sheep::ring::Ring::new(&nodes);
     for n in c.nodes.iter().filter(|n| n.child.is_some()) {
-        let mine: Vec<String> = objects(&n.dir);
+        let mine: Vec<String> = node_objects(n).into_iter().map(|(o, _)| o).collect();
         for o in &mine {
             let oid = proto::Oid(u64::from_str_radix(o, 16).unwrap());
             assert!(
@@ -93,8 +123,8 @@ pub fn digests(c: &Cluster) -> BTreeMap<String, Vec<(usize, [u8; 20])>> {
         .enumerate()
         .filter(|(_, n)| n.child.is_some())
     {
-        for o in objects(&n.dir) {
-            let b = std::fs::read(n.dir.join("obj").join(&o)).unwrap_or_default();
+        for (o, disk) in node_objects(n) {
+            let b = std::fs::read(disk.join(&o)).unwrap_or_default();
             m.entry(o)
                 .or_default()
                 .push((i, sha1::Sha1::digest(&b).into()));
