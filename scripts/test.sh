@@ -22,6 +22,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi
+  # Debian's qemu-system-x86 can replace a newer qemu-utils (a backport) and take qemu-io away.
+  command -v qemu-io >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
